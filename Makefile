@@ -1,0 +1,33 @@
+# vpnca: `make run` starts a development CA, `make test` runs the whole suite, `make bench` benchmarks.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VPNCA_HOME ?= $(CURDIR)/.vpnca
+
+.PHONY: deps venv run test bench clean
+
+deps:
+	./scripts/install-deps.sh
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: deps venv
+	@if [ ! -f "$(VPNCA_HOME)/vpnca.toml" ]; then \
+		$(VENV)/bin/vpnca init --softhsm --domain example.com --ip-range 10.0.0.0/8 --ip-range 192.0.2.0/24; \
+	fi
+	$(VENV)/bin/vpnca status
+
+test: deps venv
+	$(PY) -m pytest
+
+bench: deps venv
+	$(PY) -m pytest tests/bench -q -s
+
+clean:
+	rm -rf $(VENV) .vpnca .pytest_cache

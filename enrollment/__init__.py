@@ -1,0 +1,1 @@
+"""HTTP enrollment adapters (EST, SCEP, ACME) over the one issuance core."""

@@ -1,0 +1,1 @@
+"""The revocation status service: OCSP responder and CRL distribution."""

@@ -1,0 +1,3 @@
+"""vpnca: a private PKI for IKEv2/IPsec VPN endpoints."""
+
+__version__ = "0.1.0"

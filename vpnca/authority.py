@@ -1,0 +1,232 @@
+"""The one issuance core: every front end builds an IssueRequest and calls `Authority.issue`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import AuthorityInformationAccessOID
+
+from vpnca.ca import BACKDATE, CaKey, hash_for, load_ca_certificate, open_settings_token, token_key
+from vpnca.config import Settings
+from vpnca.errors import BadRequest, NotAuthorized, PolicyViolation
+from vpnca.identities import IkeIdentity, identities_from_csr, subject_for
+from vpnca.policy import check_csr_signature, check_identities, check_public_key
+from vpnca.profiles import Profile, get_profile
+from vpnca.store import CertificateRecord, CertStatus, Store
+from vpnca.store.repository import SerialCollision
+from vpnca.x509util import load_csr, random_serial, serial_hex
+
+log = logging.getLogger("vpnca.authority")
+
+REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "cACompromise": x509.ReasonFlags.ca_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "certificateHold": x509.ReasonFlags.certificate_hold,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+    "aACompromise": x509.ReasonFlags.aa_compromise,
+}
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """What every way in asks of the core. Proof of possession is checked before it is built."""
+
+    profile: str
+    identities: tuple[IkeIdentity, ...]
+    public_key: CertificatePublicKeyTypes
+    requester: str
+    protocol: str = "cli"
+    # identities this requester may have (an enrollment token's binding); None: policy alone
+    allowed_identities: frozenset[IkeIdentity] | None = None
+    lifetime: timedelta | None = None  # shorter than the profile's, never longer
+    details: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    certificate: x509.Certificate
+    serial: str
+
+    @property
+    def der(self) -> bytes:
+        return self.certificate.public_bytes(Encoding.DER)
+
+
+def request_from_csr(
+    csr_data: bytes | x509.CertificateSigningRequest,
+    *,
+    profile: str,
+    requester: str,
+    protocol: str,
+    identities: Iterable[IkeIdentity] | None = None,
+    allowed_identities: frozenset[IkeIdentity] | None = None,
+) -> IssueRequest:
+    """Parse a CSR, verify its signature algorithm and proof of possession, and build the request.
+
+    The identities are the given ones, or else those the CSR names.
+    """
+    csr = csr_data if isinstance(csr_data, x509.CertificateSigningRequest) else load_csr(csr_data)
+    check_csr_signature(csr)
+    wanted = tuple(identities) if identities is not None else identities_from_csr(csr)
+    return IssueRequest(
+        profile=profile, identities=wanted, public_key=csr.public_key(), requester=requester,
+        protocol=protocol, allowed_identities=allowed_identities,
+    )
+
+
+class Authority:
+    """The issuing sub-CA: decides by policy and profile, records, signs through the token."""
+
+    def __init__(self, settings: Settings, store: Store, certificate: x509.Certificate, key: CaKey) -> None:
+        self.settings = settings
+        self.store = store
+        self.certificate = certificate
+        self.key = key
+
+    @classmethod
+    def open(cls, settings: Settings, store: Store) -> Authority:
+        certificate, label = load_ca_certificate(store, "sub")
+        assert label is not None, "the sub-CA key is always on the token"
+        return cls(settings, store, certificate, token_key(open_settings_token(settings), label))
+
+    @property
+    def name(self) -> str:
+        return self.settings.ca.name
+
+    def check(self, request: IssueRequest) -> Profile:
+        """Everything the policy and the profile decide, before anything is written."""
+        profile = get_profile(self.settings, request.profile)
+        check_public_key(request.public_key)
+        if not request.identities:
+            raise BadRequest("no identity requested")
+        if request.allowed_identities is not None:
+            outside = [i for i in request.identities if i not in request.allowed_identities]
+            if outside:
+                raise NotAuthorized(
+                    f"{request.requester} may not request {', '.join(map(str, outside))}"
+                )
+        check_identities(request.identities, self.settings.policy)
+        subject_for(request.identities)  # at most one DN
+        return profile
+
+    def issue(self, request: IssueRequest) -> IssuedCertificate:
+        """Check, reserve the serial, sign on the token, record the certificate, audit; then return."""
+        profile = self.check(request)
+        now = datetime.now(UTC)
+        lifetime = min(request.lifetime or profile.lifetime, profile.lifetime)
+        not_before = now - BACKDATE
+        not_after = min(now + lifetime, self.certificate.not_valid_after_utc)
+        subject = subject_for(request.identities)
+        record = self._reserve(request, subject, not_before, not_after, now)
+        try:
+            certificate = self._sign(request, profile, int(record.serial, 16), subject, not_before, not_after)
+            der = certificate.public_bytes(Encoding.DER)
+            self.store.complete_issuance(record.serial, der, request.requester, {
+                "serial": record.serial, "profile": profile.name, "subject": record.subject,
+                "identities": [i.value for i in request.identities], "protocol": request.protocol,
+                "not_after": not_after.isoformat(), **request.details,
+            })
+        except Exception as exc:
+            self.store.fail_issuance(record.serial, f"{type(exc).__name__}: {exc}", request.requester)
+            log.error("issuance of serial %s failed: %s", record.serial, exc)
+            raise
+        log.info("issued %s serial=%s profile=%s requester=%s protocol=%s",
+                 subject.rfc4514_string(), record.serial, profile.name, request.requester, request.protocol)
+        return IssuedCertificate(certificate=certificate, serial=record.serial)
+
+    def _reserve(
+        self, request: IssueRequest, subject: x509.Name, not_before: datetime, not_after: datetime,
+        now: datetime,
+    ) -> CertificateRecord:
+        for _ in range(5):
+            record = CertificateRecord(
+                serial=serial_hex(random_serial()), issuer=self.name, profile=request.profile,
+                subject=subject.rfc4514_string(),
+                identities=json.dumps([[i.kind, i.value] for i in request.identities]),
+                status=CertStatus.ISSUING, not_before=not_before, not_after=not_after,
+                requester=request.requester, protocol=request.protocol, created_at=now,
+            )
+            try:
+                self.store.reserve_serial(record)
+                return record
+            except SerialCollision:
+                log.warning("serial collision on %s; drawing another", record.serial)
+        raise RuntimeError("could not reserve a unique serial")
+
+    def _sign(
+        self, request: IssueRequest, profile: Profile, serial: int, subject: x509.Name,
+        not_before: datetime, not_after: datetime,
+    ) -> x509.Certificate:
+        settings = self.settings
+        sans = [i.general_name() for i in request.identities if i.kind != "dn"]
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.certificate.subject)
+            .public_key(request.public_key)
+            .serial_number(serial)
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(profile.key_usage(request.public_key), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(list(profile.extended_key_usages)), critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(request.public_key), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
+            .add_extension(
+                x509.CRLDistributionPoints([x509.DistributionPoint(
+                    full_name=[x509.UniformResourceIdentifier(settings.crl_url)],
+                    relative_name=None, reasons=None, crl_issuer=None,
+                )]),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityInformationAccess([
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.OCSP,
+                        x509.UniformResourceIdentifier(settings.ocsp_url),
+                    ),
+                    x509.AccessDescription(
+                        AuthorityInformationAccessOID.CA_ISSUERS,
+                        x509.UniformResourceIdentifier(settings.ca_issuers_url),
+                    ),
+                ]),
+                critical=False,
+            )
+        )
+        if sans:
+            # RFC 5280 4.2.1.6: critical when the subject is empty (never here, so non-critical)
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(self.key, hash_for(self.key))
+
+    def revoke(
+        self, serial: str, reason: str, *, actor: str, invalidity_date: datetime | None = None
+    ) -> CertificateRecord:
+        if reason not in REVOCATION_REASONS:
+            raise BadRequest(f"unknown revocation reason {reason!r} (one of {', '.join(REVOCATION_REASONS)})")
+        record = self.store.revoke(
+            serial, reason, actor=actor, revoked_at=datetime.now(UTC), invalidity_date=invalidity_date
+        )
+        log.info("revoked serial=%s reason=%s by %s", serial, reason, actor)
+        return record
+
+    def release_hold(self, serial: str, *, actor: str) -> CertificateRecord:
+        record = self.store.release_hold(serial, actor=actor)
+        log.info("released hold on serial=%s by %s", serial, actor)
+        return record
+
+
+__all__ = ["Authority", "IssueRequest", "IssuedCertificate", "PolicyViolation", "request_from_csr"]

@@ -1,0 +1,353 @@
+"""The `vpnca` operator command line."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from hsm import HsmError, generate_software_key
+from hsm.softhsm import init_softhsm_token
+from vpnca import ca as ca_module
+from vpnca.audit import verify_chain
+from vpnca.authority import REVOCATION_REASONS, Authority, IssueRequest, request_from_csr
+from vpnca.config import CONFIG_NAME, Settings, load_settings, render_config, vpnca_home
+from vpnca.errors import BadRequest, ConfigError, VpncaError
+from vpnca.identities import IkeIdentity
+from vpnca.store import CertificateRecord, CertStatus, Store
+from vpnca.x509util import parse_serial, to_pem
+
+log = logging.getLogger("vpnca.cli")
+INTERRUPTED_AFTER = timedelta(minutes=2)
+
+
+def actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"cli:{user}"
+
+
+def open_store(settings: Settings) -> Store:
+    store = Store(settings.database_url)
+    store.create_schema()
+    return store
+
+
+# -- output ---------------------------------------------------------------------------------
+
+def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
+
+
+def record_dict(record: CertificateRecord) -> dict[str, Any]:
+    return {
+        "serial": record.serial,
+        "status": "on-hold" if record.revocation_reason == "certificateHold" and
+                  record.status == CertStatus.REVOKED else record.status,
+        "profile": record.profile,
+        "subject": record.subject,
+        "identities": [value for _, value in json.loads(record.identities)],
+        "not_before": record.not_before.isoformat(),
+        "not_after": record.not_after.isoformat(),
+        "requester": record.requester,
+        "protocol": record.protocol,
+        "created_at": record.created_at.isoformat(),
+        "revoked_at": record.revoked_at.isoformat() if record.revoked_at else None,
+        "revocation_reason": record.revocation_reason,
+        "error": record.error,
+    }
+
+
+# -- commands -------------------------------------------------------------------------------
+
+def cmd_init(args: argparse.Namespace) -> int:
+    home = vpnca_home()
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config_path = home / CONFIG_NAME
+    if not config_path.exists():
+        softhsm_conf = pin_file = None
+        if args.softhsm:
+            created = init_softhsm_token(home / "softhsm", args.token_label)
+            softhsm_conf, pin_file = "softhsm/softhsm2.conf", "softhsm/pin"
+            log.info("created SoftHSM token %s in %s", created.label, created.conf.parent)
+        config_path.write_text(render_config(
+            domains=args.domain or ["example.com"], ip_ranges=args.ip_range or ["10.0.0.0/8"],
+            token_label=args.token_label, softhsm_conf=softhsm_conf, pin_file=pin_file,
+            module=args.module, ca_name=args.ca_name, http_base=args.http_base,
+            root_key=args.root_key, name_constraints=args.name_constraints,
+        ))
+    elif args.softhsm or args.domain or args.ip_range:
+        raise ConfigError(f"{config_path} exists; edit it instead of passing init options")
+    settings = load_settings(home)
+    store = open_store(settings)
+    hierarchy = ca_module.initialise(settings, store, actor=actor())
+    print(f"root CA   {hierarchy.root.subject.rfc4514_string()}  serial {hierarchy.root.serial_number:x}")
+    print(f"sub-CA    {hierarchy.sub.subject.rfc4514_string()}  serial {hierarchy.sub.serial_number:x}")
+    print(f"OCSP      {hierarchy.ocsp_signer.subject.rfc4514_string()}")
+    print(f"files     {settings.home / 'ca'}")
+    return 0
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    store = open_store(settings)
+    identities = [IkeIdentity.parse(i) for i in args.id] if args.id else None
+    if args.csr:
+        if args.key_out:
+            raise BadRequest("--key-out makes no sense with --csr: the key stays with the requester")
+        try:
+            csr_data = Path(args.csr).read_bytes()
+        except OSError as exc:
+            raise BadRequest(f"cannot read {args.csr}: {exc.strerror}") from exc
+        request = request_from_csr(csr_data, profile=args.profile, requester=actor(), protocol="cli",
+                                   identities=identities)
+        key = None
+    else:
+        if not identities:
+            raise BadRequest("give --id (one or more) or --csr")
+        if not args.key_out:
+            raise BadRequest("--key-out is needed when vpnca generates the key")
+        key = generate_software_key(args.key_type)
+        request = IssueRequest(profile=args.profile, identities=tuple(identities),
+                               public_key=key.public_key(), requester=actor(), protocol="cli")
+    authority = Authority.open(settings, store)
+    issued = authority.issue(request)
+    pem = to_pem(issued.certificate)
+    if args.chain:
+        pem += to_pem(authority.certificate)
+    if args.out:
+        Path(args.out).write_bytes(pem)
+    else:
+        sys.stdout.write(pem.decode())
+    if key is not None:
+        _write_private(Path(args.key_out), key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ))
+    print(issued.serial, file=sys.stderr if not args.out else sys.stdout)
+    return 0
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    store = open_store(settings)
+    invalidity = None
+    if args.invalidity_date:
+        try:
+            invalidity = datetime.fromisoformat(args.invalidity_date)
+        except ValueError as exc:
+            raise BadRequest(f"--invalidity-date: not an ISO 8601 time: {args.invalidity_date}") from exc
+        if invalidity.tzinfo is None:
+            invalidity = invalidity.replace(tzinfo=UTC)
+    authority = Authority(settings, store, *_sub_without_key(store))
+    record = authority.revoke(parse_serial(args.serial), args.reason, actor=actor(), invalidity_date=invalidity)
+    print(f"revoked {record.serial} ({record.revocation_reason}) at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    store = open_store(settings)
+    authority = Authority(settings, store, *_sub_without_key(store))
+    record = authority.release_hold(parse_serial(args.serial), actor=actor())
+    print(f"released {record.serial} from hold")
+    return 0
+
+
+def _sub_without_key(store: Store) -> tuple[x509.Certificate, Any]:
+    """Revocation records need no signature: the CRL/OCSP publishers sign later."""
+    certificate, _ = ca_module.load_ca_certificate(store, "sub")
+    return certificate, None
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = open_store(load_settings())
+    status = "revoked" if args.status == "on-hold" else args.status
+    rows = [record_dict(r) for r in store.list_certificates(status=status, profile=args.profile)]
+    if args.status == "on-hold":
+        rows = [r for r in rows if r["status"] == "on-hold"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            row["identities"] = ",".join(row["identities"])
+            row["not_after"] = row["not_after"][:19]
+        print_table(rows, ["serial", "status", "profile", "identities", "not_after", "protocol"])
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    store = open_store(load_settings())
+    serial = parse_serial(args.serial)
+    record = store.get_certificate(serial)
+    if record is None:
+        raise VpncaError(f"no certificate with serial {serial}")
+    if args.pem:
+        if record.der is None:
+            raise VpncaError(f"certificate {serial} was never signed ({record.status})")
+        sys.stdout.write(to_pem(x509.load_der_x509_certificate(record.der)).decode())
+        return 0
+    info = record_dict(record)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for key, value in info.items():
+            if value is not None:
+                print(f"{key:18} {', '.join(value) if isinstance(value, list) else value}")
+    return 0
+
+
+def status_report(settings: Settings, store: Store) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    report: dict[str, Any] = {"home": str(settings.home), "database": settings.database_url.split("@")[-1]}
+    try:
+        token = ca_module.open_settings_token(settings)
+        report["token"] = {"label": token.label, "module": settings.token.module, "ok": True}
+    except (HsmError, VpncaError) as exc:
+        report["token"] = {"label": settings.token.label, "ok": False, "error": str(exc)}
+    cas = []
+    for record in store.ca_certificates():
+        cert = x509.load_der_x509_certificate(record.der)
+        cas.append({"role": record.role, "subject": cert.subject.rfc4514_string(), "serial": record.serial,
+                    "not_after": cert.not_valid_after_utc.isoformat(), "key_label": record.key_label})
+    report["ca_certificates"] = cas
+    report["certificates"] = store.count_by_status()
+    stuck = [r for r in store.list_certificates(status=CertStatus.ISSUING)
+             if now - r.created_at > INTERRUPTED_AFTER]
+    report["interrupted_issuances"] = [
+        {"serial": r.serial, "subject": r.subject, "started": r.created_at.isoformat()} for r in stuck
+    ]
+    chain = verify_chain(store.audit_entries())
+    report["audit"] = {"entries": chain.entries, "head": chain.head_hash, "ok": chain.ok}
+    return report
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    report = status_report(settings, open_store(settings))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    token = report["token"]
+    print(f"home          {report['home']}")
+    print(f"database      {report['database']}")
+    print(f"token         {token['label']}: {'ok' if token['ok'] else 'UNAVAILABLE ' + token.get('error', '')}")
+    for ca in report["ca_certificates"]:
+        print(f"{ca['role'] + ' CA':13} {ca['subject']}  serial {ca['serial']}  until {ca['not_after'][:10]}")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(report["certificates"].items())) or "none"
+    print(f"certificates  {counts}")
+    stuck = report["interrupted_issuances"]
+    print(f"interrupted   {len(stuck)}" + "".join(f"\n  {s['serial']} {s['subject']} since {s['started'][:19]}"
+                                                  for s in stuck))
+    audit = report["audit"]
+    print(f"audit chain   {audit['entries']} entries, {'intact' if audit['ok'] else 'BROKEN'}, head {audit['head'][:16]}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    store = open_store(load_settings())
+    result = verify_chain(store.audit_entries())
+    if args.json:
+        print(json.dumps({"ok": result.ok, "entries": result.entries, "head": result.head_hash,
+                          "problems": [str(p) for p in result.problems]}, indent=2))
+    elif result.ok:
+        print(f"audit chain intact: {result.entries} entries, head {result.head_hash}")
+    else:
+        for problem in result.problems:
+            print(f"audit chain broken at {problem}")
+    return 0 if result.ok else 1
+
+
+# -- parser ---------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vpnca", description="Private PKI for IKEv2/IPsec VPNs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.set_defaults(func=fn)
+        return p
+
+    p = command("init", cmd_init, "create vpnca.toml, the root, the token-held sub-CA and the OCSP signer")
+    p.add_argument("--softhsm", action="store_true", help="create a development SoftHSM2 token under VPNCA_HOME")
+    p.add_argument("--domain", action="append", help="allowed DNS domain (repeatable)")
+    p.add_argument("--ip-range", action="append", help="allowed IP range in CIDR (repeatable)")
+    p.add_argument("--token-label", default="vpnca")
+    p.add_argument("--module", default=os.environ.get("VPNCA_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so"))
+    p.add_argument("--ca-name", default="vpnca-sub")
+    p.add_argument("--http-base", default="http://127.0.0.1:8080", help="base URL of CRL/OCSP/AIA")
+    p.add_argument("--root-key", choices=["software", "token"], default="software")
+    p.add_argument("--name-constraints", action="store_true", help="constrain the sub-CA to the allowed names")
+
+    p = command("issue", cmd_issue, "issue a certificate")
+    p.add_argument("--profile", required=True, choices=["device", "gateway"])
+    p.add_argument("--id", action="append", help="IKE identity: FQDN, IP, email or DN (repeatable)")
+    p.add_argument("--csr", help="PEM or DER CSR (otherwise a key is generated)")
+    p.add_argument("--out", help="certificate output (PEM); default stdout")
+    p.add_argument("--key-out", help="where to write the generated private key (PKCS#8 PEM)")
+    p.add_argument("--key-type", choices=["ec-p256", "ec-p384", "rsa-3072"], default="ec-p256")
+    p.add_argument("--chain", action="store_true", help="append the sub-CA certificate")
+
+    p = command("revoke", cmd_revoke, "revoke a certificate (or put it on hold)")
+    p.add_argument("serial")
+    p.add_argument("--reason", default="unspecified", choices=list(REVOCATION_REASONS))
+    p.add_argument("--invalidity-date", help="ISO 8601 time the key is known or suspected compromised")
+
+    p = command("release", cmd_release, "release a certificate from hold")
+    p.add_argument("serial")
+
+    p = command("list", cmd_list, "list certificates")
+    p.add_argument("--status", choices=[s.value for s in CertStatus] + ["on-hold"])
+    p.add_argument("--profile")
+    p.add_argument("--json", action="store_true")
+
+    p = command("show", cmd_show, "show one certificate")
+    p.add_argument("serial")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--pem", action="store_true", help="print the certificate as PEM")
+
+    p = command("status", cmd_status, "token, CA certificates, counts, interrupted issuances, audit")
+    p.add_argument("--json", action="store_true")
+
+    audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="audit_command", required=True)
+    p = audit.add_parser("verify", help="verify the audit hash chain")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (VpncaError, HsmError) as exc:
+        print(f"vpnca: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

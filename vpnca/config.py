@@ -1,0 +1,217 @@
+"""Typed settings: VPNCA_HOME/vpnca.toml plus VPNCA_* environment overrides."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from hsm.softhsm import DEFAULT_MODULE
+from vpnca.errors import ConfigError
+
+CONFIG_NAME = "vpnca.toml"
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    module: str = DEFAULT_MODULE
+    label: str = "vpnca"
+    pin_file: Path | None = None
+    softhsm_conf: Path | None = None
+
+
+@dataclass(frozen=True)
+class CaSettings:
+    name: str = "vpnca-sub"
+    organization: str = "vpnca"
+    root_common_name: str = "vpnca Root CA"
+    sub_common_name: str = "vpnca Issuing CA"
+    root_key: str = "software"  # "software" (encrypted PKCS#8 under home) or "token"
+    root_lifetime: timedelta = timedelta(days=3650)
+    sub_lifetime: timedelta = timedelta(days=1825)
+    ocsp_signer_lifetime: timedelta = timedelta(days=30)
+    name_constraints: bool = False
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    allowed_domains: tuple[str, ...] = ()
+    allowed_ip_ranges: tuple[IpNetwork, ...] = ()
+    allow_dn_identities: bool = True
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    lifetime: timedelta
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    http_base_url: str
+    token: TokenSettings
+    ca: CaSettings
+    policy: PolicySettings
+    profiles: dict[str, ProfileSettings] = field(default_factory=dict)
+
+    @property
+    def config_path(self) -> Path:
+        return self.home / CONFIG_NAME
+
+    @property
+    def crl_url(self) -> str:
+        return f"{self.http_base_url}/crl/{self.ca.name}.crl"
+
+    @property
+    def ocsp_url(self) -> str:
+        return f"{self.http_base_url}/ocsp"
+
+    @property
+    def ca_issuers_url(self) -> str:
+        return f"{self.http_base_url}/ca/{self.ca.name}.cer"
+
+
+DEFAULT_PROFILES = {
+    "device": ProfileSettings(lifetime=timedelta(days=7)),
+    "gateway": ProfileSettings(lifetime=timedelta(days=30)),
+}
+
+
+def vpnca_home() -> Path:
+    return Path(os.environ.get("VPNCA_HOME", ".vpnca")).resolve()
+
+
+def _resolve(home: Path, value: str | None) -> Path | None:
+    if not value:
+        return None
+    path = Path(value)
+    return path if path.is_absolute() else home / path
+
+
+def _duration(section: dict[str, Any], key: str, default: timedelta) -> timedelta:
+    if f"{key}_hours" in section:
+        return timedelta(hours=float(section[f"{key}_hours"]))
+    if f"{key}_minutes" in section:
+        return timedelta(minutes=float(section[f"{key}_minutes"]))
+    if f"{key}_days" in section:
+        return timedelta(days=float(section[f"{key}_days"]))
+    return default
+
+
+def load_settings(home: Path | None = None) -> Settings:
+    """Read vpnca.toml under `home` (default VPNCA_HOME) and apply the environment overrides."""
+    home = (home or vpnca_home()).resolve()
+    path = home / CONFIG_NAME
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path} not found: run `vpnca init` first") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return settings_from_dict(home, raw)
+
+
+def settings_from_dict(home: Path, raw: dict[str, Any]) -> Settings:
+    env = os.environ
+    tok = raw.get("token", {})
+    token = TokenSettings(
+        module=env.get("VPNCA_PKCS11_MODULE") or tok.get("module", DEFAULT_MODULE),
+        label=env.get("VPNCA_TOKEN_LABEL") or tok.get("label", "vpnca"),
+        pin_file=_resolve(home, env.get("VPNCA_PIN_FILE") or tok.get("pin_file")),
+        softhsm_conf=_resolve(home, tok.get("softhsm_conf")),
+    )
+    ca_raw = raw.get("ca", {})
+    defaults = CaSettings()
+    ca = CaSettings(
+        name=ca_raw.get("name", defaults.name),
+        organization=ca_raw.get("organization", defaults.organization),
+        root_common_name=ca_raw.get("root_common_name", defaults.root_common_name),
+        sub_common_name=ca_raw.get("sub_common_name", defaults.sub_common_name),
+        root_key=ca_raw.get("root_key", defaults.root_key),
+        root_lifetime=_duration(ca_raw, "root_lifetime", defaults.root_lifetime),
+        sub_lifetime=_duration(ca_raw, "sub_lifetime", defaults.sub_lifetime),
+        ocsp_signer_lifetime=_duration(
+            ca_raw, "ocsp_signer_lifetime", defaults.ocsp_signer_lifetime
+        ),
+        name_constraints=bool(ca_raw.get("name_constraints", False)),
+    )
+    if ca.root_key not in ("software", "token"):
+        raise ConfigError(f"ca.root_key must be 'software' or 'token', not {ca.root_key!r}")
+    pol = raw.get("policy", {})
+    try:
+        ranges = tuple(ipaddress.ip_network(r, strict=True) for r in pol.get("allowed_ip_ranges", []))
+    except ValueError as exc:
+        raise ConfigError(f"policy.allowed_ip_ranges: {exc}") from exc
+    policy = PolicySettings(
+        allowed_domains=tuple(d.lower().strip(".") for d in pol.get("allowed_domains", [])),
+        allowed_ip_ranges=ranges,
+        allow_dn_identities=bool(pol.get("allow_dn_identities", True)),
+    )
+    profiles = dict(DEFAULT_PROFILES)
+    for name, section in raw.get("profiles", {}).items():
+        base = profiles.get(name, DEFAULT_PROFILES["device"])
+        profiles[name] = ProfileSettings(lifetime=_duration(section, "lifetime", base.lifetime))
+    db_url = env.get("VPNCA_DATABASE_URL") or raw.get("database", {}).get("url") or (
+        f"sqlite:///{home / 'vpnca.db'}"
+    )
+    http_base = raw.get("urls", {}).get("http_base", "http://127.0.0.1:8080").rstrip("/")
+    return Settings(
+        home=home, database_url=db_url, http_base_url=http_base, token=token, ca=ca,
+        policy=policy, profiles=profiles,
+    )
+
+
+def render_config(
+    *,
+    domains: list[str],
+    ip_ranges: list[str],
+    token_label: str,
+    softhsm_conf: str | None,
+    pin_file: str | None,
+    module: str = DEFAULT_MODULE,
+    ca_name: str = "vpnca-sub",
+    http_base: str = "http://127.0.0.1:8080",
+    root_key: str = "software",
+    name_constraints: bool = False,
+) -> str:
+    """The text of a new vpnca.toml."""
+
+    def toml_list(items: list[str]) -> str:
+        return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+    token_lines = [f'module = "{module}"', f'label = "{token_label}"']
+    if pin_file:
+        token_lines.append(f'pin_file = "{pin_file}"')
+    if softhsm_conf:
+        token_lines.append(f'softhsm_conf = "{softhsm_conf}"')
+    return "\n".join([
+        "# vpnca configuration. Relative paths are relative to VPNCA_HOME.",
+        "[ca]",
+        f'name = "{ca_name}"',
+        f'root_key = "{root_key}"',
+        f"name_constraints = {'true' if name_constraints else 'false'}",
+        "",
+        "[token]",
+        *token_lines,
+        "",
+        "[urls]",
+        f'http_base = "{http_base}"',
+        "",
+        "[policy]",
+        f"allowed_domains = {toml_list(domains)}",
+        f"allowed_ip_ranges = {toml_list(ip_ranges)}",
+        "allow_dn_identities = true",
+        "",
+        "[profiles.device]",
+        "lifetime_days = 7",
+        "",
+        "[profiles.gateway]",
+        "lifetime_days = 30",
+        "",
+    ])

@@ -1,0 +1,43 @@
+"""The one exception hierarchy of the core; each front end maps it to its own error format."""
+
+from hsm.errors import HsmUnavailable
+
+
+class VpncaError(Exception):
+    """Base class of every error the core raises on purpose."""
+
+
+class BadRequest(VpncaError):
+    """The input cannot be parsed or is inconsistent (malformed CSR, bad signature)."""
+
+
+class PolicyViolation(VpncaError):
+    """The request is well formed but the crypto policy or the profile refuses it."""
+
+
+class NotAuthorized(VpncaError):
+    """The requester may not have what it asked for."""
+
+
+class NotFound(VpncaError):
+    """No such certificate, token or record."""
+
+
+class Conflict(VpncaError):
+    """The request conflicts with the current state (already revoked, CA already exists)."""
+
+
+class ConfigError(VpncaError):
+    """vpnca.toml or the environment is missing or wrong."""
+
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "Conflict",
+    "HsmUnavailable",
+    "NotAuthorized",
+    "NotFound",
+    "PolicyViolation",
+    "VpncaError",
+]

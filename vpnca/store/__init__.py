@@ -1,0 +1,6 @@
+"""Storage: SQLAlchemy models behind one repository (SQLite by default, PostgreSQL to scale)."""
+
+from vpnca.store.models import AuditEntry, CaCertificate, CertificateRecord, CertStatus
+from vpnca.store.repository import Store
+
+__all__ = ["AuditEntry", "CaCertificate", "CertStatus", "CertificateRecord", "Store"]

@@ -1,0 +1,95 @@
+"""Database tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import DateTime, Dialect, Index, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UtcDateTime}
+
+
+class CertStatus(StrEnum):
+    ISSUING = "issuing"  # serial reserved, not yet signed: an interrupted issuance if it stays
+    VALID = "valid"
+    REVOKED = "revoked"  # permanently, or on hold (reason certificateHold)
+    FAILED = "failed"  # signing failed; the serial stays reserved and is never reused
+
+
+class CertificateRecord(Base):
+    """Every leaf certificate the CA has issued or started to issue."""
+
+    __tablename__ = "certificates"
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)  # lowercase hex
+    issuer: Mapped[str] = mapped_column(String(128))
+    profile: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(Text)
+    identities: Mapped[str] = mapped_column(Text)  # JSON list of [kind, value]
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    not_before: Mapped[datetime] = mapped_column()
+    not_after: Mapped[datetime] = mapped_column(index=True)
+    requester: Mapped[str] = mapped_column(String(255))
+    protocol: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column()
+    der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    revocation_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    invalidity_date: Mapped[datetime | None] = mapped_column(nullable=True)
+
+    __table_args__ = (Index("ix_certificates_issuer_status", "issuer", "status"),)
+
+
+class CaCertificate(Base):
+    """CA certificates (root, sub-CA, OCSP signer) and the token labels of their keys."""
+
+    __tablename__ = "ca_certificates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    role: Mapped[str] = mapped_column(String(16), index=True)  # root | sub | ocsp
+    ca_name: Mapped[str] = mapped_column(String(128))
+    serial: Mapped[str] = mapped_column(String(40))
+    key_label: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column()
+
+
+class AuditEntry(Base):
+    """One link of the audit hash chain: `entry_hash` covers `prev_hash` and the fields."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    created_at: Mapped[str] = mapped_column(String(40))  # ISO 8601, hashed as written
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))

@@ -1,0 +1,233 @@
+"""The one place that reads and writes the database.
+
+SQLite runs in WAL mode with synchronous=FULL, so a committed row survives a crash, and write
+transactions start with BEGIN IMMEDIATE so concurrent writers queue on the lock instead of failing
+on upgrade. On PostgreSQL the audit chain head is taken under a transaction-scoped advisory lock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from vpnca.audit import GENESIS_HASH, canonical_details, entry_hash
+from vpnca.errors import Conflict, NotFound
+from vpnca.store.models import AuditEntry, Base, CaCertificate, CertificateRecord, CertStatus
+
+AUDIT_LOCK_KEY = 0x7670_6E63  # "vpnc": the advisory lock serialising audit appends on PostgreSQL
+
+
+class SerialCollision(Exception):
+    """The random serial is already taken; draw another."""
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _configure(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            immediate = conn.get_execution_options().get("vpnca_write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Store:
+    """Repository over the vpnca database."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self._write_engine = self.engine.execution_options(vpnca_write=True)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def _append_audit(self, session: Session, actor: str, action: str, details: dict[str, Any]) -> AuditEntry:
+        if self.is_postgres:
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
+        head = session.execute(
+            select(AuditEntry.seq, AuditEntry.entry_hash).order_by(AuditEntry.seq.desc()).limit(1)
+        ).first()
+        seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+        created_at = utcnow().isoformat()
+        body = canonical_details(details)
+        entry = AuditEntry(
+            seq=seq, created_at=created_at, actor=actor, action=action, details=body,
+            prev_hash=prev, entry_hash=entry_hash(prev, seq, created_at, actor, action, body),
+        )
+        session.add(entry)
+        session.flush()
+        return entry
+
+    def audit(self, actor: str, action: str, details: dict[str, Any]) -> AuditEntry:
+        """Append one audit entry in its own transaction."""
+        with self.write() as session:
+            return self._append_audit(session, actor, action, details)
+
+    def audit_entries(self) -> list[AuditEntry]:
+        with self.read() as session:
+            return list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq)))
+
+    # -- leaf certificates -------------------------------------------------------------------
+
+    def reserve_serial(self, record: CertificateRecord) -> None:
+        """Insert the `issuing` row that reserves the serial; SerialCollision if it is taken."""
+        try:
+            with self.write() as session:
+                session.add(record)
+        except IntegrityError as exc:
+            raise SerialCollision(record.serial) from exc
+
+    def complete_issuance(self, serial: str, der: bytes, actor: str, details: dict[str, Any]) -> None:
+        """Store the signed certificate and its audit entry in one transaction."""
+        with self.write() as session:
+            record = session.get(CertificateRecord, serial)
+            if record is None or record.status != CertStatus.ISSUING:
+                raise Conflict(f"serial {serial} is not being issued")
+            record.der = der
+            record.status = CertStatus.VALID
+            self._append_audit(session, actor, "issue", details)
+
+    def fail_issuance(self, serial: str, error: str, actor: str) -> None:
+        with self.write() as session:
+            record = session.get(CertificateRecord, serial)
+            if record is not None and record.status == CertStatus.ISSUING:
+                record.status = CertStatus.FAILED
+                record.error = error[:2000]
+                self._append_audit(session, actor, "issue-failed", {"serial": serial, "error": error[:500]})
+
+    def get_certificate(self, serial: str) -> CertificateRecord | None:
+        with self.read() as session:
+            return session.get(CertificateRecord, serial)
+
+    def list_certificates(
+        self, *, status: str | None = None, profile: str | None = None, limit: int | None = None
+    ) -> list[CertificateRecord]:
+        query = select(CertificateRecord).order_by(CertificateRecord.created_at)
+        if status:
+            query = query.where(CertificateRecord.status == status)
+        if profile:
+            query = query.where(CertificateRecord.profile == profile)
+        if limit:
+            query = query.limit(limit)
+        with self.read() as session:
+            return list(session.scalars(query))
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.read() as session:
+            rows = session.execute(
+                select(CertificateRecord.status, func.count()).group_by(CertificateRecord.status)
+            )
+            return {status: count for status, count in rows}
+
+    def revoke(
+        self,
+        serial: str,
+        reason: str,
+        *,
+        actor: str,
+        revoked_at: datetime,
+        invalidity_date: datetime | None = None,
+    ) -> CertificateRecord:
+        """Revoke (or put on hold) a valid or held certificate, with its audit entry."""
+        with self.write() as session:
+            record = session.get(CertificateRecord, serial)
+            if record is None or record.status in (CertStatus.ISSUING, CertStatus.FAILED):
+                raise NotFound(f"no issued certificate with serial {serial}")
+            if record.status == CertStatus.REVOKED:
+                if record.revocation_reason != "certificateHold":
+                    raise Conflict(f"certificate {serial} is already revoked ({record.revocation_reason})")
+                if reason == "certificateHold":
+                    raise Conflict(f"certificate {serial} is already on hold")
+            record.status = CertStatus.REVOKED
+            # a held certificate keeps its original revocation date when revoked for good
+            if record.revoked_at is None:
+                record.revoked_at = revoked_at
+            record.revocation_reason = reason
+            record.invalidity_date = invalidity_date
+            self._append_audit(session, actor, "revoke", {
+                "serial": serial, "reason": reason,
+                "invalidity_date": invalidity_date.isoformat() if invalidity_date else None,
+            })
+            return record
+
+    def release_hold(self, serial: str, *, actor: str) -> CertificateRecord:
+        with self.write() as session:
+            record = session.get(CertificateRecord, serial)
+            if record is None:
+                raise NotFound(f"no issued certificate with serial {serial}")
+            if record.status != CertStatus.REVOKED or record.revocation_reason != "certificateHold":
+                raise Conflict(f"certificate {serial} is not on hold")
+            record.status = CertStatus.VALID
+            record.revoked_at = None
+            record.revocation_reason = None
+            record.invalidity_date = None
+            self._append_audit(session, actor, "release-hold", {"serial": serial})
+            return record
+
+    # -- CA certificates ----------------------------------------------------------------------
+
+    def add_ca_certificate(
+        self, *, role: str, ca_name: str, serial: str, der: bytes, key_label: str | None,
+        actor: str, details: dict[str, Any],
+    ) -> None:
+        with self.write() as session:
+            session.add(CaCertificate(
+                role=role, ca_name=ca_name, serial=serial, der=der, key_label=key_label,
+                created_at=utcnow(),
+            ))
+            self._append_audit(session, actor, f"ca-{role}", details)
+
+    def ca_certificates(self, role: str | None = None) -> Sequence[CaCertificate]:
+        query = select(CaCertificate).order_by(CaCertificate.id)
+        if role:
+            query = query.where(CaCertificate.role == role)
+        with self.read() as session:
+            return list(session.scalars(query))
+
+    def current_ca(self, role: str) -> CaCertificate | None:
+        found = self.ca_certificates(role)
+        return found[-1] if found else None
+
+
+def identities_json(pairs: list[tuple[str, str]]) -> str:
+    return json.dumps(pairs)
