@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import hashlib
 import json
 import logging
 import os
@@ -42,7 +43,16 @@ def actor() -> str:
 def open_store(settings: Settings) -> Store:
     store = Store(settings.database_url)
     store.create_schema()
+    record_config_change(settings, store)
     return store
+
+
+def record_config_change(settings: Settings, store: Store) -> None:
+    """Audit vpnca.toml whenever its content differs from the last version the chain recorded."""
+    digest = hashlib.sha256(settings.config_path.read_bytes()).hexdigest()
+    last = store.latest_audit("config")
+    if last is None or json.loads(last.details).get("sha256") != digest:
+        store.audit(actor(), "config", {"path": str(settings.config_path), "sha256": digest})
 
 
 # -- output ---------------------------------------------------------------------------------

@@ -103,6 +103,12 @@ class Store:
         with self.write() as session:
             return self._append_audit(session, actor, action, details)
 
+    def latest_audit(self, action: str) -> AuditEntry | None:
+        with self.read() as session:
+            return session.scalars(
+                select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.seq.desc()).limit(1)
+            ).first()
+
     def audit_entries(self) -> list[AuditEntry]:
         with self.read() as session:
             return list(session.scalars(select(AuditEntry).order_by(AuditEntry.seq)))

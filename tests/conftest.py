@@ -1,0 +1,125 @@
+"""Fixtures: a real SoftHSM2 token, CA homes on it, and a real PostgreSQL cluster."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from hsm.softhsm import SoftHsmToken, init_softhsm_token
+from tests.helpers import free_port, require_tool, run
+from vpnca import ca as ca_module
+from vpnca.authority import Authority
+from vpnca.config import Settings, load_settings, render_config
+from vpnca.store import Store
+
+TOKEN_LABEL = "vpnca-test"
+_ca_names = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsmToken:
+    """One SoftHSM2 token for the whole run (PKCS#11 is initialised once per process)."""
+    require_tool("softhsm2-util")
+    token = init_softhsm_token(tmp_path_factory.mktemp("softhsm"), TOKEN_LABEL)
+    os.environ["SOFTHSM2_CONF"] = str(token.conf)
+    return token
+
+
+@dataclass
+class CaHome:
+    settings: Settings
+    store: Store
+    hierarchy: ca_module.Hierarchy
+    authority: Authority
+    env: dict[str, str]
+
+    @property
+    def home(self) -> Path:
+        return self.settings.home
+
+
+def make_ca_home(home: Path, softhsm: SoftHsmToken, database_url: str | None = None,
+                 **config: object) -> CaHome:
+    """A fresh VPNCA_HOME with its config, a CA initialised on the shared test token."""
+    home.mkdir(parents=True, exist_ok=True)
+    name = f"ca{next(_ca_names)}-{os.getpid()}"
+    text = render_config(
+        domains=["example.com", "example.net"], ip_ranges=["10.0.0.0/8", "192.0.2.0/24"],
+        token_label=softhsm.label, softhsm_conf=str(softhsm.conf), pin_file=str(softhsm.pin_file),
+        ca_name=name, **config,  # type: ignore[arg-type]
+    )
+    if database_url:
+        text += f'\n[database]\nurl = "{database_url}"\n'
+    (home / "vpnca.toml").write_text(text)
+    settings = load_settings(home)
+    store = Store(settings.database_url)
+    hierarchy = ca_module.initialise(settings, store, actor="test")
+    env = {**os.environ, "VPNCA_HOME": str(home), "SOFTHSM2_CONF": str(softhsm.conf)}
+    env.pop("VPNCA_DATABASE_URL", None)
+    return CaHome(settings, store, hierarchy, Authority.open(settings, store), env)
+
+
+@pytest.fixture
+def ca_home(tmp_path: Path, softhsm: SoftHsmToken) -> Iterator[CaHome]:
+    home = make_ca_home(tmp_path / "home", softhsm)
+    yield home
+    home.store.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private PostgreSQL cluster from the Debian package: initdb + pg_ctl in a temp dir."""
+    bindir = Path("/usr/lib/postgresql")
+    versions = sorted(bindir.glob("*/bin/initdb")) if bindir.exists() else []
+    if not versions:
+        require_tool("initdb")
+    initdb = str(versions[-1]) if versions else require_tool("initdb")
+    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
+    base = Path(tempfile.mkdtemp(prefix="vpnca-pg-"))
+    data, sockets = base / "data", base / "run"
+    sockets.mkdir()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(base, user.pw_uid, user.pw_gid)
+        os.chown(sockets, user.pw_uid, user.pw_gid)
+        as_user = [require_tool("runuser"), "-u", "postgres", "--"]
+    port = free_port()
+    run([*as_user, initdb, "-A", "trust", "-U", "vpnca", "-D", str(data)])
+    run([*as_user, pg_ctl, "-D", str(data), "-l", str(base / "log"), "-w", "-o",
+         f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=on", "start"])
+    try:
+        url = f"postgresql+psycopg://vpnca@127.0.0.1:{port}/postgres"
+        yield url
+    finally:
+        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],
+                       capture_output=True, check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_ca_home(request: pytest.FixtureRequest, tmp_path: Path, softhsm: SoftHsmToken) -> Iterator[CaHome]:
+    """The same CA on SQLite and on a real PostgreSQL (a fresh database each time)."""
+    url = None
+    if request.param == "postgres":
+        base = request.getfixturevalue("postgres_url")
+        dbname = f"t{next(_ca_names)}"
+        import sqlalchemy
+
+        admin = sqlalchemy.create_engine(base, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {dbname}")
+        admin.dispose()
+        url = base.rsplit("/", 1)[0] + f"/{dbname}"
+    home = make_ca_home(tmp_path / "home", softhsm, database_url=url)
+    yield home
+    home.store.dispose()

@@ -1,0 +1,62 @@
+"""Shared helpers for the test suite: real tools, real daemons, no skips."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def require_tool(name: str) -> str:
+    """The path of `name`; a missing tool fails the test (it never skips, in CI or out)."""
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/lib/ipsec/{name}") if os.access(p, os.X_OK)), None
+    )
+    if path is None:
+        pytest.fail(f"required tool {name!r} is not installed (run `make deps`)")
+    return path
+
+
+def run(cmd: list[str], *, check: bool = True, input_: bytes | None = None,
+        env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(cmd, input=input_.decode() if input_ else None, capture_output=True, text=True,
+                            env=env, cwd=cwd, check=False, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def openssl_key(path: Path, algorithm: str = "ec-p256") -> Path:
+    """A private key made by openssl: ec-p256, ec-p384 or rsa-N."""
+    openssl = require_tool("openssl")
+    if algorithm.startswith("rsa-"):
+        run([openssl, "genpkey", "-algorithm", "RSA", "-pkeyopt", f"rsa_keygen_bits:{algorithm[4:]}",
+             "-out", str(path)])
+    else:
+        curve = {"ec-p256": "P-256", "ec-p384": "P-384"}[algorithm]
+        run([openssl, "genpkey", "-algorithm", "EC", "-pkeyopt", f"ec_paramgen_curve:{curve}",
+             "-out", str(path)])
+    return path
+
+
+def openssl_csr(directory: Path, *, subject: str, sans: list[str] | None = None,
+                algorithm: str = "ec-p256", digest: str = "sha256", name: str = "req") -> Path:
+    """A CSR made by `openssl req`, e.g. sans=["DNS:vpn.example.com", "IP:10.0.0.1"]."""
+    openssl = require_tool("openssl")
+    key = openssl_key(directory / f"{name}.key", algorithm)
+    csr = directory / f"{name}.csr"
+    cmd = [openssl, "req", "-new", "-key", str(key), "-subj", subject, f"-{digest}", "-out", str(csr)]
+    if sans:
+        cmd += ["-addext", "subjectAltName=" + ",".join(sans)]
+    run(cmd)
+    return csr
