@@ -1,4 +1,4 @@
-# vpnca: `make run` starts a development CA, `make test` runs the whole suite, `make bench` benchmarks.
+# vpnca: `make run` starts a development CA and the service, `make test` runs the whole suite, `make bench` benchmarks.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -22,6 +22,7 @@ run: deps venv
 		$(VENV)/bin/vpnca init --softhsm --domain example.com --ip-range 10.0.0.0/8 --ip-range 192.0.2.0/24; \
 	fi
 	$(VENV)/bin/vpnca status
+	$(VENV)/bin/vpnca -v serve
 
 test: deps venv
 	$(PY) -m pytest

@@ -123,3 +123,60 @@ def any_ca_home(request: pytest.FixtureRequest, tmp_path: Path, softhsm: SoftHsm
     home = make_ca_home(tmp_path / "home", softhsm, database_url=url)
     yield home
     home.store.dispose()
+
+
+@dataclass
+class RunningServer:
+    ca: CaHome
+    https_port: int
+    http_port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def est(self) -> str:
+        return f"https://localhost:{self.https_port}/.well-known/est"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"server did not listen on {port}:\n{log.read_text()}")
+
+
+def start_server(ca: CaHome, *extra: str) -> RunningServer:
+    """`vpnca serve` as a real process on free ports."""
+    import sys
+
+    https_port, http_port = free_port(), free_port()
+    log = ca.home / "serve.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vpnca.cli", "-v", "serve", "--https-port", str(https_port),
+         "--http-port", str(http_port), *extra],
+        env=ca.env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )
+    wait_for_port(https_port, process, log)
+    wait_for_port(http_port, process, log)
+    return RunningServer(ca, https_port, http_port, process, log)
+
+
+def stop_server(server: RunningServer) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()

@@ -116,7 +116,12 @@ class Authority:
                 raise NotAuthorized(
                     f"{request.requester} may not request {', '.join(map(str, outside))}"
                 )
-        check_identities(request.identities, self.settings.policy)
+        if profile.name == "service":  # vpnca's own server: only the names its config gives it
+            allowed = {IkeIdentity.parse(n) for n in self.settings.server.tls_names}
+            if not set(request.identities) <= allowed:
+                raise PolicyViolation("service certificates carry only the configured server.tls_names")
+        else:
+            check_identities(request.identities, self.settings.policy)
         subject_for(request.identities)  # at most one DN
         return profile
 

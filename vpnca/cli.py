@@ -24,6 +24,7 @@ from vpnca.audit import verify_chain
 from vpnca.authority import REVOCATION_REASONS, Authority, IssueRequest, request_from_csr
 from vpnca.config import CONFIG_NAME, Settings, load_settings, render_config, vpnca_home
 from vpnca.errors import BadRequest, ConfigError, VpncaError
+from vpnca.files import write_private
 from vpnca.identities import IkeIdentity
 from vpnca.store import CertificateRecord, CertStatus, Store
 from vpnca.x509util import parse_serial, to_pem
@@ -113,12 +114,6 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
 def cmd_issue(args: argparse.Namespace) -> int:
     settings = load_settings()
     store = open_store(settings)
@@ -151,7 +146,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(pem.decode())
     if key is not None:
-        _write_private(Path(args.key_out), key.private_bytes(
+        write_private(Path(args.key_out), key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ))
     print(issued.serial, file=sys.stderr if not args.out else sys.stdout)
@@ -288,6 +283,67 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vpnca.server import serve
+
+    settings = load_settings()
+    open_store(settings).dispose()
+    serve(settings, host=args.host or settings.server.host,
+          https_port=args.https_port or settings.server.https_port,
+          http_port=args.http_port or settings.server.http_port, workers=args.workers,
+          log_level="info" if args.verbose else "warning")
+    return 0
+
+
+def parse_duration(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return timedelta(seconds=float(text[:-1]) * units[text[-1]])
+    except (KeyError, ValueError, IndexError) as exc:
+        raise BadRequest(f"not a duration: {text!r} (use e.g. 30m, 1h, 7d)") from exc
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from enrollment.auth import create_token
+
+    settings = load_settings()
+    store = open_store(settings)
+    identities = tuple(IkeIdentity.parse(i) for i in args.id)
+    from vpnca.policy import check_identities
+
+    check_identities(identities, settings.policy)
+    token = create_token(store, identities=identities, profile=args.profile, protocol=args.protocol,
+                         ttl=parse_duration(args.ttl), created_by=actor())
+    if args.json:
+        print(json.dumps({"token_id": token.token_id, "secret": token.secret,
+                          "credential": f"{token.token_id}:{token.secret}",
+                          "expires_at": token.expires_at.isoformat()}))
+    else:
+        print(f"{token.token_id}:{token.secret}")
+        print(f"expires {token.expires_at:%Y-%m-%dT%H:%M:%SZ}; single use; for {', '.join(args.id)}",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    store = open_store(load_settings())
+    rows = [{"request_id": p.request_id, "profile": p.profile,
+             "identities": ",".join(v for _, v in json.loads(p.identities)), "requester": p.requester,
+             "created_at": p.created_at.isoformat()[:19]} for p in store.list_pending()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, ["request_id", "profile", "identities", "requester", "created_at"])
+    return 0
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    store = open_store(load_settings())
+    pending = store.decide_pending(args.request_id, approve=args.command == "approve", actor=actor())
+    print(f"{pending.request_id} {pending.status}")
+    return 0
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,6 +396,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("status", cmd_status, "token, CA certificates, counts, interrupted issuances, audit")
     p.add_argument("--json", action="store_true")
+
+    p = command("serve", cmd_serve, "run EST over HTTPS and the HTTP listener")
+    p.add_argument("--host")
+    p.add_argument("--https-port", type=int)
+    p.add_argument("--http-port", type=int)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (each its own token session)")
+
+    token = sub.add_parser("token", help="one-time enrollment credentials").add_subparsers(
+        dest="token_command", required=True)
+    p = token.add_parser("create", help="create a single-use enrollment token bound to identities")
+    p.add_argument("--id", action="append", required=True, help="identity the token may enroll (repeatable)")
+    p.add_argument("--profile", default="device", choices=["device", "gateway"])
+    p.add_argument("--protocol", default="est", choices=["est", "scep"])
+    p.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 2d")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_token_create)
+
+    p = command("pending", cmd_pending, "list enrollments waiting for approval")
+    p.add_argument("--json", action="store_true")
+    for name in ("approve", "reject"):
+        p = command(name, cmd_decide, f"{name} a pending enrollment")
+        p.add_argument("request_id")
 
     audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="audit_command", required=True)
     p = audit.add_parser("verify", help="verify the audit hash chain")

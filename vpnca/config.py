@@ -48,6 +48,25 @@ class PolicySettings:
 @dataclass(frozen=True)
 class ProfileSettings:
     lifetime: timedelta
+    approval: bool = False  # enrollments wait for `vpnca approve`
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    https_port: int = 8443
+    http_port: int = 8080
+    tls_names: tuple[str, ...] = ("localhost", "127.0.0.1")  # SANs of the HTTPS server certificate
+
+
+@dataclass(frozen=True)
+class EstSettings:
+    default_profile: str = "device"
+    bootstrap_ca_files: tuple[Path, ...] = ()  # manufacturer/bootstrap CAs for first enrollment
+    trusted_proxies: tuple[str, ...] = ()  # addresses allowed to pass the client certificate
+    client_cert_header: str = "x-ssl-client-cert"  # URL-encoded PEM, as nginx's $ssl_client_escaped_cert
+    max_body_bytes: int = 16 * 1024
+    retry_after_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,8 @@ class Settings:
     ca: CaSettings
     policy: PolicySettings
     profiles: dict[str, ProfileSettings] = field(default_factory=dict)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    est: EstSettings = field(default_factory=EstSettings)
 
     @property
     def config_path(self) -> Path:
@@ -80,6 +101,7 @@ class Settings:
 DEFAULT_PROFILES = {
     "device": ProfileSettings(lifetime=timedelta(days=7)),
     "gateway": ProfileSettings(lifetime=timedelta(days=30)),
+    "service": ProfileSettings(lifetime=timedelta(days=30)),  # vpnca's own HTTPS server
 }
 
 
@@ -156,14 +178,35 @@ def settings_from_dict(home: Path, raw: dict[str, Any]) -> Settings:
     profiles = dict(DEFAULT_PROFILES)
     for name, section in raw.get("profiles", {}).items():
         base = profiles.get(name, DEFAULT_PROFILES["device"])
-        profiles[name] = ProfileSettings(lifetime=_duration(section, "lifetime", base.lifetime))
+        profiles[name] = ProfileSettings(
+            lifetime=_duration(section, "lifetime", base.lifetime),
+            approval=bool(section.get("approval", base.approval)),
+        )
     db_url = env.get("VPNCA_DATABASE_URL") or raw.get("database", {}).get("url") or (
         f"sqlite:///{home / 'vpnca.db'}"
     )
     http_base = raw.get("urls", {}).get("http_base", "http://127.0.0.1:8080").rstrip("/")
+    srv = raw.get("server", {})
+    server = ServerSettings(
+        host=srv.get("host", "127.0.0.1"),
+        https_port=int(srv.get("https_port", 8443)),
+        http_port=int(srv.get("http_port", 8080)),
+        tls_names=tuple(srv.get("tls_names", ServerSettings.tls_names)),
+    )
+    est_raw = raw.get("est", {})
+    est = EstSettings(
+        default_profile=est_raw.get("default_profile", "device"),
+        bootstrap_ca_files=tuple(
+            p for p in (_resolve(home, f) for f in est_raw.get("bootstrap_ca_files", [])) if p
+        ),
+        trusted_proxies=tuple(est_raw.get("trusted_proxies", [])),
+        client_cert_header=est_raw.get("client_cert_header", "x-ssl-client-cert").lower(),
+        max_body_bytes=int(est_raw.get("max_body_bytes", 16 * 1024)),
+        retry_after_seconds=int(est_raw.get("retry_after_seconds", 60)),
+    )
     return Settings(
         home=home, database_url=db_url, http_base_url=http_base, token=token, ca=ca,
-        policy=policy, profiles=profiles,
+        policy=policy, profiles=profiles, server=server, est=est,
     )
 
 

@@ -19,6 +19,19 @@ class NotAuthorized(VpncaError):
     """The requester may not have what it asked for."""
 
 
+class NotAuthenticated(NotAuthorized):
+    """No credential, or a credential that is unknown, used up or expired."""
+
+
+class Pending(VpncaError):
+    """The request waits for an operator's approval; ask again later."""
+
+    def __init__(self, request_id: str, retry_after: int) -> None:
+        super().__init__(f"request {request_id} is waiting for approval")
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+
 class NotFound(VpncaError):
     """No such certificate, token or record."""
 
@@ -36,8 +49,10 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "HsmUnavailable",
+    "NotAuthenticated",
     "NotAuthorized",
     "NotFound",
+    "Pending",
     "PolicyViolation",
     "VpncaError",
 ]

@@ -26,7 +26,7 @@ def _check_fqdn(name: str) -> str:
     if "*" in name:
         raise BadRequest(f"wildcard names are not issued: {name}")
     labels = name.split(".")
-    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+    if len(name) > 253 or (len(labels) < 2 and name != "localhost") or not all(_LABEL.match(label) for label in labels):
         raise BadRequest(f"not a valid host name: {name!r}")
     return name
 

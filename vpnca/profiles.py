@@ -19,6 +19,7 @@ IKE_INTERMEDIATE = ObjectIdentifier("1.3.6.1.5.5.8.2.2")
 PROFILE_EKUS: dict[str, tuple[ObjectIdentifier, ...]] = {
     "gateway": (ExtendedKeyUsageOID.SERVER_AUTH, ID_KP_IPSEC_IKE, IKE_INTERMEDIATE),
     "device": (ExtendedKeyUsageOID.CLIENT_AUTH, ID_KP_IPSEC_IKE),
+    "service": (ExtendedKeyUsageOID.SERVER_AUTH,),
 }
 
 

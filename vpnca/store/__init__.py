@@ -1,6 +1,16 @@
 """Storage: SQLAlchemy models behind one repository (SQLite by default, PostgreSQL to scale)."""
 
-from vpnca.store.models import AuditEntry, CaCertificate, CertificateRecord, CertStatus
+from vpnca.store.models import (
+    AuditEntry,
+    CaCertificate,
+    CertificateRecord,
+    CertStatus,
+    EnrollmentToken,
+    PendingRequest,
+)
 from vpnca.store.repository import Store
 
-__all__ = ["AuditEntry", "CaCertificate", "CertStatus", "CertificateRecord", "Store"]
+__all__ = [
+    "AuditEntry", "CaCertificate", "CertStatus", "CertificateRecord", "EnrollmentToken", "PendingRequest",
+    "Store",
+]

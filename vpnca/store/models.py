@@ -93,3 +93,36 @@ class AuditEntry(Base):
     details: Mapped[str] = mapped_column(Text)  # canonical JSON
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class EnrollmentToken(Base):
+    """A one-time enrollment credential: only the SHA-256 of its secret is stored."""
+
+    __tablename__ = "enrollment_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    identities: Mapped[str] = mapped_column(Text)  # JSON list of [kind, value]
+    profile: Mapped[str] = mapped_column(String(32))
+    protocol: Mapped[str] = mapped_column(String(16))  # est | scep
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column()
+    used_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    used_for_serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class PendingRequest(Base):
+    """An enrollment waiting for an operator's `vpnca approve` (profiles with approval = true)."""
+
+    __tablename__ = "pending_requests"
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the CSR DER
+    profile: Mapped[str] = mapped_column(String(32))
+    identities: Mapped[str] = mapped_column(Text)
+    requester: Mapped[str] = mapped_column(String(255))
+    protocol: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))  # pending | approved | rejected | issued
+    created_at: Mapped[datetime] = mapped_column()
+    decided_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    serial: Mapped[str | None] = mapped_column(String(40), nullable=True)

@@ -13,13 +13,21 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vpnca.audit import GENESIS_HASH, canonical_details, entry_hash
 from vpnca.errors import Conflict, NotFound
-from vpnca.store.models import AuditEntry, Base, CaCertificate, CertificateRecord, CertStatus
+from vpnca.store.models import (
+    AuditEntry,
+    Base,
+    CaCertificate,
+    CertificateRecord,
+    CertStatus,
+    EnrollmentToken,
+    PendingRequest,
+)
 
 AUDIT_LOCK_KEY = 0x7670_6E63  # "vpnc": the advisory lock serialising audit appends on PostgreSQL
 
@@ -234,6 +242,82 @@ class Store:
         found = self.ca_certificates(role)
         return found[-1] if found else None
 
+    # -- enrollment tokens ----------------------------------------------------------------------
 
-def identities_json(pairs: list[tuple[str, str]]) -> str:
-    return json.dumps(pairs)
+    def add_enrollment_token(self, token: EnrollmentToken) -> None:
+        with self.write() as session:
+            session.add(token)
+            self._append_audit(session, token.created_by, "token-create", {
+                "token_id": token.token_id, "identities": json.loads(token.identities),
+                "profile": token.profile, "protocol": token.protocol,
+                "expires_at": token.expires_at.isoformat(),
+            })
+
+    def get_enrollment_token(self, token_id: str) -> EnrollmentToken | None:
+        with self.read() as session:
+            return session.get(EnrollmentToken, token_id)
+
+    def consume_enrollment_token(self, token_id: str, now: datetime) -> bool:
+        """Mark the token used; False if it was used or expired meanwhile (single use, atomic)."""
+        with self.write() as session:
+            result = session.execute(
+                update(EnrollmentToken)
+                .where(EnrollmentToken.token_id == token_id, EnrollmentToken.used_at.is_(None),
+                       EnrollmentToken.expires_at > now)
+                .values(used_at=now)
+            )
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def note_token_serial(self, token_id: str, serial: str) -> None:
+        with self.write() as session:
+            token = session.get(EnrollmentToken, token_id)
+            if token is not None:
+                token.used_for_serial = serial
+
+    # -- pending requests ----------------------------------------------------------------------
+
+    def pending_request(self, request_id: str) -> PendingRequest | None:
+        with self.read() as session:
+            return session.get(PendingRequest, request_id)
+
+    def add_pending_request(self, pending: PendingRequest) -> PendingRequest:
+        """Insert the pending request, or return the one already filed for the same CSR."""
+        try:
+            with self.write() as session:
+                session.add(pending)
+                self._append_audit(session, pending.requester, "request-pending", {
+                    "request_id": pending.request_id, "profile": pending.profile,
+                    "identities": json.loads(pending.identities), "protocol": pending.protocol,
+                })
+            return pending
+        except IntegrityError:
+            existing = self.pending_request(pending.request_id)
+            assert existing is not None
+            return existing
+
+    def list_pending(self) -> list[PendingRequest]:
+        with self.read() as session:
+            return list(session.scalars(
+                select(PendingRequest).where(PendingRequest.status == "pending")
+                .order_by(PendingRequest.created_at)
+            ))
+
+    def decide_pending(self, request_id: str, *, approve: bool, actor: str) -> PendingRequest:
+        with self.write() as session:
+            pending = session.get(PendingRequest, request_id)
+            if pending is None:
+                raise NotFound(f"no pending request {request_id}")
+            if pending.status != "pending":
+                raise Conflict(f"request {request_id} is already {pending.status}")
+            pending.status = "approved" if approve else "rejected"
+            pending.decided_by = actor
+            self._append_audit(session, actor, "approve" if approve else "reject",
+                               {"request_id": request_id})
+            return pending
+
+    def mark_pending_issued(self, request_id: str, serial: str) -> None:
+        with self.write() as session:
+            pending = session.get(PendingRequest, request_id)
+            if pending is not None:
+                pending.status = "issued"
+                pending.serial = serial

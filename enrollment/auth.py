@@ -1,0 +1,121 @@
+"""Enrollment authorisation shared by EST and SCEP: one-time tokens and client certificates."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from vpnca.config import Settings
+from vpnca.errors import NotAuthenticated, NotAuthorized
+from vpnca.identities import IkeIdentity, identities_of_certificate
+from vpnca.store import CertificateRecord, CertStatus, EnrollmentToken, Store
+from vpnca.x509util import serial_hex
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who is enrolling, and what the credential lets them have."""
+
+    name: str
+    method: str  # token | client-cert | bootstrap-cert
+    allowed_identities: frozenset[IkeIdentity] | None
+    profile: str | None = None  # a token is bound to one profile
+    token_id: str | None = None
+    current: CertificateRecord | None = None  # the certificate being renewed
+
+
+@dataclass(frozen=True)
+class NewToken:
+    token_id: str
+    secret: str
+    expires_at: datetime
+
+
+def _secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_token(
+    store: Store, *, identities: tuple[IkeIdentity, ...], profile: str, protocol: str, ttl: timedelta,
+    created_by: str,
+) -> NewToken:
+    """A single-use credential bound to `identities` and `profile`; only its hash is stored."""
+    now = datetime.now(UTC)
+    token = NewToken(secrets.token_hex(8), secrets.token_urlsafe(24), now + ttl)
+    store.add_enrollment_token(EnrollmentToken(
+        token_id=token.token_id, secret_sha256=_secret_hash(token.secret),
+        identities=json.dumps([[i.kind, i.value] for i in identities]), profile=profile, protocol=protocol,
+        created_by=created_by, created_at=now, expires_at=token.expires_at,
+    ))
+    return token
+
+
+def check_token(store: Store, token_id: str, secret: str, *, protocol: str) -> Requester:
+    """Verify a token credential without using it up (that happens when the certificate is issued)."""
+    record = store.get_enrollment_token(token_id)
+    if record is None or not hmac.compare_digest(record.secret_sha256, _secret_hash(secret)):
+        raise NotAuthenticated("unknown enrollment token or wrong secret")
+    if record.protocol != protocol:
+        raise NotAuthorized(f"token {token_id} is for {record.protocol}, not {protocol}")
+    if record.used_at is not None:
+        raise NotAuthenticated(f"token {token_id} was already used")
+    if record.expires_at <= datetime.now(UTC):
+        raise NotAuthenticated(f"token {token_id} expired at {record.expires_at.isoformat()}")
+    identities = frozenset(IkeIdentity(kind, value) for kind, value in json.loads(record.identities))
+    return Requester(name=f"token:{token_id}", method="token", allowed_identities=identities,
+                     profile=record.profile, token_id=token_id)
+
+
+def use_token(store: Store, requester: Requester) -> None:
+    """Spend the token atomically; a concurrent second use loses."""
+    if requester.token_id and not store.consume_enrollment_token(requester.token_id, datetime.now(UTC)):
+        raise NotAuthenticated(f"token {requester.token_id} was already used or has expired")
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+
+
+def _valid_now(cert: x509.Certificate) -> bool:
+    now = datetime.now(UTC)
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+def requester_from_certificate(
+    store: Store, settings: Settings, issuer: x509.Certificate, cert: x509.Certificate,
+    bootstrap_cas: list[x509.Certificate],
+) -> Requester:
+    """A client certificate: a current, unrevoked vpnca certificate, or one from a bootstrap CA."""
+    if not _valid_now(cert):
+        raise NotAuthorized("client certificate is expired or not yet valid")
+    if _issued_by(cert, issuer):
+        serial = serial_hex(cert.serial_number)
+        record = store.get_certificate(serial)
+        if record is None:
+            raise NotAuthorized(f"client certificate {serial} is not in the register")
+        if record.status != CertStatus.VALID:
+            raise NotAuthorized(f"client certificate {serial} is {record.status}"
+                                + (f" ({record.revocation_reason})" if record.revocation_reason else ""))
+        return Requester(name=f"cert:{serial}", method="client-cert",
+                         allowed_identities=frozenset(identities_of_certificate(cert)), profile=record.profile,
+                         current=record)
+    for bootstrap in bootstrap_cas:
+        if _issued_by(cert, bootstrap) and _valid_now(bootstrap):
+            return Requester(name=f"bootstrap:{bootstrap.subject.rfc4514_string()}:{cert.serial_number:x}",
+                             method="bootstrap-cert",
+                             allowed_identities=frozenset(identities_of_certificate(cert)))
+    raise NotAuthorized("client certificate is not from this CA or a configured bootstrap CA")
+
+
+__all__ = ["NewToken", "Requester", "check_token", "create_token", "requester_from_certificate", "use_token"]

@@ -1,0 +1,263 @@
+"""EST (RFC 7030) over HTTPS: cacerts, simpleenroll, simplereenroll, csrattrs, serverkeygen.
+
+Authentication: HTTP Basic with a one-time token (`vpnca token create`), or the TLS client
+certificate (a current vpnca certificate, or one from a configured bootstrap CA). The client
+certificate comes from the TLS layer (scope["extensions"]["tls"], filled by vpnca.server) or, from a
+configured reverse proxy only, from a header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+import urllib.parse
+from dataclasses import dataclass, field
+
+from asn1crypto import core
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs7
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from enrollment.auth import Requester, check_token, requester_from_certificate
+from enrollment.service import Enrollment, enroll
+from hsm import HsmError, generate_software_key
+from vpnca.authority import Authority, IssuedCertificate
+from vpnca.errors import BadRequest, NotAuthenticated, NotAuthorized, Pending, PolicyViolation, VpncaError
+from vpnca.x509util import load_csr
+
+log = logging.getLogger("vpnca.est")
+
+PKCS7_CERTS = "application/pkcs7-mime; smime-type=certs-only"
+PROFILES = ("device", "gateway")
+SERVER_KEY_ALGORITHM = {"device": "ec-p256", "gateway": "ec-p384"}
+CURVE_OID = {"device": "1.2.840.10045.3.1.7", "gateway": "1.3.132.0.34"}
+OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
+OID_ECDSA_WITH_SHA256 = "1.2.840.10045.4.3.2"
+OID_ECDSA_WITH_SHA384 = "1.2.840.10045.4.3.3"
+OID_CHALLENGE_PASSWORD = "1.2.840.113549.1.9.7"
+
+
+class _Attribute(core.Sequence):
+    _fields = [("type", core.ObjectIdentifier), ("values", core.SetOf, {"spec": core.Any})]
+
+
+class _AttrOrOid(core.Choice):
+    _alternatives = [("oid", core.ObjectIdentifier), ("attribute", _Attribute)]
+
+
+class CsrAttrs(core.SequenceOf):
+    """RFC 7030 4.5.2: CsrAttrs ::= SEQUENCE SIZE (0..MAX) OF AttrOrOID."""
+
+    _child_spec = _AttrOrOid
+
+
+class EstError(Exception):
+    """An HTTP error with the RFC 7030 status and a text reason."""
+
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers or {}
+
+
+@dataclass
+class EstContext:
+    authority: Authority
+    bootstrap_cas: list[x509.Certificate] = field(default_factory=list)
+
+    @property
+    def chain(self) -> list[x509.Certificate]:
+        root = self.authority.store.current_ca("root")
+        certs = [self.authority.certificate]
+        if root is not None:
+            certs.append(x509.load_der_x509_certificate(root.der))
+        return certs
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.b64encode(data)
+
+
+def certs_only(certs: list[x509.Certificate]) -> Response:
+    body = _b64(pkcs7.serialize_certificates(certs, serialization.Encoding.DER))
+    return Response(body, media_type=PKCS7_CERTS, headers={"Content-Transfer-Encoding": "base64"})
+
+
+def csr_attributes(profile: str) -> bytes:
+    """What the profile wants: an EC key on its curve, ECDSA with SHA-256/384, no challenge password."""
+    curve = core.ObjectIdentifier(CURVE_OID[profile])
+    attrs = CsrAttrs([
+        _AttrOrOid(name="oid", value=core.ObjectIdentifier(
+            OID_ECDSA_WITH_SHA384 if profile == "gateway" else OID_ECDSA_WITH_SHA256)),
+        _AttrOrOid(name="attribute", value=_Attribute({
+            "type": OID_EC_PUBLIC_KEY, "values": [core.Any.load(curve.dump())]})),
+    ])
+    return attrs.dump()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise EstError(413, f"request body larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise EstError(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_csr(body: bytes) -> x509.CertificateSigningRequest:
+    """The base64 DER PKCS#10 body of simpleenroll (RFC 7030 4.2.1)."""
+    compact = b"".join(body.split())
+    if not compact:
+        raise BadRequest("empty request body: expected a base64 PKCS#10 CSR")
+    try:
+        der = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadRequest("request body is not valid base64") from exc
+    return load_csr(der)
+
+
+def make_router(ctx: EstContext) -> APIRouter:
+    settings = ctx.authority.settings
+    router = APIRouter()
+    audit_actor = "est"
+
+    def client_certificate(request: Request) -> x509.Certificate | None:
+        tls = request.scope.get("extensions", {}).get("tls", {})
+        chain = tls.get("client_cert_chain") or []
+        if chain:
+            return x509.load_pem_x509_certificate(chain[0].encode())
+        header = request.headers.get(settings.est.client_cert_header)
+        if header:
+            peer = request.client.host if request.client else ""
+            if peer not in settings.est.trusted_proxies:
+                log.warning("client certificate header from untrusted address %s ignored", peer)
+                return None
+            try:
+                return x509.load_pem_x509_certificate(urllib.parse.unquote(header).encode())
+            except ValueError as exc:
+                raise EstError(400, "malformed client certificate header") from exc
+        return None
+
+    def authenticate(request: Request, *, renewal: bool) -> Requester:
+        cert = client_certificate(request)
+        if cert is not None:
+            try:
+                return requester_from_certificate(ctx.authority.store, settings, ctx.authority.certificate,
+                                                  cert, ctx.bootstrap_cas)
+            except NotAuthorized:
+                if renewal or "authorization" not in request.headers:
+                    raise
+        if renewal:
+            raise NotAuthenticated("re-enrollment needs the TLS client certificate being renewed")
+        header = request.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "basic" or not value:
+            raise NotAuthenticated("credentials required: HTTP Basic token or TLS client certificate")
+        try:
+            token_id, _, secret = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise NotAuthenticated("malformed Basic credentials") from exc
+        return check_token(ctx.authority.store, token_id, secret, protocol="est")
+
+    def profile_for(label: str | None) -> str:
+        profile = label or settings.est.default_profile
+        if profile not in PROFILES:
+            raise EstError(404, f"unknown EST label {label!r}")
+        return profile
+
+    def refuse(request: Request, operation: str, exc: Exception) -> Response:
+        if isinstance(exc, EstError):
+            status, reason, headers = exc.status, exc.reason, exc.headers
+        elif isinstance(exc, Pending):
+            status, reason = 202, str(exc)
+            headers = {"Retry-After": str(exc.retry_after)}
+        elif isinstance(exc, NotAuthenticated):
+            status, reason, headers = 401, str(exc), {"WWW-Authenticate": 'Basic realm="vpnca EST"'}
+        elif isinstance(exc, (NotAuthorized, PolicyViolation)):
+            status, reason, headers = 403, str(exc), {}
+        elif isinstance(exc, BadRequest):
+            status, reason, headers = 400, str(exc), {}
+        elif isinstance(exc, HsmError):
+            status, reason, headers = 503, "signing is unavailable; try again later", {"Retry-After": "30"}
+        else:
+            status, reason, headers = 500, "internal error", {}
+        client = request.client.host if request.client else "-"
+        if status != 202:
+            log.warning("EST %s from %s refused (%d): %s", operation, client, status, reason)
+            try:
+                ctx.authority.store.audit(audit_actor, "enroll-refused", {
+                    "protocol": "est", "operation": operation, "client": client, "status": status,
+                    "reason": reason[:300]})
+            except Exception:  # noqa: BLE001 - the refusal is answered even if auditing it fails
+                log.exception("could not audit a refused EST request")
+        return Response(reason + "\n", status_code=status, media_type="text/plain", headers=headers)
+
+    async def do_enroll(request: Request, label: str | None, operation: str) -> Response:
+        try:
+            profile = profile_for(label)
+            requester = authenticate(request, renewal=operation == "simplereenroll")
+            csr = decode_csr(await read_body(request, settings.est.max_body_bytes))
+            server_key = generate_software_key(SERVER_KEY_ALGORITHM[profile]) if operation == "serverkeygen" \
+                else None
+            enrollment = Enrollment(csr=csr, profile=profile, protocol="est",
+                                    renewal=operation == "simplereenroll",
+                                    server_public_key=server_key.public_key() if server_key else None)
+            issued: IssuedCertificate = await run_in_threadpool(enroll, ctx.authority, requester, enrollment)
+        except (VpncaError, HsmError, EstError) as exc:
+            return refuse(request, operation, exc)
+        log.info("EST %s issued serial=%s to %s", operation, issued.serial, requester.name)
+        if server_key is None:
+            return certs_only([issued.certificate])
+        return serverkeygen_response(server_key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ), issued.certificate)
+
+    @router.get("/.well-known/est/cacerts")
+    @router.get("/.well-known/est/{label}/cacerts")
+    async def cacerts(label: str | None = None) -> Response:
+        if label is not None and label not in PROFILES:
+            return Response(f"unknown EST label {label!r}\n", status_code=404, media_type="text/plain")
+        return certs_only(ctx.chain)
+
+    @router.get("/.well-known/est/csrattrs")
+    @router.get("/.well-known/est/{label}/csrattrs")
+    async def csrattrs(label: str | None = None) -> Response:
+        try:
+            profile = profile_for(label)
+        except EstError as exc:
+            return Response(exc.reason + "\n", status_code=exc.status, media_type="text/plain")
+        return Response(_b64(csr_attributes(profile)), media_type="application/csrattrs",
+                        headers={"Content-Transfer-Encoding": "base64"})
+
+    for operation in ("simpleenroll", "simplereenroll", "serverkeygen"):
+        def handler_for(op: str):  # type: ignore[no-untyped-def]
+            async def handler(request: Request, label: str | None = None) -> Response:
+                return await do_enroll(request, label, op)
+            return handler
+        endpoint = handler_for(operation)
+        router.add_api_route(f"/.well-known/est/{operation}", endpoint, methods=["POST"])
+        router.add_api_route(f"/.well-known/est/{{label}}/{operation}", endpoint, methods=["POST"])
+    return router
+
+
+def serverkeygen_response(key_der: bytes, certificate: x509.Certificate) -> Response:
+    """RFC 7030 4.4.2: multipart/mixed with the PKCS#8 key and the certs-only PKCS#7."""
+    boundary = "est-" + secrets.token_hex(12)
+    cert_body = _b64(pkcs7.serialize_certificates([certificate], serialization.Encoding.DER))
+    body = (
+        f"--{boundary}\r\nContent-Type: application/pkcs8\r\nContent-Transfer-Encoding: base64\r\n\r\n".encode()
+        + _b64(key_der)
+        + f"\r\n--{boundary}\r\nContent-Type: {PKCS7_CERTS}\r\nContent-Transfer-Encoding: base64\r\n\r\n".encode()
+        + cert_body
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return Response(body, media_type=f"multipart/mixed; boundary={boundary}")

@@ -1,0 +1,53 @@
+"""The app factory: the HTTPS app (EST) and the plain-HTTP app (CA certificates; OCSP, CRL, SCEP)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from fastapi import FastAPI, Response
+
+from enrollment.est import EstContext
+from enrollment.est import make_router as est_router
+from vpnca.authority import Authority
+from vpnca.config import Settings
+from vpnca.errors import ConfigError
+from vpnca.store import Store
+
+
+@dataclass
+class Apps:
+    https: FastAPI
+    http: FastAPI
+
+
+def load_bootstrap_cas(paths: tuple[Path, ...]) -> list[x509.Certificate]:
+    cas: list[x509.Certificate] = []
+    for path in paths:
+        try:
+            cas += x509.load_pem_x509_certificates(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"est.bootstrap_ca_files: cannot load {path}: {exc}") from exc
+    return cas
+
+
+def create_apps(settings: Settings, store: Store, authority: Authority) -> Apps:
+    https = FastAPI(title="vpnca", docs_url=None, redoc_url=None, openapi_url=None)
+    https.include_router(est_router(EstContext(authority, load_bootstrap_cas(settings.est.bootstrap_ca_files))))
+
+    http = FastAPI(title="vpnca-http", docs_url=None, redoc_url=None, openapi_url=None)
+    ca_der = authority.certificate.public_bytes(Encoding.DER)
+
+    @http.get(f"/ca/{settings.ca.name}.cer")
+    async def ca_certificate() -> Response:
+        """The AIA caIssuers URL of every leaf: the sub-CA certificate, DER."""
+        return Response(ca_der, media_type="application/pkix-cert",
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+    @http.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return Apps(https=https, http=http)

@@ -1,0 +1,155 @@
+"""`vpnca serve`: HTTPS (EST) and plain HTTP on uvicorn, with the TLS client certificate passed to the app.
+
+Uvicorn does not expose the peer certificate, so the HTTP protocol is subclassed: on each TLS
+connection the verified client certificate is put where the ASGI TLS extension says,
+scope["extensions"]["tls"]["client_cert_chain"] (PEM). Several worker processes share the listening
+sockets; each opens its own token session (signing scales with processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import socket
+import ssl
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from hsm import generate_software_key
+from vpnca.app import create_apps, load_bootstrap_cas
+from vpnca.authority import Authority, IssueRequest
+from vpnca.config import Settings, load_settings
+from vpnca.files import write_private
+from vpnca.identities import IkeIdentity
+from vpnca.store import Store
+from vpnca.x509util import to_pem
+
+log = logging.getLogger("vpnca.server")
+
+
+class TlsClientCertProtocol(H11Protocol):
+    """h11 protocol that hands the verified TLS client certificate to the app."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if der:
+            pem = ssl.DER_cert_to_PEM_cert(der)
+            inner = self.app
+
+            async def app_with_tls(scope: dict[str, Any], receive: Any, send: Any) -> None:
+                if scope["type"] == "http":
+                    scope.setdefault("extensions", {})["tls"] = {"client_cert_chain": [pem]}
+                await inner(scope, receive, send)
+
+            self.app = app_with_tls  # type: ignore[assignment]
+
+
+def server_files(settings: Settings) -> dict[str, Path]:
+    base = settings.home / "server"
+    return {"cert": base / "tls.pem", "key": base / "tls-key.pem", "client_cas": base / "client-cas.pem"}
+
+
+def ensure_server_certificate(settings: Settings, authority: Authority) -> dict[str, Path]:
+    """Issue (or renew at 2/3 of its life) the HTTPS certificate for server.tls_names."""
+    files = server_files(settings)
+    files["cert"].parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    names = tuple(IkeIdentity.parse(n) for n in settings.server.tls_names)
+    if files["cert"].exists() and files["key"].exists():
+        cert = x509.load_pem_x509_certificate(files["cert"].read_bytes())
+        life = cert.not_valid_after_utc - cert.not_valid_before_utc
+        san = {str(v) for v in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+               .value.get_values_for_type(x509.DNSName)}
+        san |= {str(v) for v in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+                .value.get_values_for_type(x509.IPAddress)}
+        fresh = datetime.now(UTC) < cert.not_valid_before_utc + life * 2 / 3
+        if fresh and san == {n.value for n in names}:
+            write_client_cas(settings, authority, files)
+            return files
+    key = generate_software_key("ec-p256")
+    issued = authority.issue(IssueRequest(profile="service", identities=names, public_key=key.public_key(),
+                                          requester="vpnca-serve", protocol="internal"))
+    write_private(files["key"], key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    files["cert"].write_bytes(to_pem(issued.certificate) + to_pem(authority.certificate))
+    write_client_cas(settings, authority, files)
+    log.info("issued HTTPS server certificate serial=%s", issued.serial)
+    return files
+
+
+def write_client_cas(settings: Settings, authority: Authority, files: dict[str, Path]) -> None:
+    """The CAs a TLS client certificate may chain to: ours, plus the bootstrap CAs."""
+    pems = [to_pem(authority.certificate)]
+    root = authority.store.current_ca("root")
+    if root is not None:
+        pems.append(to_pem(x509.load_der_x509_certificate(root.der)))
+    pems += [to_pem(c) for c in load_bootstrap_cas(settings.est.bootstrap_ca_files)]
+    files["client_cas"].write_bytes(b"".join(pems))
+
+
+def bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(home: Path, https_sock: socket.socket, http_sock: socket.socket, log_level: str) -> None:
+    """One worker: its own store, token session and event loop over the shared sockets."""
+    settings = load_settings(home)
+    store = Store(settings.database_url)
+    authority = Authority.open(settings, store)
+    apps = create_apps(settings, store, authority)
+    files = server_files(settings)
+    https = uvicorn.Config(
+        apps.https, http=TlsClientCertProtocol, log_level=log_level, access_log=False,
+        ssl_certfile=str(files["cert"]), ssl_keyfile=str(files["key"]),
+        ssl_ca_certs=str(files["client_cas"]), ssl_cert_reqs=ssl.CERT_OPTIONAL, timeout_keep_alive=30,
+    )
+    plain = uvicorn.Config(apps.http, http="h11", log_level=log_level, access_log=False, timeout_keep_alive=30)
+
+    async def main() -> None:
+        await asyncio.gather(
+            uvicorn.Server(https).serve(sockets=[https_sock]),
+            uvicorn.Server(plain).serve(sockets=[http_sock]),
+        )
+
+    asyncio.run(main())
+
+
+def serve(settings: Settings, *, host: str, https_port: int, http_port: int, workers: int = 1,
+          log_level: str = "info") -> None:
+    """Prepare the server certificate, bind both listeners, then run `workers` processes."""
+    store = Store(settings.database_url)
+    store.create_schema()
+    ensure_server_certificate(settings, Authority.open(settings, store))
+    store.dispose()
+    https_sock, http_sock = bind(host, https_port), bind(host, http_port)
+    log.info("serving EST on https://%s:%d and HTTP on http://%s:%d with %d worker(s)",
+             host, https_port, host, http_port, workers)
+    if workers <= 1:
+        _serve(settings.home, https_sock, http_sock, log_level)
+        return
+    context = multiprocessing.get_context("spawn")  # a fresh PKCS#11 initialisation in each worker
+    procs = [context.Process(target=_serve, args=(settings.home, https_sock, http_sock, log_level), daemon=True)
+             for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs:
+            proc.terminate()
