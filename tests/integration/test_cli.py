@@ -100,7 +100,7 @@ def test_status_reports_an_interrupted_issuance(ca_home: CaHome) -> None:
 
 
 def test_audit_verify_names_a_tampered_entry(ca_home: CaHome) -> None:
-    vpnca(ca_home, "issue", "--profile", "device", "--id", "a.example.com", "--key-out", "/dev/null")
+    vpnca(ca_home, "issue", "--profile", "device", "--id", "a.example.com", "--key-out", str(ca_home.home / "a.key"))
     assert vpnca(ca_home, "audit", "verify").returncode == 0
     with sqlite3.connect(ca_home.home / "vpnca.db") as conn:
         conn.execute("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2")
