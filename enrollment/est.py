@@ -221,12 +221,14 @@ def make_router(ctx: EstContext) -> APIRouter:
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ), issued.certificate)
 
+    cacerts_body = certs_only(ctx.chain).body  # the chain changes only with a restart
+
     @router.get("/.well-known/est/cacerts")
     @router.get("/.well-known/est/{label}/cacerts")
     async def cacerts(label: str | None = None) -> Response:
         if label is not None and label not in PROFILES:
             return Response(f"unknown EST label {label!r}\n", status_code=404, media_type="text/plain")
-        return certs_only(ctx.chain)
+        return Response(cacerts_body, media_type=PKCS7_CERTS, headers={"Content-Transfer-Encoding": "base64"})
 
     @router.get("/.well-known/est/csrattrs")
     @router.get("/.well-known/est/{label}/csrattrs")

@@ -98,6 +98,7 @@ def write_client_cas(settings: Settings, authority: Authority, files: dict[str, 
 def bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted sockets inherit it (no 40 ms stalls)
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)

@@ -1,0 +1,112 @@
+"""EST enrollments per second over HTTPS at 1, 4 and 16 clients, beside its ceilings in the same run:
+the raw PKCS#11 sign rate of the sub-CA key and the same HTTPS server answering `cacerts` (a fixed
+body of about the same size: the HTTP ceiling)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from enrollment.auth import _secret_hash
+from tests.bench.common import save, table, wrk
+from tests.conftest import make_ca_home, start_server, stop_server
+from tests.helpers import openssl_csr, require_tool, run
+from vpnca.store import EnrollmentToken
+
+SECONDS = int(os.environ.get("VPNCA_BENCH_SECONDS", "8"))
+CLIENTS = (1, 4, 16)
+WORKERS = int(os.environ.get("VPNCA_BENCH_WORKERS", "2"))
+
+
+def raw_sign_rate(key: ec.EllipticCurvePrivateKey, seconds: float = 3.0) -> float:
+    data = os.urandom(400)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        key.sign(data, ec.ECDSA(hashes.SHA384()))
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def make_tokens(ca, count: int, prefix: str) -> list[str]:  # type: ignore[no-untyped-def]
+    """Single-use tokens for the same identity, inserted in one go (creating them is not measured)."""
+    now = datetime.now(UTC)
+    credentials, rows = [], []
+    for i in range(count):
+        token_id, secret = f"{prefix}{i:07d}", f"s{i:07d}bench"
+        rows.append(EnrollmentToken(token_id=token_id, secret_sha256=_secret_hash(secret),
+                                    identities=json.dumps([["fqdn", "bench.example.com"]]), profile="device",
+                                    protocol="est", created_by="bench", created_at=now,
+                                    expires_at=now + timedelta(hours=2)))
+        credentials.append(base64.b64encode(f"{token_id}:{secret}".encode()).decode())
+    with ca.store.write() as session:
+        session.add_all(rows)
+    return credentials
+
+
+def wrk_script(path: Path, credentials: list[str], body: str, threads: int) -> Path:
+    """Each wrk thread walks its own stride of the token list, so no token is sent twice."""
+    creds = "\n".join(f'"{c}",' for c in credentials)
+    path.write_text(f"""
+local creds = {{ {creds} }}
+local counter = 0
+local body = "{body}"
+function setup(thread)
+  thread:set("first", counter)
+  counter = counter + 1
+end
+function init(args)
+  n = first
+end
+function request()
+  local c = creds[n + 1]
+  n = n + {threads}
+  return wrk.format("POST", nil, {{["Authorization"] = "Basic " .. c,
+                                   ["Content-Type"] = "application/pkcs10"}}, body)
+end
+""")
+    return path
+
+
+def test_est_enrollment_rate(tmp_path: Path, softhsm) -> None:  # type: ignore[no-untyped-def]
+    ca = make_ca_home(tmp_path / "home", softhsm)
+    sign_rate = raw_sign_rate(ca.authority.key)  # type: ignore[arg-type]
+    csr = openssl_csr(tmp_path, subject="/CN=bench.example.com", sans=["DNS:bench.example.com"])
+    der = tmp_path / "req.der"
+    run([require_tool("openssl"), "req", "-in", str(csr), "-outform", "DER", "-out", str(der)])
+    body = base64.b64encode(der.read_bytes()).decode()
+    server = start_server(ca, "--workers", str(WORKERS))
+    rows = []
+    try:
+        url = f"https://127.0.0.1:{server.https_port}/.well-known/est"
+        for clients in CLIENTS:
+            ceiling = wrk(f"{url}/cacerts", connections=clients, seconds=SECONDS)
+            threads = min(clients, 2)
+            credentials = make_tokens(ca, 30_000, prefix=f"c{clients}-")
+            script = wrk_script(tmp_path / f"est{clients}.lua", credentials, body, threads)
+            enroll = wrk(f"{url}/simpleenroll", connections=clients, seconds=SECONDS, script=script,
+                         threads=threads)
+            issued = sum(1 for _ in ca.store.list_certificates(status="valid"))
+            rows.append({
+                "clients": clients,
+                "enroll_per_s": round(enroll["requests_per_second"], 1),
+                "enroll_p50_ms": round(enroll["p50_ms"], 2), "enroll_p99_ms": round(enroll["p99_ms"], 2),
+                "enroll_errors": enroll["non_2xx"],
+                "https_ceiling_per_s": round(ceiling["requests_per_second"], 1),
+                "ceiling_p50_ms": round(ceiling["p50_ms"], 2), "ceiling_p99_ms": round(ceiling["p99_ms"], 2),
+                "raw_sign_per_s": round(sign_rate, 1),
+                "enroll_vs_ceiling": round(enroll["requests_per_second"] / ceiling["requests_per_second"], 3),
+                "enroll_vs_raw_sign": round(enroll["requests_per_second"] / sign_rate, 3),
+                "issued_total": issued,
+            })
+    finally:
+        stop_server(server)
+    save("est", {"workers": WORKERS, "seconds": SECONDS, "database": "sqlite", "rows": rows})
+    table("EST enrollment over HTTPS (wrk, keep-alive)", rows, list(rows[0]))
+    assert all(r["enroll_errors"] == 0 for r in rows)
