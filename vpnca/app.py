@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -11,6 +12,8 @@ from fastapi import FastAPI, Response
 
 from enrollment.est import EstContext
 from enrollment.est import make_router as est_router
+from ocsp.app import revocation_app
+from ocsp.service import OcspService
 from vpnca.authority import Authority
 from vpnca.config import Settings
 from vpnca.errors import ConfigError
@@ -20,7 +23,7 @@ from vpnca.store import Store
 @dataclass
 class Apps:
     https: FastAPI
-    http: FastAPI
+    http: Any  # ASGI: the lean OCSP/CRL front over the FastAPI app
 
 
 def load_bootstrap_cas(paths: tuple[Path, ...]) -> list[x509.Certificate]:
@@ -33,7 +36,7 @@ def load_bootstrap_cas(paths: tuple[Path, ...]) -> list[x509.Certificate]:
     return cas
 
 
-def create_apps(settings: Settings, store: Store, authority: Authority) -> Apps:
+def create_apps(settings: Settings, store: Store, authority: Authority, ocsp: OcspService) -> Apps:
     https = FastAPI(title="vpnca", docs_url=None, redoc_url=None, openapi_url=None)
     https.include_router(est_router(EstContext(authority, load_bootstrap_cas(settings.est.bootstrap_ca_files))))
 
@@ -50,4 +53,15 @@ def create_apps(settings: Settings, store: Store, authority: Authority) -> Apps:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    return Apps(https=https, http=http)
+    return Apps(https=https, http=revocation_app(ocsp, http))
+
+
+def create_ocsp_app(ocsp: OcspService) -> Any:
+    """`vpnca ocsp serve`: OCSP and CRL only, no CA key."""
+    rest = FastAPI(title="vpnca-ocsp", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @rest.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return revocation_app(ocsp, rest)

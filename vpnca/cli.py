@@ -164,25 +164,33 @@ def cmd_revoke(args: argparse.Namespace) -> int:
             raise BadRequest(f"--invalidity-date: not an ISO 8601 time: {args.invalidity_date}") from exc
         if invalidity.tzinfo is None:
             invalidity = invalidity.replace(tzinfo=UTC)
-    authority = Authority(settings, store, *_sub_without_key(store))
+    authority = Authority.open(settings, store)
     record = authority.revoke(parse_serial(args.serial), args.reason, actor=actor(), invalidity_date=invalidity)
     print(f"revoked {record.serial} ({record.revocation_reason}) at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}")
+    publish(authority, record.serial)
     return 0
+
+
+def publish(authority: Authority, serial: str) -> None:
+    """Re-sign the serial's OCSP answers and a new CRL now; the scheduler catches up if this fails."""
+    from vpnca.revocation import Publisher
+
+    try:
+        crl = Publisher(authority).publish_revocation(serial, actor())
+        print(f"OCSP re-signed; CRL {crl.number} published ({crl.entries} entries)")
+    except (HsmError, VpncaError) as exc:
+        print(f"vpnca: warning: recorded, but not yet published ({exc}); the scheduler will retry",
+              file=sys.stderr)
 
 
 def cmd_release(args: argparse.Namespace) -> int:
     settings = load_settings()
     store = open_store(settings)
-    authority = Authority(settings, store, *_sub_without_key(store))
+    authority = Authority.open(settings, store)
     record = authority.release_hold(parse_serial(args.serial), actor=actor())
     print(f"released {record.serial} from hold")
+    publish(authority, record.serial)
     return 0
-
-
-def _sub_without_key(store: Store) -> tuple[x509.Certificate, Any]:
-    """Revocation records need no signature: the CRL/OCSP publishers sign later."""
-    certificate, _ = ca_module.load_ca_certificate(store, "sub")
-    return certificate, None
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -242,6 +250,11 @@ def status_report(settings: Settings, store: Store) -> dict[str, Any]:
     report["interrupted_issuances"] = [
         {"serial": r.serial, "subject": r.subject, "started": r.created_at.isoformat()} for r in stuck
     ]
+    crl = store.latest_crl(settings.ca.name)
+    report["crl"] = {"number": crl.number, "this_update": crl.this_update.isoformat(),
+                     "next_update": crl.next_update.isoformat(), "entries": crl.entries,
+                     "fresh": crl.next_update > now} if crl else None
+    report["ocsp_presign_backlog"] = store.count_ocsp_backlog(settings.ca.name, now + settings.ocsp.refresh_before)
     chain = verify_chain(store.audit_entries())
     report["audit"] = {"entries": chain.entries, "head": chain.head_hash, "ok": chain.ok}
     return report
@@ -264,6 +277,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     stuck = report["interrupted_issuances"]
     print(f"interrupted   {len(stuck)}" + "".join(f"\n  {s['serial']} {s['subject']} since {s['started'][:19]}"
                                                   for s in stuck))
+    crl = report["crl"]
+    print("crl           " + (f"{crl['number']} ({crl['entries']} entries), next update {crl['next_update'][:19]}"
+                              f"{'' if crl['fresh'] else ' STALE'}" if crl else "none published"))
+    print(f"ocsp backlog  {report['ocsp_presign_backlog']}")
     audit = report["audit"]
     print(f"audit chain   {audit['entries']} entries, {'intact' if audit['ok'] else 'BROKEN'}, head {audit['head'][:16]}")
     return 0
@@ -292,6 +309,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
           https_port=args.https_port or settings.server.https_port,
           http_port=args.http_port or settings.server.http_port, workers=args.workers,
           log_level="info" if args.verbose else "warning")
+    return 0
+
+
+def cmd_crl(args: argparse.Namespace) -> int:
+    from vpnca.crl import generate_crl, generate_delta_crl
+
+    settings = load_settings()
+    authority = Authority.open(settings, open_store(settings))
+    published = generate_delta_crl(authority, actor=actor()) if args.delta else generate_crl(authority, actor=actor())
+    if published is None:
+        raise VpncaError("no full CRL yet: run `vpnca crl` first")
+    kind = "delta CRL" if published.delta_base else "CRL"
+    print(f"{kind} {published.number}: {published.entries} entries, next update "
+          f"{published.crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}, in {settings.home / 'crl'}")
+    return 0
+
+
+def cmd_ocsp_serve(args: argparse.Namespace) -> int:
+    from vpnca.server import serve_ocsp
+
+    settings = load_settings()
+    open_store(settings).dispose()
+    serve_ocsp(settings, host=args.host or settings.server.host, port=args.port or settings.server.http_port,
+               workers=args.workers, log_level="info" if args.verbose else "warning",
+               with_signer=not args.presigned_only)
+    return 0
+
+
+def cmd_ocsp_rotate(args: argparse.Namespace) -> int:
+    from ocsp.service import load_ocsp_service
+
+    settings = load_settings()
+    store = open_store(settings)
+    authority = Authority.open(settings, store)
+    token = ca_module.open_settings_token(settings)
+    cert = ca_module.issue_ocsp_signer(settings, store, token, authority.certificate, authority.key, actor=actor())
+    service = load_ocsp_service(settings, store)
+    count = service.presign([r for r in store.list_certificates() if r.status in ("valid", "revoked")])
+    (settings.home / "ca" / "ocsp-signer.pem").write_bytes(to_pem(cert))
+    print(f"new OCSP signer serial {cert.serial_number:x} until {cert.not_valid_after_utc:%Y-%m-%d}; "
+          f"re-signed {count} certificates")
     return 0
 
 
@@ -412,6 +470,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 2d")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_token_create)
+
+    p = command("crl", cmd_crl, "sign and publish a new CRL now")
+    p.add_argument("--delta", action="store_true", help="a delta CRL against the latest full CRL")
+
+    ocsp = sub.add_parser("ocsp", help="the OCSP responder").add_subparsers(dest="ocsp_command", required=True)
+    p = ocsp.add_parser("serve", help="run the stateless OCSP/CRL responder alone")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--presigned-only", action="store_true", help="no signing key: pre-signed answers only")
+    p.set_defaults(func=cmd_ocsp_serve)
+    p = ocsp.add_parser("rotate-signer", help="issue a new OCSP signer certificate and re-sign everything")
+    p.set_defaults(func=cmd_ocsp_rotate)
 
     p = command("pending", cmd_pending, "list enrollments waiting for approval")
     p.add_argument("--json", action="store_true")

@@ -70,6 +70,22 @@ class EstSettings:
 
 
 @dataclass(frozen=True)
+class CrlSettings:
+    next_update: timedelta = timedelta(hours=24)
+    regenerate_every: timedelta = timedelta(hours=1)
+    delta: bool = False
+    delta_next_update: timedelta = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class OcspSettings:
+    validity: timedelta = timedelta(hours=24)  # nextUpdate - thisUpdate of a pre-signed response
+    refresh_before: timedelta = timedelta(hours=12)  # re-sign when less than this is left
+    presign_every: timedelta = timedelta(minutes=1)
+    max_request_bytes: int = 16 * 1024
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     database_url: str
@@ -80,6 +96,8 @@ class Settings:
     profiles: dict[str, ProfileSettings] = field(default_factory=dict)
     server: ServerSettings = field(default_factory=ServerSettings)
     est: EstSettings = field(default_factory=EstSettings)
+    crl: CrlSettings = field(default_factory=CrlSettings)
+    ocsp: OcspSettings = field(default_factory=OcspSettings)
 
     @property
     def config_path(self) -> Path:
@@ -117,6 +135,8 @@ def _resolve(home: Path, value: str | None) -> Path | None:
 
 
 def _duration(section: dict[str, Any], key: str, default: timedelta) -> timedelta:
+    if f"{key}_seconds" in section:
+        return timedelta(seconds=float(section[f"{key}_seconds"]))
     if f"{key}_hours" in section:
         return timedelta(hours=float(section[f"{key}_hours"]))
     if f"{key}_minutes" in section:
@@ -204,9 +224,22 @@ def settings_from_dict(home: Path, raw: dict[str, Any]) -> Settings:
         max_body_bytes=int(est_raw.get("max_body_bytes", 16 * 1024)),
         retry_after_seconds=int(est_raw.get("retry_after_seconds", 60)),
     )
+    crl_raw, ocsp_raw = raw.get("crl", {}), raw.get("ocsp", {})
+    crl = CrlSettings(
+        next_update=_duration(crl_raw, "next_update", CrlSettings.next_update),
+        regenerate_every=_duration(crl_raw, "regenerate_every", CrlSettings.regenerate_every),
+        delta=bool(crl_raw.get("delta", False)),
+        delta_next_update=_duration(crl_raw, "delta_next_update", CrlSettings.delta_next_update),
+    )
+    ocsp = OcspSettings(
+        validity=_duration(ocsp_raw, "validity", OcspSettings.validity),
+        refresh_before=_duration(ocsp_raw, "refresh_before", OcspSettings.refresh_before),
+        presign_every=_duration(ocsp_raw, "presign_every", OcspSettings.presign_every),
+        max_request_bytes=int(ocsp_raw.get("max_request_bytes", OcspSettings.max_request_bytes)),
+    )
     return Settings(
         home=home, database_url=db_url, http_base_url=http_base, token=token, ca=ca,
-        policy=policy, profiles=profiles, server=server, est=est,
+        policy=policy, profiles=profiles, server=server, est=est, crl=crl, ocsp=ocsp,
     )
 
 

@@ -23,11 +23,14 @@ from cryptography.hazmat.primitives import serialization
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hsm import generate_software_key
-from vpnca.app import create_apps, load_bootstrap_cas
+from ocsp.service import load_ocsp_service
+from vpnca.app import create_apps, create_ocsp_app, load_bootstrap_cas
 from vpnca.authority import Authority, IssueRequest
 from vpnca.config import Settings, load_settings
 from vpnca.files import write_private
 from vpnca.identities import IkeIdentity
+from vpnca.revocation import Publisher
+from vpnca.scheduler import build_scheduler
 from vpnca.store import Store
 from vpnca.x509util import to_pem
 
@@ -105,12 +108,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _serve(home: Path, https_sock: socket.socket, http_sock: socket.socket, log_level: str) -> None:
+def _serve(home: Path, https_sock: socket.socket, http_sock: socket.socket, log_level: str,
+           run_scheduler: bool) -> None:
     """One worker: its own store, token session and event loop over the shared sockets."""
     settings = load_settings(home)
     store = Store(settings.database_url)
     authority = Authority.open(settings, store)
-    apps = create_apps(settings, store, authority)
+    ocsp = load_ocsp_service(settings, store)
+    apps = create_apps(settings, store, authority, ocsp)
+    scheduler = build_scheduler(Publisher(authority, ocsp)) if run_scheduler else None
+    if scheduler is not None:
+        scheduler.start()
     files = server_files(settings)
     https = uvicorn.Config(
         apps.https, http=TlsClientCertProtocol, log_level=log_level, access_log=False,
@@ -125,7 +133,46 @@ def _serve(home: Path, https_sock: socket.socket, http_sock: socket.socket, log_
             uvicorn.Server(plain).serve(sockets=[http_sock]),
         )
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+
+
+def serve_ocsp(settings: Settings, *, host: str, port: int, workers: int = 1, log_level: str = "warning",
+               with_signer: bool = True) -> None:
+    """`vpnca ocsp serve`: the stateless responder alone (pre-signed answers from the database)."""
+    sock = bind(host, port)
+    log.info("serving OCSP/CRL on http://%s:%d with %d worker(s)", host, port, workers)
+    run_workers(_serve_ocsp, (settings.home, sock, log_level, with_signer), workers)
+
+
+def _serve_ocsp(home: Path, sock: socket.socket, log_level: str, with_signer: bool) -> None:
+    settings = load_settings(home)
+    store = Store(settings.database_url)
+    app = create_ocsp_app(load_ocsp_service(settings, store, with_signer=with_signer))
+    config = uvicorn.Config(app, http="h11", log_level=log_level, access_log=False, timeout_keep_alive=30)
+    asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+
+
+def run_workers(target: Any, args: tuple[Any, ...], workers: int) -> None:
+    """Run `target(*args)` here, or in `workers` spawned processes (a fresh PKCS#11 start in each)."""
+    if workers <= 1:
+        target(*args)
+        return
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=target, args=args, daemon=True) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        for proc in procs:
+            proc.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs:
+            proc.terminate()
 
 
 def serve(settings: Settings, *, host: str, https_port: int, http_port: int, workers: int = 1,
@@ -139,11 +186,12 @@ def serve(settings: Settings, *, host: str, https_port: int, http_port: int, wor
     log.info("serving EST on https://%s:%d and HTTP on http://%s:%d with %d worker(s)",
              host, https_port, host, http_port, workers)
     if workers <= 1:
-        _serve(settings.home, https_sock, http_sock, log_level)
+        _serve(settings.home, https_sock, http_sock, log_level, True)
         return
-    context = multiprocessing.get_context("spawn")  # a fresh PKCS#11 initialisation in each worker
-    procs = [context.Process(target=_serve, args=(settings.home, https_sock, http_sock, log_level), daemon=True)
-             for _ in range(workers)]
+    # the scheduler runs once, in the first worker; the others only serve
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_serve, args=(settings.home, https_sock, http_sock, log_level, i == 0),
+                             daemon=True) for i in range(workers)]
     for proc in procs:
         proc.start()
     try:

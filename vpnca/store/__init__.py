@@ -5,12 +5,14 @@ from vpnca.store.models import (
     CaCertificate,
     CertificateRecord,
     CertStatus,
+    CrlRecord,
     EnrollmentToken,
+    OcspResponseRecord,
     PendingRequest,
 )
 from vpnca.store.repository import Store
 
 __all__ = [
-    "AuditEntry", "CaCertificate", "CertStatus", "CertificateRecord", "EnrollmentToken", "PendingRequest",
+    "AuditEntry", "CaCertificate", "CertStatus", "CertificateRecord", "CrlRecord", "EnrollmentToken", "OcspResponseRecord", "PendingRequest",
     "Store",
 ]

@@ -63,6 +63,7 @@ class CertificateRecord(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
     revocation_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     invalidity_date: Mapped[datetime | None] = mapped_column(nullable=True)
+    hold_released_at: Mapped[datetime | None] = mapped_column(nullable=True)  # for delta CRLs (removeFromCRL)
 
     __table_args__ = (Index("ix_certificates_issuer_status", "issuer", "status"),)
 
@@ -126,3 +127,30 @@ class PendingRequest(Base):
     created_at: Mapped[datetime] = mapped_column()
     decided_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
     serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class CrlRecord(Base):
+    """Every CRL signed, full or delta; the CRL number is the primary key, so it never repeats."""
+
+    __tablename__ = "crls"
+
+    number: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    ca_name: Mapped[str] = mapped_column(String(128))
+    delta_base: Mapped[int | None] = mapped_column(Integer, nullable=True)  # set on delta CRLs
+    this_update: Mapped[datetime] = mapped_column()
+    next_update: Mapped[datetime] = mapped_column()
+    entries: Mapped[int] = mapped_column(Integer)
+    der: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class OcspResponseRecord(Base):
+    """A pre-signed OCSP response for one certificate and one CertID hash algorithm."""
+
+    __tablename__ = "ocsp_responses"
+
+    serial: Mapped[str] = mapped_column(String(40), primary_key=True)
+    hash_algorithm: Mapped[str] = mapped_column(String(8), primary_key=True)  # sha1 | sha256
+    cert_status: Mapped[str] = mapped_column(String(16))  # good | revoked
+    this_update: Mapped[datetime] = mapped_column()
+    next_update: Mapped[datetime] = mapped_column(index=True)
+    der: Mapped[bytes] = mapped_column(LargeBinary)

@@ -25,7 +25,9 @@ from vpnca.store.models import (
     CaCertificate,
     CertificateRecord,
     CertStatus,
+    CrlRecord,
     EnrollmentToken,
+    OcspResponseRecord,
     PendingRequest,
 )
 
@@ -215,6 +217,7 @@ class Store:
             record.revoked_at = None
             record.revocation_reason = None
             record.invalidity_date = None
+            record.hold_released_at = utcnow()
             self._append_audit(session, actor, "release-hold", {"serial": serial})
             return record
 
@@ -321,3 +324,69 @@ class Store:
             if pending is not None:
                 pending.status = "issued"
                 pending.serial = serial
+
+    # -- CRLs ----------------------------------------------------------------------------------
+
+    def revoked_entries(self, issuer: str) -> list[tuple[str, datetime, str | None, datetime | None]]:
+        """(serial, revoked_at, reason, invalidity_date) of every revoked or held certificate."""
+        query = (select(CertificateRecord.serial, CertificateRecord.revoked_at, CertificateRecord.revocation_reason,
+                        CertificateRecord.invalidity_date)
+                 .where(CertificateRecord.issuer == issuer, CertificateRecord.status == CertStatus.REVOKED))
+        with self.read() as session:
+            return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
+
+    def released_since(self, issuer: str, since: datetime) -> list[tuple[str, datetime]]:
+        query = (select(CertificateRecord.serial, CertificateRecord.hold_released_at)
+                 .where(CertificateRecord.issuer == issuer, CertificateRecord.status == CertStatus.VALID,
+                        CertificateRecord.hold_released_at > since))
+        with self.read() as session:
+            return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
+
+    def next_crl_number(self) -> int:
+        with self.read() as session:
+            current = session.scalar(select(func.max(CrlRecord.number)))
+        return (current or 0) + 1
+
+    def add_crl(self, record: CrlRecord, *, actor: str) -> None:
+        with self.write() as session:
+            session.add(record)
+            self._append_audit(session, actor, "crl", {
+                "number": record.number, "delta_base": record.delta_base, "entries": record.entries,
+                "this_update": record.this_update.isoformat(), "next_update": record.next_update.isoformat()})
+
+    def latest_crl(self, ca_name: str, *, delta: bool = False) -> CrlRecord | None:
+        query = select(CrlRecord).where(CrlRecord.ca_name == ca_name)
+        query = query.where(CrlRecord.delta_base.is_not(None) if delta else CrlRecord.delta_base.is_(None))
+        with self.read() as session:
+            return session.scalars(query.order_by(CrlRecord.number.desc()).limit(1)).first()
+
+    # -- OCSP ------------------------------------------------------------------------------------
+
+    def save_ocsp_responses(self, records: list[OcspResponseRecord]) -> None:
+        with self.write() as session:
+            for record in records:
+                session.merge(record)
+
+    def ocsp_backlog(self, issuer: str, refresh_before: datetime, limit: int) -> list[CertificateRecord]:
+        """Certificates whose pre-signed responses are missing or expire before `refresh_before`."""
+        fresh = (select(OcspResponseRecord.serial)
+                 .where(OcspResponseRecord.hash_algorithm == "sha256",
+                        OcspResponseRecord.next_update >= refresh_before))
+        query = (select(CertificateRecord)
+                 .where(CertificateRecord.issuer == issuer,
+                        CertificateRecord.status.in_([CertStatus.VALID, CertStatus.REVOKED]),
+                        CertificateRecord.serial.not_in(fresh))
+                 .limit(limit))
+        with self.read() as session:
+            return list(session.scalars(query))
+
+    def count_ocsp_backlog(self, issuer: str, refresh_before: datetime) -> int:
+        fresh = (select(OcspResponseRecord.serial)
+                 .where(OcspResponseRecord.hash_algorithm == "sha256",
+                        OcspResponseRecord.next_update >= refresh_before))
+        with self.read() as session:
+            return int(session.scalar(
+                select(func.count()).select_from(CertificateRecord)
+                .where(CertificateRecord.issuer == issuer,
+                       CertificateRecord.status.in_([CertStatus.VALID, CertStatus.REVOKED]),
+                       CertificateRecord.serial.not_in(fresh))) or 0)

@@ -1,0 +1,143 @@
+"""A lean ASGI front for the revocation hot paths: OCSP (POST and GET) and CRL downloads.
+
+Everything else falls through to the wrapped app. No framework on the hot path: one dictionary
+lookup, one indexed SELECT, bytes out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import time
+import urllib.parse
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from ocsp.responses import error_response
+from ocsp.service import OcspAnswer, OcspService
+from vpnca.store import CrlRecord
+
+log = logging.getLogger("vpnca.ocsp.http")
+OCSP_RESPONSE = b"application/ocsp-response"
+Asgi = Any
+
+
+class CrlCache:
+    """The latest full CRL, re-read from the database at most once a second."""
+
+    def __init__(self, service: OcspService) -> None:
+        self.service = service
+        self._record: CrlRecord | None = None
+        self._checked = 0.0
+
+    def current(self) -> CrlRecord | None:
+        now = time.monotonic()
+        if now - self._checked > 1.0:
+            self._record = self.service.store.latest_crl(self.service.settings.ca.name)
+            self._checked = now
+        return self._record
+
+
+async def _send(send: Asgi, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read(receive: Asgi, limit: int) -> bytes | None:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
+    limit = service.settings.ocsp.max_request_bytes
+    crl_path = f"/crl/{service.settings.ca.name}.crl"
+    crls = CrlCache(service)
+
+    async def answer(der: bytes) -> OcspAnswer:
+        """Pre-signed answers inline (an indexed read); signing goes to a worker thread."""
+        fast = service.respond_presigned(der)
+        if isinstance(fast, OcspAnswer):
+            return fast
+        return await run_in_threadpool(service.sign_live, fast.requests, fast.nonce)
+
+    async def ocsp(scope: Asgi, receive: Asgi, send: Asgi) -> None:
+        method, path = scope["method"], scope["path"]
+        if method == "POST" and path in ("/ocsp", "/ocsp/"):
+            body = await _read(receive, limit)
+            if body is None:
+                log.warning("OCSP request over %d bytes refused", limit)
+                await _send(send, 200, error_response("malformed_request"), [(b"content-type", OCSP_RESPONSE)])
+                return
+            cacheable = False
+        elif method == "GET" and path.startswith("/ocsp/"):
+            raw = scope.get("raw_path") or path.encode()
+            encoded = urllib.parse.unquote(raw.decode("latin-1")[len("/ocsp/"):])
+            try:
+                body = base64.b64decode(encoded, validate=True)
+            except (binascii.Error, ValueError):
+                body = b""
+            cacheable = True
+        else:
+            await _send(send, 405, b"use POST /ocsp or GET /ocsp/<base64>\n", [(b"content-type", b"text/plain")])
+            return
+        result = await answer(body)
+        headers = [(b"content-type", OCSP_RESPONSE)]
+        if cacheable and result.next_update is not None:
+            max_age = max(0, int((result.next_update - datetime.now(UTC)).total_seconds()))
+            headers += [(b"cache-control", f"public, max-age={max_age}, no-transform, must-revalidate".encode()),
+                        (b"etag", f'"{hashlib.sha1(result.body).hexdigest()}"'.encode())]
+        await _send(send, 200, result.body, headers)
+
+    async def crl(scope: Asgi, receive: Asgi, send: Asgi) -> None:
+        record = crls.current()
+        if record is None:
+            await _send(send, 404, b"no CRL published yet\n", [(b"content-type", b"text/plain")])
+            return
+        etag = f'"crl-{record.number}"'.encode()
+        request_headers = dict(scope["headers"])
+        max_age = max(0, int((record.next_update - datetime.now(UTC)).total_seconds()))
+        headers = [(b"etag", etag), (b"last-modified", format_datetime(record.this_update, usegmt=True).encode()),
+                   (b"cache-control", f"public, max-age={max_age}, no-transform".encode())]
+        if _not_modified(request_headers, etag, record.this_update):
+            await _send(send, 304, b"", headers)
+            return
+        await _send(send, 200, record.der, [(b"content-type", b"application/pkix-crl"), *headers])
+
+    async def app(scope: Asgi, receive: Asgi, send: Asgi) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == "/ocsp" or path.startswith("/ocsp/"):
+                await ocsp(scope, receive, send)
+                return
+            if path == crl_path and scope["method"] in ("GET", "HEAD"):
+                await crl(scope, receive, send)
+                return
+        await fallback(scope, receive, send)
+
+    return app
+
+
+def _not_modified(headers: dict[bytes, bytes], etag: bytes, last_modified: datetime) -> bool:
+    if b"if-none-match" in headers:
+        return etag in [t.strip() for t in headers[b"if-none-match"].split(b",")] or headers[b"if-none-match"] == b"*"
+    if b"if-modified-since" in headers:
+        try:
+            since = parsedate_to_datetime(headers[b"if-modified-since"].decode())
+        except (TypeError, ValueError):
+            return False
+        return last_modified.replace(microsecond=0) <= since
+    return False

@@ -1,0 +1,159 @@
+"""RFC 6960 messages: parsing requests and building signed responses (asn1crypto).
+
+cryptography's OCSP builder holds one SingleResponse per response; RFC 6960 allows several CertIDs
+per request, so responses are built with asn1crypto and the tbsResponseData is signed with the OCSP
+signer key on the token through its cryptography key object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from asn1crypto import core
+from asn1crypto import ocsp as aocsp
+from asn1crypto import x509 as ax509
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+HASHES = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
+REASONS = {
+    "unspecified": "unspecified", "keyCompromise": "key_compromise", "cACompromise": "ca_compromise",
+    "affiliationChanged": "affiliation_changed", "superseded": "superseded",
+    "cessationOfOperation": "cessation_of_operation", "certificateHold": "certificate_hold",
+    "privilegeWithdrawn": "privilege_withdrawn", "aACompromise": "aa_compromise",
+}
+MAX_NONCE_OCTETS = 32  # RFC 8954
+
+
+class MalformedRequest(Exception):
+    """The bytes are not an OCSP request we can answer (malformedRequest)."""
+
+
+def error_response(status: str) -> bytes:
+    """An unsigned OCSPResponse: malformed_request, internal_error, try_later, unauthorized, ..."""
+    return aocsp.OCSPResponse({"response_status": status}).dump()
+
+
+@dataclass(frozen=True)
+class CertRequest:
+    hash_algorithm: str
+    issuer_name_hash: bytes
+    issuer_key_hash: bytes
+    serial: int
+    cert_id: aocsp.CertId
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    requests: list[CertRequest]
+    nonce: bytes | None  # the DER of the nonce extension's value, echoed as given
+
+
+def parse_request(der: bytes) -> ParsedRequest:
+    try:
+        request = aocsp.OCSPRequest.load(der, strict=True)
+        tbs = request["tbs_request"]
+        items = []
+        for item in tbs["request_list"]:
+            cert_id = item["req_cert"]
+            algorithm = cert_id["hash_algorithm"]["algorithm"].native
+            items.append(CertRequest(algorithm, cert_id["issuer_name_hash"].native,
+                                     cert_id["issuer_key_hash"].native, cert_id["serial_number"].native, cert_id))
+        nonce = None
+        for extension in tbs["request_extensions"] or []:
+            if extension["extn_id"].native == "nonce":
+                value = extension["extn_value"].parsed
+                nonce = value.dump()
+                if not 1 <= len(value.native) <= MAX_NONCE_OCTETS:
+                    raise MalformedRequest(f"nonce of {len(value.native)} octets (RFC 8954: 1 to 32)")
+            elif extension["critical"].native:
+                raise MalformedRequest(f"unsupported critical extension {extension['extn_id'].dotted}")
+    except MalformedRequest:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise MalformedRequest(str(exc)) from exc
+    if not items:
+        raise MalformedRequest("no CertID in the request")
+    return ParsedRequest(items, nonce)
+
+
+@dataclass(frozen=True)
+class IssuerHashes:
+    """issuerNameHash / issuerKeyHash of our sub-CA for each CertID hash algorithm."""
+
+    by_algorithm: dict[str, tuple[bytes, bytes]]
+
+    @classmethod
+    def of(cls, issuer: x509.Certificate) -> IssuerHashes:
+        name_der = issuer.subject.public_bytes()
+        spki = ax509.PublicKeyInfo.load(issuer.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+        key_bits = spki["public_key"].contents[1:]  # BIT STRING value without the unused-bits octet
+        return cls({name: (fn(name_der).digest(), fn(key_bits).digest()) for name, fn in HASHES.items()})
+
+    def matches(self, request: CertRequest) -> bool:
+        return self.by_algorithm.get(request.hash_algorithm) == (request.issuer_name_hash, request.issuer_key_hash)
+
+    def cert_id(self, hash_algorithm: str, serial: int) -> aocsp.CertId:
+        name_hash, key_hash = self.by_algorithm[hash_algorithm]
+        return aocsp.CertId({"hash_algorithm": {"algorithm": hash_algorithm}, "issuer_name_hash": name_hash,
+                             "issuer_key_hash": key_hash, "serial_number": serial})
+
+
+@dataclass(frozen=True)
+class Status:
+    """good, revoked (with time and reason) or unknown."""
+
+    state: str
+    revoked_at: datetime | None = None
+    reason: str | None = None
+
+
+def single_response(cert_id: aocsp.CertId, status: Status, this_update: datetime,
+                    next_update: datetime) -> aocsp.SingleResponse:
+    if status.state == "revoked":
+        info: dict[str, object] = {"revocation_time": status.revoked_at}
+        if status.reason:
+            info["revocation_reason"] = REASONS[status.reason]
+        cert_status = aocsp.CertStatus(name="revoked", value=info)
+    else:
+        cert_status = aocsp.CertStatus(name=status.state, value=core.Null())
+    return aocsp.SingleResponse({"cert_id": cert_id, "cert_status": cert_status, "this_update": this_update,
+                                 "next_update": next_update})
+
+
+@dataclass
+class OcspSigner:
+    """The delegated OCSP signer: its certificate and its token key."""
+
+    certificate: x509.Certificate
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+    def __post_init__(self) -> None:
+        self._asn1_cert = ax509.Certificate.load(self.certificate.public_bytes(serialization.Encoding.DER))
+        spki = ax509.PublicKeyInfo.load(self.key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+        self._key_hash = hashlib.sha1(spki["public_key"].contents[1:]).digest()
+
+    def sign(self, responses: list[aocsp.SingleResponse], produced_at: datetime, nonce: bytes | None = None) -> bytes:
+        data: dict[str, object] = {
+            "responder_id": aocsp.ResponderId(name="by_key", value=self._key_hash),
+            "produced_at": produced_at, "responses": responses,
+        }
+        if nonce is not None:
+            data["response_extensions"] = [{"extn_id": "nonce", "critical": False,
+                                            "extn_value": core.OctetString.load(nonce)}]
+        tbs = aocsp.ResponseData(data)
+        if isinstance(self.key, ec.EllipticCurvePrivateKey):
+            signature = self.key.sign(tbs.dump(), ec.ECDSA(hashes.SHA256()))
+            algorithm = "sha256_ecdsa"
+        else:
+            signature = self.key.sign(tbs.dump(), padding.PKCS1v15(), hashes.SHA256())
+            algorithm = "sha256_rsa"
+        basic = aocsp.BasicOCSPResponse({"tbs_response_data": tbs, "signature_algorithm": {"algorithm": algorithm},
+                                         "signature": signature, "certs": [self._asn1_cert]})
+        return aocsp.OCSPResponse({"response_status": "successful", "response_bytes": {
+            "response_type": "basic_ocsp_response", "response": basic}}).dump()

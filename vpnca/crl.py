@@ -1,0 +1,115 @@
+"""CRLs: full and delta, signed by the sub-CA on the token, published as files and in the database."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from vpnca.authority import REVOCATION_REASONS, Authority
+from vpnca.ca import hash_for
+from vpnca.store import CrlRecord
+
+log = logging.getLogger("vpnca.crl")
+
+
+@dataclass(frozen=True)
+class PublishedCrl:
+    number: int
+    entries: int
+    crl: x509.CertificateRevocationList
+    delta_base: int | None = None
+
+
+def _revoked(serial: str, revoked_at: datetime, reason: str | None,
+             invalidity: datetime | None) -> x509.RevokedCertificate:
+    builder = x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(revoked_at)
+    if reason and reason != "unspecified":
+        builder = builder.add_extension(x509.CRLReason(REVOCATION_REASONS[reason]), critical=False)
+    if invalidity is not None:
+        builder = builder.add_extension(x509.InvalidityDate(invalidity.replace(tzinfo=None)), critical=False)
+    return builder.build()
+
+
+def _sign(authority: Authority, number: int, this_update: datetime, next_update: datetime,
+          revoked: list[x509.RevokedCertificate], *, delta_base: int | None = None) -> x509.CertificateRevocationList:
+    """Build and sign on the token. The revoked list goes to the constructor in one piece:
+    add_revoked_certificate copies the list on every call, which is quadratic at 10^5 entries."""
+    settings = authority.settings
+    idp = x509.IssuingDistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(settings.crl_url)], relative_name=None,
+        only_contains_user_certs=True, only_contains_ca_certs=False, only_some_reasons=None,
+        indirect_crl=False, only_contains_attribute_certs=False,
+    )
+    extensions = [
+        x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(number)),
+        x509.Extension(x509.AuthorityKeyIdentifier.oid, False,
+                       x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key())),
+        x509.Extension(x509.IssuingDistributionPoint.oid, True, idp),
+    ]
+    if delta_base is not None:
+        extensions.append(x509.Extension(x509.DeltaCRLIndicator.oid, True, x509.DeltaCRLIndicator(delta_base)))
+    builder = x509.CertificateRevocationListBuilder(
+        issuer_name=authority.certificate.subject, last_update=this_update, next_update=next_update,
+        extensions=extensions, revoked_certificates=revoked,
+    )
+    return builder.sign(authority.key, hash_for(authority.key))
+
+
+def generate_crl(authority: Authority, *, actor: str = "crl-job") -> PublishedCrl:
+    """Sign a full CRL of every revoked or held certificate; store it, write the files."""
+    settings, store = authority.settings, authority.store
+    now = datetime.now(UTC)
+    number = store.next_crl_number()
+    entries = store.revoked_entries(authority.name)
+    crl = _sign(authority, number, now, now + settings.crl.next_update, [_revoked(*e) for e in entries])
+    der = crl.public_bytes(serialization.Encoding.DER)
+    store.add_crl(CrlRecord(number=number, ca_name=authority.name, delta_base=None, this_update=now,
+                            next_update=now + settings.crl.next_update, entries=len(entries), der=der), actor=actor)
+    write_crl_files(settings.home / "crl", authority.name, crl)
+    log.info("CRL %d signed with %d entries", number, len(entries))
+    published = PublishedCrl(number=number, entries=len(entries), crl=crl)
+    if settings.crl.delta:
+        generate_delta_crl(authority, base=published, actor=actor)
+    return published
+
+
+def generate_delta_crl(authority: Authority, *, base: PublishedCrl | None = None,
+                       actor: str = "crl-job") -> PublishedCrl | None:
+    """A delta CRL against the latest full CRL: revocations since it, and holds released since it."""
+    settings, store = authority.settings, authority.store
+    base_record = store.latest_crl(authority.name)
+    if base_record is None:
+        return None
+    now = datetime.now(UTC)
+    number = store.next_crl_number()
+    entries = [e for e in store.revoked_entries(authority.name) if e[1] >= base_record.this_update]
+    released = store.released_since(authority.name, base_record.this_update)
+    revoked = [_revoked(*e) for e in entries] + [
+        x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(released_at)
+        .add_extension(x509.CRLReason(x509.ReasonFlags.remove_from_crl), critical=False).build()
+        for serial, released_at in released
+    ]
+    crl = _sign(authority, number, now, now + settings.crl.delta_next_update, revoked,
+                delta_base=base_record.number)
+    count = len(entries) + len(released)
+    store.add_crl(CrlRecord(number=number, ca_name=authority.name, delta_base=base_record.number, this_update=now,
+                            next_update=now + settings.crl.delta_next_update, entries=count,
+                            der=crl.public_bytes(serialization.Encoding.DER)), actor=actor)
+    write_crl_files(settings.home / "crl", f"{authority.name}-delta", crl)
+    return PublishedCrl(number=number, entries=count, crl=crl, delta_base=base_record.number)
+
+
+def write_crl_files(directory: Path, name: str, crl: x509.CertificateRevocationList) -> None:
+    """`name`.crl (DER) and `name`.pem, each replaced atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for suffix, encoding in ((".crl", serialization.Encoding.DER), (".pem", serialization.Encoding.PEM)):
+        target = directory / f"{name}{suffix}"
+        tmp = target.with_suffix(suffix + ".tmp")
+        tmp.write_bytes(crl.public_bytes(encoding))
+        os.replace(tmp, target)
