@@ -115,7 +115,8 @@ class Status:
 def single_response(cert_id: aocsp.CertId, status: Status, this_update: datetime,
                     next_update: datetime) -> aocsp.SingleResponse:
     if status.state == "revoked":
-        info: dict[str, object] = {"revocation_time": status.revoked_at}
+        assert status.revoked_at is not None
+        info: dict[str, object] = {"revocation_time": status.revoked_at.replace(microsecond=0)}
         if status.reason:
             info["revocation_reason"] = REASONS[status.reason]
         cert_status = aocsp.CertStatus(name="revoked", value=info)

@@ -78,7 +78,8 @@ class OcspService:
         if not all(self.issuer_hashes.matches(r) for r in request.requests):
             log.warning("OCSP request for an issuer we are not")
             return OcspAnswer(error_response("unauthorized"))
-        if len(request.requests) == 1 and request.nonce is None:
+        # without a signing key the nonce cannot be echoed: answer pre-signed (RFC 8954 lets a responder omit it)
+        if len(request.requests) == 1 and (request.nonce is None or self.signer is None):
             item = request.requests[0]
             if item.hash_algorithm in PRESIGNED_HASHES:
                 found = self._presigned(serial_hex(item.serial), item.hash_algorithm)
@@ -89,7 +90,7 @@ class OcspService:
     def sign_live(self, requests: list[CertRequest], nonce: bytes | None) -> OcspAnswer:
         if self.signer is None:
             return OcspAnswer(error_response("try_later"))
-        now = datetime.now(UTC)
+        now = datetime.now(UTC).replace(microsecond=0)  # DER GeneralizedTime: whole seconds
         next_update = now + self.settings.ocsp.validity
         responses = [single_response(r.cert_id, status_of(self.store.get_certificate(serial_hex(r.serial))),
                                      now, next_update) for r in requests]
@@ -99,7 +100,7 @@ class OcspService:
         """Sign and store responses for `records` under each pre-signed CertID hash."""
         if self.signer is None or not records:
             return 0
-        now = datetime.now(UTC)
+        now = datetime.now(UTC).replace(microsecond=0)  # DER GeneralizedTime: whole seconds
         next_update = now + self.settings.ocsp.validity
         rows = []
         for record in records:

@@ -6,7 +6,7 @@ import logging
 
 from ocsp.service import OcspService, load_ocsp_service
 from vpnca.authority import Authority
-from vpnca.crl import PublishedCrl, generate_crl
+from vpnca.crl import PublishedCrl, generate_crl, generate_delta_crl
 
 log = logging.getLogger("vpnca.revocation")
 
@@ -28,6 +28,11 @@ class Publisher:
         return done
 
     def publish_revocation(self, serial: str, actor: str) -> PublishedCrl:
-        """After a revoke or a hold release: re-sign that serial's OCSP answers, then a new CRL."""
+        """After a revoke or a hold release: re-sign that serial's OCSP answers, then a new CRL
+        (a delta CRL against the current full one when deltas are configured, else a full CRL)."""
         self.ocsp.presign_serials([serial])
+        if self.authority.settings.crl.delta:
+            delta = generate_delta_crl(self.authority, actor=actor)
+            if delta is not None:
+                return delta
         return self.regenerate_crl(actor)

@@ -1,0 +1,219 @@
+"""CRLs and OCSP against a running `vpnca serve` and a standalone `vpnca ocsp serve`, with openssl."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
+
+from tests.conftest import CaHome, RunningServer, make_ca_home, stop_server, wait_for_port
+from tests.helpers import free_port, require_tool, run
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, softhsm) -> Iterator[RunningServer]:  # type: ignore[no-untyped-def]
+    from tests.conftest import start_server
+
+    ca = make_ca_home(tmp_path_factory.mktemp("revocation") / "home", softhsm)
+    config = ca.home / "vpnca.toml"
+    config.write_text(config.read_text() + "\n[crl]\ndelta = true\n")
+    running = start_server(ca)
+    yield running
+    stop_server(running)
+    ca.store.dispose()
+
+
+def vpnca(ca: CaHome, *args: str) -> str:
+    return run([sys.executable, "-m", "vpnca.cli", *args], env=ca.env).stdout
+
+
+def issue(ca: CaHome, tmp_path: Path, name: str) -> tuple[Path, str]:
+    pem = tmp_path / f"{name}.pem"
+    serial = vpnca(ca, "issue", "--profile", "device", "--id", f"{name}.example.com", "--out", str(pem),
+                   "--key-out", str(tmp_path / f"{name}.key")).strip()
+    return pem, serial
+
+
+def openssl_ocsp(server: RunningServer, leaf: Path, *extra: str, port: int | None = None) -> str:
+    ca = server.ca.home / "ca"
+    result = run([require_tool("openssl"), "ocsp", "-issuer", str(ca / "sub.pem"), "-cert", str(leaf),
+                  "-url", f"http://127.0.0.1:{port or server.http_port}/ocsp", "-CAfile", str(ca / "root.pem"),
+                  *extra])
+    return result.stdout + result.stderr
+
+
+def post_ocsp(server: RunningServer, body: bytes, port: int | None = None) -> bytes:
+    request = urllib.request.Request(f"http://127.0.0.1:{port or server.http_port}/ocsp", data=body,
+                                     headers={"Content-Type": "application/ocsp-request"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+        return response.read()
+
+
+def ocsp_request(leaf: Path, issuer: Path, algorithm: hashes.HashAlgorithm = hashes.SHA1()) -> bytes:
+    cert = x509.load_pem_x509_certificate(leaf.read_bytes())
+    ca = x509.load_pem_x509_certificate(issuer.read_bytes())
+    return ocsp.OCSPRequestBuilder().add_certificate(cert, ca, algorithm).build().public_bytes(
+        serialization.Encoding.DER)
+
+
+def test_openssl_ocsp_good_then_revoked_with_nonce_and_reason(server: RunningServer, tmp_path: Path) -> None:
+    leaf, serial = issue(server.ca, tmp_path, "ocsp1")
+    out = openssl_ocsp(server, leaf)  # openssl sends a nonce by default and checks it
+    assert "Response verify OK" in out and f"{leaf}: good" in out and "WARNING: no nonce" not in out
+    vpnca(server.ca, "revoke", serial, "--reason", "keyCompromise")
+    out = openssl_ocsp(server, leaf, "-no_nonce")
+    assert "Response verify OK" in out and f"{leaf}: revoked" in out and "Reason: keyCompromise" in out
+
+
+def test_presigned_answer_is_served_without_signing_and_get_is_cacheable(server: RunningServer, tmp_path: Path) -> None:
+    leaf, serial = issue(server.ca, tmp_path, "ocsp2")
+    vpnca(server.ca, "revoke", serial, "--reason", "superseded")  # re-signs this serial at once
+    request = ocsp_request(leaf, server.ca.home / "ca/sub.pem")
+    first, second = post_ocsp(server, request), post_ocsp(server, request)
+    assert first == second  # the same pre-signed bytes, not a fresh signature
+    parsed = ocsp.load_der_ocsp_response(first)
+    assert parsed.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    assert parsed.revocation_reason == x509.ReasonFlags.superseded
+    encoded = urllib.parse.quote(base64.b64encode(request).decode(), safe="")
+    with urllib.request.urlopen(f"{server.http}/ocsp/{encoded}", timeout=30) as response:
+        assert response.read() == first
+        assert "max-age=" in response.headers["Cache-Control"]
+    get = run([require_tool("openssl"), "ocsp", "-issuer", str(server.ca.home / "ca/sub.pem"), "-cert", str(leaf),
+               "-url", f"{server.http}/ocsp", "-CAfile", str(server.ca.home / "ca/root.pem"), "-no_nonce",
+               "-reqout", str(tmp_path / "req.der")])
+    assert "revoked" in get.stdout
+
+
+def test_sha256_certid_and_several_certids_in_one_request(server: RunningServer, tmp_path: Path) -> None:
+    good, _ = issue(server.ca, tmp_path, "multi1")
+    bad, bad_serial = issue(server.ca, tmp_path, "multi2")
+    vpnca(server.ca, "revoke", bad_serial, "--reason", "cessationOfOperation")
+    sub = server.ca.home / "ca/sub.pem"
+    response = ocsp.load_der_ocsp_response(post_ocsp(server, ocsp_request(good, sub, hashes.SHA256())))
+    assert response.certificate_status == ocsp.OCSPCertStatus.GOOD and isinstance(response.hash_algorithm,
+                                                                                    hashes.SHA256)
+    out = run([require_tool("openssl"), "ocsp", "-issuer", str(sub), "-cert", str(good), "-cert", str(bad),
+               "-url", f"{server.http}/ocsp", "-CAfile", str(server.ca.home / "ca/root.pem")])
+    text = out.stdout + out.stderr
+    assert f"{good}: good" in text and f"{bad}: revoked" in text and "Response verify OK" in text
+
+
+def test_unknown_serial_and_unknown_issuer(server: RunningServer, tmp_path: Path) -> None:
+    leaf, _ = issue(server.ca, tmp_path, "ghost")
+    cert = x509.load_pem_x509_certificate(leaf.read_bytes())
+    sub = x509.load_pem_x509_certificate((server.ca.home / "ca/sub.pem").read_bytes())
+    root = x509.load_pem_x509_certificate((server.ca.home / "ca/root.pem").read_bytes())
+    unknown = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+        *_hashes_of(sub), 0xDEADBEEF, hashes.SHA1()).build().public_bytes(serialization.Encoding.DER)
+    assert ocsp.load_der_ocsp_response(post_ocsp(server, unknown)).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+    foreign = ocsp.OCSPRequestBuilder().add_certificate(cert, root, hashes.SHA1()).build().public_bytes(
+        serialization.Encoding.DER)
+    assert ocsp.load_der_ocsp_response(post_ocsp(server, foreign)).response_status == \
+        ocsp.OCSPResponseStatus.UNAUTHORIZED
+
+
+def _hashes_of(issuer: x509.Certificate) -> tuple[bytes, bytes]:
+    from ocsp.responses import IssuerHashes
+
+    return IssuerHashes.of(issuer).by_algorithm["sha1"]
+
+
+@pytest.mark.parametrize("body", [b"", b"\x30\x82\x01", os.urandom(200), b"\x30" + b"\xff" * 64, b"A" * 1_000_000],
+                         ids=["empty", "truncated", "random", "bad-length", "1MB"])
+def test_bad_ocsp_input_gets_malformed_request_and_the_responder_keeps_serving(
+        server: RunningServer, tmp_path: Path, body: bytes) -> None:
+    answer = ocsp.load_der_ocsp_response(post_ocsp(server, body))
+    assert answer.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    with urllib.request.urlopen(f"{server.http}/ocsp/%%%notbase64", timeout=30) as response:
+        assert ocsp.load_der_ocsp_response(response.read()).response_status == \
+            ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    leaf, _ = issue(server.ca, tmp_path, "alive")
+    assert ": good" in openssl_ocsp(server, leaf)
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_oversized_nonce_is_malformed(server: RunningServer, tmp_path: Path) -> None:
+    leaf, _ = issue(server.ca, tmp_path, "nonce")
+    cert = x509.load_pem_x509_certificate(leaf.read_bytes())
+    sub = x509.load_pem_x509_certificate((server.ca.home / "ca/sub.pem").read_bytes())
+    request = (ocsp.OCSPRequestBuilder().add_certificate(cert, sub, hashes.SHA1())
+               .add_extension(x509.OCSPNonce(os.urandom(64)), critical=False).build())
+    answer = ocsp.load_der_ocsp_response(post_ocsp(server, request.public_bytes(serialization.Encoding.DER)))
+    assert answer.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+
+
+def test_crl_check_with_openssl_and_http_caching(server: RunningServer, tmp_path: Path) -> None:
+    ca = server.ca
+    good, _ = issue(ca, tmp_path, "crlgood")
+    bad, bad_serial = issue(ca, tmp_path, "crlbad")
+    vpnca(ca, "revoke", bad_serial, "--reason", "keyCompromise", "--invalidity-date", "2026-11-01T10:00:00Z")
+    _, held_serial = issue(ca, tmp_path, "crlheld")
+    vpnca(ca, "revoke", held_serial, "--reason", "certificateHold")
+    vpnca(ca, "crl")  # with delta CRLs configured, a revocation publishes a delta at once; this is the full one
+    crl_path = tmp_path / "sub.crl"
+    url = f"{server.http}/crl/{ca.settings.ca.name}.crl"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        crl_path.write_bytes(response.read())
+        etag, last_modified = response.headers["ETag"], response.headers["Last-Modified"]
+        assert "max-age=" in response.headers["Cache-Control"]
+    pem = tmp_path / "sub.crl.pem"
+    run([require_tool("openssl"), "crl", "-inform", "DER", "-in", str(crl_path), "-out", str(pem)])
+    chain = ["-CAfile", str(ca.home / "ca/root.pem"), "-untrusted", str(ca.home / "ca/sub.pem"),
+             "-crl_check", "-CRLfile", str(pem)]
+    openssl = require_tool("openssl")
+    assert run([openssl, "verify", *chain, str(good)]).stdout.strip().endswith("OK")
+    refused = run([openssl, "verify", *chain, str(bad)], check=False)
+    assert refused.returncode != 0 and "certificate revoked" in refused.stdout + refused.stderr
+    text = run([openssl, "crl", "-in", str(pem), "-noout", "-text"]).stdout
+    for field in ("X509v3 CRL Number", "X509v3 Authority Key Identifier", "Issuing Distribution Point",
+                  "Key Compromise", "Invalidity Date", "Certificate Hold", bad_serial.upper()):
+        assert field in text, field
+    for header in ({"If-None-Match": etag}, {"If-Modified-Since": last_modified}):
+        request = urllib.request.Request(url, headers=header)
+        with pytest.raises(urllib.error.HTTPError) as not_modified:
+            urllib.request.urlopen(request, timeout=30)
+        assert not_modified.value.code == 304
+    # release from hold: listed as removeFromCRL in the delta published at once, gone from the next full CRL
+    vpnca(ca, "crl")
+    vpnca(ca, "release", held_serial)
+    delta = x509.load_der_x509_crl((ca.home / "crl" / f"{ca.settings.ca.name}-delta.crl").read_bytes())
+    assert delta.extensions.get_extension_for_class(x509.DeltaCRLIndicator).value.crl_number >= 1
+    released = delta.get_revoked_certificate_by_serial_number(int(held_serial, 16))
+    assert released is not None
+    assert released.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.remove_from_crl
+    vpnca(ca, "crl")
+    crl = x509.load_der_x509_crl((ca.home / "crl" / f"{ca.settings.ca.name}.crl").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(int(held_serial, 16)) is None
+    assert crl.get_revoked_certificate_by_serial_number(int(bad_serial, 16)) is not None
+
+
+def test_standalone_ocsp_responder_without_ca_key(server: RunningServer, tmp_path: Path) -> None:
+    """`vpnca ocsp serve --presigned-only`: same database, no key at all, pre-signed answers."""
+    leaf, serial = issue(server.ca, tmp_path, "standalone")
+    vpnca(server.ca, "revoke", serial, "--reason", "affiliationChanged")
+    port = free_port()
+    log = tmp_path / "ocsp.log"
+    env = {**server.ca.env, "VPNCA_PIN": "wrong", "VPNCA_PIN_FILE": ""}
+    process = subprocess.Popen([sys.executable, "-m", "vpnca.cli", "ocsp", "serve", "--port", str(port),
+                                "--presigned-only"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process, log)
+        out = openssl_ocsp(server, leaf, "-no_nonce", port=port)
+        assert f"{leaf}: revoked" in out and "Response verify OK" in out
+        out = openssl_ocsp(server, leaf, port=port)  # asks for a nonce: answered pre-signed, without it
+        assert f"{leaf}: revoked" in out and "WARNING: no nonce in response" in out
+        empty = ocsp.load_der_ocsp_response(post_ocsp(server, b"", port=port))
+        assert empty.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    finally:
+        stop_server(RunningServer(server.ca, 0, port, process, log))
