@@ -138,6 +138,9 @@ class OcspSigner:
         spki = ax509.PublicKeyInfo.load(self.key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
         self._key_hash = hashlib.sha1(spki["public_key"].contents[1:]).digest()
+        algorithm = "sha256_ecdsa" if isinstance(self.key, ec.EllipticCurvePrivateKey) else "sha256_rsa"
+        self._algorithm_der = ax509.SignedDigestAlgorithm({"algorithm": algorithm}).dump()
+        self._certs_der = _tlv(0xA0, _tlv(0x30, self._asn1_cert.dump()))
 
     def sign(self, responses: list[aocsp.SingleResponse], produced_at: datetime, nonce: bytes | None = None) -> bytes:
         data: dict[str, object] = {
@@ -147,14 +150,25 @@ class OcspSigner:
         if nonce is not None:
             data["response_extensions"] = [{"extn_id": "nonce", "critical": False,
                                             "extn_value": core.OctetString.load(nonce)}]
-        tbs = aocsp.ResponseData(data)
+        tbs = aocsp.ResponseData(data).dump()
         if isinstance(self.key, ec.EllipticCurvePrivateKey):
-            signature = self.key.sign(tbs.dump(), ec.ECDSA(hashes.SHA256()))
-            algorithm = "sha256_ecdsa"
+            signature = self.key.sign(tbs, ec.ECDSA(hashes.SHA256()))
         else:
-            signature = self.key.sign(tbs.dump(), padding.PKCS1v15(), hashes.SHA256())
-            algorithm = "sha256_rsa"
-        basic = aocsp.BasicOCSPResponse({"tbs_response_data": tbs, "signature_algorithm": {"algorithm": algorithm},
-                                         "signature": signature, "certs": [self._asn1_cert]})
-        return aocsp.OCSPResponse({"response_status": "successful", "response_bytes": {
-            "response_type": "basic_ocsp_response", "response": basic}}).dump()
+            signature = self.key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+        # assembled by hand around the constant parts: asn1crypto re-encoding the signer certificate
+        # on every response cost more than the signature itself
+        basic = _tlv(0x30, tbs + self._algorithm_der + _tlv(0x03, b"\x00" + signature) + self._certs_der)
+        return _tlv(0x30, _SUCCESSFUL + _tlv(0xA0, _tlv(0x30, _ID_PKIX_OCSP_BASIC + _tlv(0x04, basic))))
+
+
+_SUCCESSFUL = bytes.fromhex("0a0100")  # ENUMERATED successful(0)
+_ID_PKIX_OCSP_BASIC = bytes.fromhex("06092b0601050507300101")  # OID 1.3.6.1.5.5.7.48.1.1
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    """One DER element: tag, definite length, value."""
+    length = len(value)
+    if length < 0x80:
+        return bytes([tag, length]) + value
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(octets)]) + octets + value

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -363,9 +363,19 @@ class Store:
     # -- OCSP ------------------------------------------------------------------------------------
 
     def save_ocsp_responses(self, records: list[OcspResponseRecord]) -> None:
+        """Replace the stored answers for these (serial, hash) pairs in one transaction."""
+        if not records:
+            return
+        latest = {(r.serial, r.hash_algorithm): r for r in records}
+        serials = sorted({serial for serial, _ in latest})
         with self.write() as session:
-            for record in records:
-                session.merge(record)
+            for start in range(0, len(serials), 500):
+                session.execute(delete(OcspResponseRecord).where(
+                    OcspResponseRecord.serial.in_(serials[start:start + 500])))
+            session.execute(insert(OcspResponseRecord), [
+                {"serial": r.serial, "hash_algorithm": r.hash_algorithm, "cert_status": r.cert_status,
+                 "this_update": r.this_update, "next_update": r.next_update, "der": r.der}
+                for r in latest.values()])
 
     def ocsp_backlog(self, issuer: str, refresh_before: datetime, limit: int) -> list[CertificateRecord]:
         """Certificates whose pre-signed responses are missing or expire before `refresh_before`."""

@@ -1,0 +1,252 @@
+"""OCSP requests/s and p50/p99 with wrk at 1,000 and 100,000 certificates, beside `openssl ocsp -index`
+answering for the same certificates and nginx serving one pre-signed response as a static file (the
+HTTP ceiling here); CRL generation time for 100,000 and 1,000,000 revoked serials beside
+`openssl ca -gencrl` on the same serials."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.parse
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from sqlalchemy import insert
+
+from ocsp.responses import IssuerHashes
+from ocsp.service import load_ocsp_service
+from tests.bench.common import save, table, wrk
+from tests.conftest import CaHome, RunningServer, make_ca_home, stop_server, wait_for_port
+from tests.helpers import free_port, require_tool, run
+from vpnca.ca import build_ocsp_signer
+from vpnca.crl import generate_crl
+from vpnca.store import CertificateRecord
+
+SECONDS = int(os.environ.get("VPNCA_BENCH_SECONDS", "8"))
+CONNECTIONS = 16
+WORKERS = int(os.environ.get("VPNCA_BENCH_WORKERS", "2"))
+SAMPLE = 2000  # distinct requests the load generator cycles through
+
+
+def add_certificates(ca: CaHome, count: int, *, revoked_every: int = 10, status_all: str | None = None) -> list[int]:
+    """Rows for `count` certificates (no DER: OCSP and CRLs need serial and status only)."""
+    now = datetime.now(UTC)
+    serials, rows = [], []
+    for i in range(count):
+        serial = secrets.randbits(127) | (1 << 126)
+        revoked = status_all == "revoked" or (status_all is None and i % revoked_every == 0)
+        serials.append(serial)
+        rows.append({"serial": format(serial, "x"), "issuer": ca.settings.ca.name, "profile": "device",
+                     "subject": f"CN=bench{i}", "identities": "[]", "status": "revoked" if revoked else "valid",
+                     "not_before": now, "not_after": now + timedelta(days=7), "requester": "bench",
+                     "protocol": "bench", "created_at": now, "revoked_at": now if revoked else None,
+                     "revocation_reason": "keyCompromise" if revoked else None})
+        if len(rows) == 50_000:
+            _insert(ca, rows)
+            rows = []
+    _insert(ca, rows)
+    return serials
+
+
+def _insert(ca: CaHome, rows: list[dict[str, object]]) -> None:
+    if rows:
+        with ca.store.write() as session:
+            session.execute(insert(CertificateRecord), rows)
+
+
+def get_paths(ca: CaHome, serials: list[int]) -> list[str]:
+    issuer = x509.load_pem_x509_certificate((ca.home / "ca/sub.pem").read_bytes())
+    name_hash, key_hash = IssuerHashes.of(issuer).by_algorithm["sha1"]
+    paths = []
+    for serial in serials:
+        der = ocsp.OCSPRequestBuilder().add_certificate_by_hash(name_hash, key_hash, serial, hashes.SHA1()) \
+            .build().public_bytes(serialization.Encoding.DER)
+        paths.append("/ocsp/" + urllib.parse.quote(base64.b64encode(der).decode(), safe=""))
+    return paths
+
+
+def lua_get(path: Path, paths: list[str]) -> Path:
+    listing = ",\n".join(f'"{p}"' for p in paths)
+    path.write_text(f"""
+local paths = {{ {listing} }}
+local i = 0
+function request()
+  i = i + 1
+  return wrk.format("GET", paths[(i % #paths) + 1])
+end
+""")
+    return path
+
+
+def start(cmd: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    wait_for_port(port, process, log)
+    return process
+
+
+def openssl_responder(ca: CaHome, tmp: Path, serials: list[int], statuses: dict[int, str]) -> tuple[list[str], dict]:
+    """An `openssl ocsp -index` responder for the same certificates, with a software signer."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = build_ocsp_signer(settings=ca.settings, public_key=key.public_key(), issuer=ca.hierarchy.sub,
+                             issuer_key=ca.authority.key)
+    (tmp / "osigner.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp / "osigner.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                        serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    expiry = (datetime.now(UTC) + timedelta(days=7)).strftime("%y%m%d%H%M%SZ")
+    revoked_at = datetime.now(UTC).strftime("%y%m%d%H%M%SZ")
+    with (tmp / "index.txt").open("w") as index:
+        for serial in serials:
+            if statuses[serial] == "revoked":
+                index.write(f"R\t{expiry}\t{revoked_at},keyCompromise\t{serial:X}\tunknown\t/CN=b\n")
+            else:
+                index.write(f"V\t{expiry}\t\t{serial:X}\tunknown\t/CN=b\n")
+    (tmp / "index.txt.attr").write_text("unique_subject = no\n")
+    port = free_port()
+    cmd = [require_tool("openssl"), "ocsp", "-index", str(tmp / "index.txt"), "-port", str(port),
+           "-rsigner", str(tmp / "osigner.pem"), "-rkey", str(tmp / "osigner.key"),
+           "-CA", str(ca.home / "ca/sub.pem"), "-nmin", "60"]
+    return cmd, {"port": port}
+
+
+def nginx_ceiling(tmp: Path, response: bytes) -> tuple[list[str], int]:
+    root = tmp / "nginx"
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    (root / "resp.der").write_bytes(response)
+    port = free_port()
+    (root / "nginx.conf").write_text(f"""
+worker_processes {WORKERS};
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/logs/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {root}/tmp; proxy_temp_path {root}/tmp; fastcgi_temp_path {root}/tmp;
+  uwsgi_temp_path {root}/tmp; scgi_temp_path {root}/tmp;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ default_type application/ocsp-response; alias {root}/resp.der; }}
+  }}
+}}
+""")
+    return [require_tool("nginx"), "-p", str(root), "-c", str(root / "nginx.conf")], port
+
+
+def measure_ocsp(ca: CaHome, tmp: Path, count: int) -> dict[str, object]:
+    serials = add_certificates(ca, count)
+    statuses = {s: ("revoked" if i % 10 == 0 else "valid") for i, s in enumerate(serials)}
+    service = load_ocsp_service(ca.settings, ca.store)
+    started = time.perf_counter()
+    presigned = service.presign_backlog(batch=2000)
+    presign_seconds = time.perf_counter() - started
+    sample = [serials[i] for i in sorted(secrets.SystemRandom().sample(range(count), min(SAMPLE, count)))]
+    script = lua_get(tmp / f"ocsp{count}.lua", get_paths(ca, sample))
+    row: dict[str, object] = {"certificates": count, "presigned": presigned,
+                              "presign_per_s": round(presigned / presign_seconds, 1)}
+
+    port = free_port()
+    ours = start([sys.executable, "-m", "vpnca.cli", "ocsp", "serve", "--port", str(port), "--workers",
+                  str(WORKERS)], ca.env, port, tmp / f"ours{count}.log")
+    try:
+        result = wrk(f"http://127.0.0.1:{port}", connections=CONNECTIONS, seconds=SECONDS, script=script)
+    finally:
+        stop_server(RunningServer(ca, 0, port, ours, tmp / "x"))
+    row.update({"vpnca_rps": round(result["requests_per_second"], 1), "vpnca_p50_ms": round(result["p50_ms"], 2),
+                "vpnca_p99_ms": round(result["p99_ms"], 2), "vpnca_errors": result["non_2xx"]})
+
+    cmd, info = openssl_responder(ca, tmp, serials, statuses)
+    proc = start(cmd, os.environ.copy(), info["port"], tmp / f"openssl{count}.log")
+    try:
+        result = wrk(f"http://127.0.0.1:{info['port']}", connections=CONNECTIONS, seconds=SECONDS, script=script)
+    finally:
+        proc.terminate()
+        proc.wait()
+    row.update({"openssl_rps": round(result["requests_per_second"], 1),
+                "openssl_p50_ms": round(result["p50_ms"], 2), "openssl_p99_ms": round(result["p99_ms"], 2),
+                "openssl_socket_errors": result["socket_errors"]})
+
+    one = service.respond(base64.b64decode(urllib.parse.unquote(get_paths(ca, sample[:1])[0][len("/ocsp/"):])))
+    cmd, nginx_port = nginx_ceiling(tmp / f"n{count}", one.body)
+    proc = start(cmd, os.environ.copy(), nginx_port, tmp / f"nginx{count}.log")
+    try:
+        result = wrk(f"http://127.0.0.1:{nginx_port}/ocsp", connections=CONNECTIONS, seconds=SECONDS)
+    finally:
+        proc.terminate()
+        proc.wait()
+    row.update({"nginx_rps": round(result["requests_per_second"], 1), "nginx_p50_ms": round(result["p50_ms"], 2),
+                "nginx_p99_ms": round(result["p99_ms"], 2)})
+    row["vs_openssl"] = round(float(row["vpnca_rps"]) / max(float(row["openssl_rps"]), 0.1), 2)  # type: ignore[arg-type]
+    row["vs_nginx"] = round(float(row["vpnca_rps"]) / float(row["nginx_rps"]), 3)  # type: ignore[arg-type]
+    return row
+
+
+def test_ocsp_throughput(tmp_path: Path, softhsm) -> None:  # type: ignore[no-untyped-def]
+    rows = []
+    for count in (1_000, 100_000):
+        ca = make_ca_home(tmp_path / f"home{count}", softhsm)
+        rows.append(measure_ocsp(ca, tmp_path, count))
+        ca.store.dispose()
+    save("ocsp", {"connections": CONNECTIONS, "workers": WORKERS, "seconds": SECONDS, "rows": rows})
+    table(f"OCSP GET, wrk -c {CONNECTIONS}, {WORKERS} workers each", rows, list(rows[0]))
+    assert all(r["vpnca_errors"] == 0 for r in rows)
+
+
+def openssl_gencrl_seconds(ca: CaHome, tmp: Path, serials: list[int]) -> float:
+    key = ec.generate_private_key(ec.SECP384R1())
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(ca.hierarchy.sub.subject).issuer_name(ca.hierarchy.sub.subject)
+            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .sign(key, hashes.SHA384()))
+    d = tmp / "openssl-ca"
+    d.mkdir(exist_ok=True)
+    (d / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "ca.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+    stamp = now.strftime("%y%m%d%H%M%SZ")
+    expiry = (now + timedelta(days=7)).strftime("%y%m%d%H%M%SZ")
+    with (d / "index.txt").open("w") as index:
+        for serial in serials:
+            index.write(f"R\t{expiry}\t{stamp},keyCompromise\t{serial:X}\tunknown\t/CN=b\n")
+    (d / "index.txt.attr").write_text("unique_subject = no\n")
+    (d / "crlnumber").write_text("01\n")
+    (d / "ca.cnf").write_text(f"""[ca]
+default_ca = bench
+[bench]
+database = {d}/index.txt
+crlnumber = {d}/crlnumber
+certificate = {d}/ca.pem
+private_key = {d}/ca.key
+default_md = sha384
+default_crl_days = 1
+""")
+    started = time.perf_counter()
+    run([require_tool("openssl"), "ca", "-config", str(d / "ca.cnf"), "-gencrl", "-out", str(d / "crl.pem")])
+    return time.perf_counter() - started
+
+
+def test_crl_generation_time(tmp_path: Path, softhsm) -> None:  # type: ignore[no-untyped-def]
+    rows = []
+    for count in (100_000, 1_000_000):
+        ca = make_ca_home(tmp_path / f"crl{count}", softhsm)
+        serials = add_certificates(ca, count, status_all="revoked")
+        started = time.perf_counter()
+        published = generate_crl(ca.authority, actor="bench")
+        ours = time.perf_counter() - started
+        theirs = openssl_gencrl_seconds(ca, tmp_path / f"o{count}", serials) if count <= 1_000_000 else None
+        size = (ca.home / "crl" / f"{ca.settings.ca.name}.crl").stat().st_size
+        rows.append({"revoked": count, "entries": published.entries, "vpnca_seconds": round(ours, 2),
+                     "openssl_ca_gencrl_seconds": round(theirs, 2) if theirs else None, "crl_bytes": size})
+        ca.store.dispose()
+    save("crl", {"rows": rows})
+    table("CRL generation (full CRL, signed on the token)", rows, list(rows[0]))
+    assert all(r["entries"] == r["revoked"] for r in rows)
