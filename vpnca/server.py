@@ -15,6 +15,7 @@ import socket
 import ssl
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -145,7 +146,7 @@ def serve_ocsp(settings: Settings, *, host: str, port: int, workers: int = 1, lo
     """`vpnca ocsp serve`: the stateless responder alone (pre-signed answers from the database)."""
     sock = bind(host, port)
     log.info("serving OCSP/CRL on http://%s:%d with %d worker(s)", host, port, workers)
-    run_workers(_serve_ocsp, (settings.home, sock, log_level, with_signer), workers)
+    run_workers(_serve_ocsp, lambda _: (settings.home, sock, log_level, with_signer), workers)
 
 
 def _serve_ocsp(home: Path, sock: socket.socket, log_level: str, with_signer: bool) -> None:
@@ -156,13 +157,14 @@ def _serve_ocsp(home: Path, sock: socket.socket, log_level: str, with_signer: bo
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
 
 
-def run_workers(target: Any, args: tuple[Any, ...], workers: int) -> None:
-    """Run `target(*args)` here, or in `workers` spawned processes (a fresh PKCS#11 start in each)."""
+def run_workers(target: Any, args_for: Callable[[int], tuple[Any, ...]], workers: int) -> None:
+    """Run `target(*args_for(0))` here, or worker i as `target(*args_for(i))` in `workers` spawned
+    processes (spawned, not forked: each starts PKCS#11 afresh)."""
     if workers <= 1:
-        target(*args)
+        target(*args_for(0))
         return
     context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=target, args=args, daemon=True) for _ in range(workers)]
+    procs = [context.Process(target=target, args=args_for(i), daemon=True) for i in range(workers)]
     for proc in procs:
         proc.start()
     try:
@@ -185,20 +187,5 @@ def serve(settings: Settings, *, host: str, https_port: int, http_port: int, wor
     https_sock, http_sock = bind(host, https_port), bind(host, http_port)
     log.info("serving EST on https://%s:%d and HTTP on http://%s:%d with %d worker(s)",
              host, https_port, host, http_port, workers)
-    if workers <= 1:
-        _serve(settings.home, https_sock, http_sock, log_level, True)
-        return
     # the scheduler runs once, in the first worker; the others only serve
-    context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_serve, args=(settings.home, https_sock, http_sock, log_level, i == 0),
-                             daemon=True) for i in range(workers)]
-    for proc in procs:
-        proc.start()
-    try:
-        for proc in procs:
-            proc.join()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for proc in procs:
-            proc.terminate()
+    run_workers(_serve, lambda i: (settings.home, https_sock, http_sock, log_level, i == 0), workers)
