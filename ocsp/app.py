@@ -112,7 +112,7 @@ def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
         max_age = max(0, int((record.next_update - datetime.now(UTC)).total_seconds()))
         headers = [(b"etag", etag), (b"last-modified", format_datetime(record.this_update, usegmt=True).encode()),
                    (b"cache-control", f"public, max-age={max_age}, no-transform".encode())]
-        if _not_modified(request_headers, etag, record.this_update):
+        if not_modified(request_headers, etag, record.this_update):
             await _send(send, 304, b"", headers)
             return
         await _send(send, 200, record.der, [(b"content-type", b"application/pkix-crl"), *headers])
@@ -131,7 +131,7 @@ def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
     return app
 
 
-def _not_modified(headers: dict[bytes, bytes], etag: bytes, last_modified: datetime) -> bool:
+def not_modified(headers: dict[bytes, bytes], etag: bytes, last_modified: datetime) -> bool:
     if b"if-none-match" in headers:
         return etag in [t.strip() for t in headers[b"if-none-match"].split(b",")] or headers[b"if-none-match"] == b"*"
     if b"if-modified-since" in headers:

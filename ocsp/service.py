@@ -6,8 +6,7 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import text
-
+from ocsp.cache import PresignedCache
 from ocsp.responses import (
     CertRequest,
     IssuerHashes,
@@ -25,7 +24,6 @@ from vpnca.x509util import serial_hex
 
 log = logging.getLogger("vpnca.ocsp")
 PRESIGNED_HASHES = ("sha1", "sha256")
-_LOOKUP = text("SELECT der, next_update FROM ocsp_responses WHERE serial = :serial AND hash_algorithm = :alg")
 
 
 @dataclass(frozen=True)
@@ -49,19 +47,10 @@ class OcspService:
         self.store = store
         self.issuer_hashes = issuer_hashes
         self.signer = signer
-        self._sqlite = store.engine.dialect.name == "sqlite"
-
-    def _presigned(self, serial: str, algorithm: str) -> tuple[bytes, datetime] | None:
-        with self.store.engine.connect() as conn:
-            row = conn.execute(_LOOKUP, {"serial": serial, "alg": algorithm}).first()
-        if row is None:
-            return None
-        next_update = row[1]
-        if isinstance(next_update, str):
-            next_update = datetime.fromisoformat(next_update)
-        if next_update.tzinfo is None:
-            next_update = next_update.replace(tzinfo=UTC)
-        return bytes(row[0]), next_update
+        self.cache = PresignedCache(store)
+        # request DER -> (serial, hash) of requests already found to be plain single-CertID lookups:
+        # repeat pollers (every gateway, every few minutes) skip the ASN.1 parse entirely
+        self._known_requests: dict[bytes, tuple[str, str]] = {}
 
     def respond(self, der: bytes) -> OcspAnswer:
         """The whole answer, signing live where nothing pre-signed fits."""
@@ -70,6 +59,11 @@ class OcspService:
 
     def respond_presigned(self, der: bytes) -> OcspAnswer | ParsedRequest:
         """An answer that needs no signing (pre-signed or an error), or the request to sign live."""
+        known = self._known_requests.get(der)
+        if known is not None:
+            found = self.cache.get(*known)
+            if found is not None and found[1] > datetime.now(UTC):
+                return OcspAnswer(found[0], found[1])
         try:
             request = parse_request(der)
         except MalformedRequest as exc:
@@ -82,8 +76,11 @@ class OcspService:
         if len(request.requests) == 1 and (request.nonce is None or self.signer is None):
             item = request.requests[0]
             if item.hash_algorithm in PRESIGNED_HASHES:
-                found = self._presigned(serial_hex(item.serial), item.hash_algorithm)
+                key = (serial_hex(item.serial), item.hash_algorithm)
+                found = self.cache.get(*key)
                 if found is not None and found[1] > datetime.now(UTC):
+                    if request.nonce is None and len(self._known_requests) < 200_000:
+                        self._known_requests[der] = key
                     return OcspAnswer(found[0], found[1])
         return request
 

@@ -55,13 +55,3 @@ def create_apps(settings: Settings, store: Store, authority: Authority, ocsp: Oc
 
     return Apps(https=https, http=revocation_app(ocsp, http))
 
-
-def create_ocsp_app(ocsp: OcspService) -> Any:
-    """`vpnca ocsp serve`: OCSP and CRL only, no CA key."""
-    rest = FastAPI(title="vpnca-ocsp", docs_url=None, redoc_url=None, openapi_url=None)
-
-    @rest.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    return revocation_app(ocsp, rest)

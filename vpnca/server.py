@@ -19,13 +19,16 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hsm import generate_software_key
 from ocsp.service import load_ocsp_service
-from vpnca.app import create_apps, create_ocsp_app, load_bootstrap_cas
+from ocsp.httpserver import Responder, serve_forever
+from vpnca.app import create_apps, load_bootstrap_cas
+from vpnca.ca import load_ca_certificate
 from vpnca.authority import Authority, IssueRequest
 from vpnca.config import Settings, load_settings
 from vpnca.files import write_private
@@ -150,11 +153,14 @@ def serve_ocsp(settings: Settings, *, host: str, port: int, workers: int = 1, lo
 
 
 def _serve_ocsp(home: Path, sock: socket.socket, log_level: str, with_signer: bool) -> None:
+    logging.basicConfig(level=log_level.upper())
     settings = load_settings(home)
     store = Store(settings.database_url)
-    app = create_ocsp_app(load_ocsp_service(settings, store, with_signer=with_signer))
-    config = uvicorn.Config(app, http="h11", log_level=log_level, access_log=False, timeout_keep_alive=30)
-    asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+    service = load_ocsp_service(settings, store, with_signer=with_signer)
+    issuer = load_ca_certificate(store, "sub")[0].public_bytes(serialization.Encoding.DER)
+    responder = Responder(service, {f"/ca/{settings.ca.name}.cer".encode(): (b"application/pkix-cert", issuer),
+                                    b"/healthz": (b"application/json", b'{"status":"ok"}')})
+    uvloop.run(serve_forever(responder, sock))
 
 
 def run_workers(target: Any, args_for: Callable[[int], tuple[Any, ...]], workers: int) -> None:

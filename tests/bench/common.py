@@ -56,3 +56,19 @@ def table(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:
         print("  ".join(f"{row.get(c, '')}".ljust(widths[c]) for c in columns))
+
+
+def hey(url: str, *, connections: int, seconds: int) -> dict[str, Any]:
+    """Run hey (it also speaks to servers that close every connection, as `openssl ocsp` does)."""
+    cmd = [require_tool("hey"), "-z", f"{seconds}s", "-c", str(connections), url]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%+ in ([\d.]+) secs", out, re.M))
+    ok = re.search(r"\[200\]\s+(\d+) responses", out)
+    total = sum(int(n) for n in re.findall(r"\[\d+\]\s+(\d+) responses", out))
+    return {
+        "requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": float(latency.get("50", "nan")) * 1000,
+        "p99_ms": float(latency.get("99", "nan")) * 1000,
+        "ok": int(ok.group(1)) if ok else 0,
+        "non_2xx": total - (int(ok.group(1)) if ok else 0),
+    }

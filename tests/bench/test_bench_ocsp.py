@@ -23,7 +23,7 @@ from sqlalchemy import insert
 
 from ocsp.responses import IssuerHashes
 from ocsp.service import load_ocsp_service
-from tests.bench.common import save, table, wrk
+from tests.bench.common import hey, save, table, wrk
 from tests.conftest import CaHome, RunningServer, make_ca_home, stop_server, wait_for_port
 from tests.helpers import free_port, require_tool, run
 from vpnca.ca import build_ocsp_signer
@@ -152,41 +152,47 @@ def measure_ocsp(ca: CaHome, tmp: Path, count: int) -> dict[str, object]:
     row: dict[str, object] = {"certificates": count, "presigned": presigned,
                               "presign_per_s": round(presigned / presign_seconds, 1)}
 
+    one_path = get_paths(ca, sample[:1])[0]
     port = free_port()
     ours = start([sys.executable, "-m", "vpnca.cli", "ocsp", "serve", "--port", str(port), "--workers",
                   str(WORKERS)], ca.env, port, tmp / f"ours{count}.log")
     try:
         result = wrk(f"http://127.0.0.1:{port}", connections=CONNECTIONS, seconds=SECONDS, script=script)
+        same = hey(f"http://127.0.0.1:{port}{one_path}", connections=CONNECTIONS, seconds=SECONDS)
     finally:
         stop_server(RunningServer(ca, 0, port, ours, tmp / "x"))
-    row.update({"vpnca_rps": round(result["requests_per_second"], 1), "vpnca_p50_ms": round(result["p50_ms"], 2),
-                "vpnca_p99_ms": round(result["p99_ms"], 2), "vpnca_errors": result["non_2xx"]})
+    row.update({"vpnca_wrk_rps": round(result["requests_per_second"], 1),
+                "vpnca_wrk_p50_ms": round(result["p50_ms"], 2), "vpnca_wrk_p99_ms": round(result["p99_ms"], 2),
+                "vpnca_errors": result["non_2xx"] + same["non_2xx"],
+                "vpnca_hey_rps": round(same["requests_per_second"], 1), "vpnca_hey_p99_ms": round(same["p99_ms"], 2)})
 
     cmd, info = openssl_responder(ca, tmp, serials, statuses)
     proc = start(cmd, os.environ.copy(), info["port"], tmp / f"openssl{count}.log")
-    # openssl's responder reads the request from the whole path after "/" and closes each connection
-    plain = lua_get(tmp / f"openssl{count}.lua", [p[len("/ocsp"):] for p in get_paths(ca, sample)])
-    try:
-        result = wrk(f"http://127.0.0.1:{info['port']}", connections=CONNECTIONS, seconds=SECONDS, script=plain)
+    try:  # openssl's responder reads the request from the whole path after "/" and closes each connection
+        theirs = hey(f"http://127.0.0.1:{info['port']}{one_path[len('/ocsp'):]}", connections=CONNECTIONS,
+                     seconds=SECONDS)
     finally:
         proc.terminate()
         proc.wait()
-    row.update({"openssl_rps": round(result["requests_per_second"], 1),
-                "openssl_p50_ms": round(result["p50_ms"], 2), "openssl_p99_ms": round(result["p99_ms"], 2),
-                "openssl_socket_errors": result["socket_errors"]})
+    row.update({"openssl_hey_rps": round(theirs["requests_per_second"], 1),
+                "openssl_hey_p50_ms": round(theirs["p50_ms"], 2), "openssl_hey_p99_ms": round(theirs["p99_ms"], 2),
+                "openssl_ok": theirs["ok"]})
 
-    one = service.respond(base64.b64decode(urllib.parse.unquote(get_paths(ca, sample[:1])[0][len("/ocsp/"):])))
-    cmd, nginx_port = nginx_ceiling(tmp / f"n{count}", one.body)
+    presigned_one = service.respond(base64.b64decode(urllib.parse.unquote(one_path[len("/ocsp/"):])))
+    cmd, nginx_port = nginx_ceiling(tmp / f"n{count}", presigned_one.body)
     proc = start(cmd, os.environ.copy(), nginx_port, tmp / f"nginx{count}.log")
     try:
-        result = wrk(f"http://127.0.0.1:{nginx_port}/ocsp", connections=CONNECTIONS, seconds=SECONDS)
+        ceiling = wrk(f"http://127.0.0.1:{nginx_port}/ocsp", connections=CONNECTIONS, seconds=SECONDS)
+        ceiling_hey = hey(f"http://127.0.0.1:{nginx_port}/ocsp", connections=CONNECTIONS, seconds=SECONDS)
     finally:
         proc.terminate()
         proc.wait()
-    row.update({"nginx_rps": round(result["requests_per_second"], 1), "nginx_p50_ms": round(result["p50_ms"], 2),
-                "nginx_p99_ms": round(result["p99_ms"], 2)})
-    row["vs_openssl"] = round(float(row["vpnca_rps"]) / max(float(row["openssl_rps"]), 0.1), 2)  # type: ignore[arg-type]
-    row["vs_nginx"] = round(float(row["vpnca_rps"]) / float(row["nginx_rps"]), 3)  # type: ignore[arg-type]
+    row.update({"nginx_wrk_rps": round(ceiling["requests_per_second"], 1),
+                "nginx_wrk_p99_ms": round(ceiling["p99_ms"], 2),
+                "nginx_hey_rps": round(ceiling_hey["requests_per_second"], 1)})
+    row["vs_openssl_hey"] = round(row["vpnca_hey_rps"] / max(row["openssl_hey_rps"], 0.1), 2)  # type: ignore[operator]
+    row["vs_nginx_wrk"] = round(row["vpnca_wrk_rps"] / row["nginx_wrk_rps"], 3)  # type: ignore[operator]
+    row["vs_nginx_hey"] = round(row["vpnca_hey_rps"] / row["nginx_hey_rps"], 3)  # type: ignore[operator]
     return row
 
 

@@ -151,6 +151,6 @@ class OcspResponseRecord(Base):
     serial: Mapped[str] = mapped_column(String(40), primary_key=True)
     hash_algorithm: Mapped[str] = mapped_column(String(8), primary_key=True)  # sha1 | sha256
     cert_status: Mapped[str] = mapped_column(String(16))  # good | revoked
-    this_update: Mapped[datetime] = mapped_column()
+    this_update: Mapped[datetime] = mapped_column(index=True)  # responders poll for changes by it
     next_update: Mapped[datetime] = mapped_column(index=True)
     der: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,178 @@
+"""A minimal HTTP/1.1 server for the stateless responder (`vpnca ocsp serve`).
+
+The responder answers small fixed-shape requests from memory, so the cost that matters is HTTP
+framing; a general ASGI stack spends several times the work of the answer itself. This protocol
+speaks just what OCSP and CRL clients send: GET and POST with Content-Length, keep-alive, HTTP/1.0
+and 1.1. Answers that need signing go to a worker thread and are written back in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import logging
+import urllib.parse
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from ocsp.app import CrlCache, not_modified
+from ocsp.responses import error_response
+from ocsp.service import OcspAnswer, OcspService
+
+log = logging.getLogger("vpnca.ocsp.http")
+MAX_HEAD = 16 * 1024
+REASONS = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+           411: b"Length Required", 431: b"Request Header Fields Too Large"}
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+class Responder:
+    """Turns one parsed HTTP request into a reply, or into a future for live signing."""
+
+    def __init__(self, service: OcspService, extra: dict[bytes, tuple[bytes, bytes]] | None = None) -> None:
+        self.service = service
+        self.limit = service.settings.ocsp.max_request_bytes
+        self.crl_path = f"/crl/{service.settings.ca.name}.crl".encode()
+        self.crls = CrlCache(service)
+        self.static = extra or {}
+
+    def handle(self, method: bytes, target: bytes, headers: dict[bytes, bytes],
+               body: bytes) -> Reply | asyncio.Future[Reply]:
+        path = target.split(b"?", 1)[0]
+        if method == b"POST" and path in (b"/ocsp", b"/ocsp/", b"/"):
+            return self._ocsp(body, cacheable=False)
+        if method == b"GET" and path.startswith(b"/ocsp/"):
+            try:
+                der = base64.b64decode(urllib.parse.unquote_to_bytes(path[6:]), validate=True)
+            except (binascii.Error, ValueError):
+                der = b""
+            return self._ocsp(der, cacheable=True)
+        if method in (b"GET", b"HEAD") and path == self.crl_path:
+            return self._crl(headers)
+        if method == b"GET" and path in self.static:
+            content_type, content = self.static[path]
+            return 200, [(b"content-type", content_type)], content
+        return 404, [(b"content-type", b"text/plain")], b"not found\n"
+
+    def _ocsp(self, der: bytes, *, cacheable: bool) -> Reply | asyncio.Future[Reply]:
+        fast = self.service.respond_presigned(der)
+        if isinstance(fast, OcspAnswer):
+            return self._ocsp_reply(fast, cacheable)
+        loop = asyncio.get_running_loop()
+        signed = loop.run_in_executor(None, self.service.sign_live, fast.requests, fast.nonce)
+        reply: asyncio.Future[Reply] = loop.create_future()
+        signed.add_done_callback(lambda f: reply.set_result(
+            self._ocsp_reply(f.result(), cacheable) if f.exception() is None else
+            (200, [(b"content-type", b"application/ocsp-response")], error_response("internal_error"))))
+        return reply
+
+    @staticmethod
+    def _ocsp_reply(answer: OcspAnswer, cacheable: bool) -> Reply:
+        headers = [(b"content-type", b"application/ocsp-response")]
+        if cacheable and answer.next_update is not None:
+            max_age = max(0, int((answer.next_update - datetime.now(UTC)).total_seconds()))
+            headers += [(b"cache-control", b"public, max-age=%d, no-transform, must-revalidate" % max_age),
+                        (b"etag", b'"%s"' % hashlib.sha1(answer.body).hexdigest().encode())]
+        return 200, headers, answer.body
+
+    def _crl(self, headers: dict[bytes, bytes]) -> Reply:
+        record = self.crls.current()
+        if record is None:
+            return 404, [(b"content-type", b"text/plain")], b"no CRL published yet\n"
+        etag = f'"crl-{record.number}"'.encode()
+        max_age = max(0, int((record.next_update - datetime.now(UTC)).total_seconds()))
+        cache = [(b"etag", etag), (b"last-modified", format_datetime(record.this_update, usegmt=True).encode()),
+                 (b"cache-control", b"public, max-age=%d, no-transform" % max_age)]
+        if not_modified(headers, etag, record.this_update):
+            return 304, cache, b""
+        return 200, [(b"content-type", b"application/pkix-crl"), *cache], record.der
+
+
+class HttpProtocol(asyncio.Protocol):
+    def __init__(self, responder: Responder) -> None:
+        self.responder = responder
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.waiting: asyncio.Future[Reply] | None = None
+        self.keep_alive = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.waiting is None:
+            self._process()
+
+    def _process(self) -> None:
+        while self.transport is not None and not self.transport.is_closing():
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > MAX_HEAD:
+                    self._write((431, [], b""), close=True)
+                return
+            lines = bytes(self.buffer[:end]).split(b"\r\n")
+            try:
+                method, target, version = lines[0].split(b" ", 2)
+            except ValueError:
+                self._write((400, [], b"bad request line\n"), close=True)
+                return
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                headers[name.strip().lower()] = value.strip()
+            if b"transfer-encoding" in headers:
+                self._write((411, [], b"send Content-Length\n"), close=True)
+                return
+            length_text = headers.get(b"content-length", b"0")
+            if not length_text.isdigit():
+                self._write((400, [], b"bad Content-Length\n"), close=True)
+                return
+            length = int(length_text)
+            if length > self.responder.limit:
+                log.warning("OCSP request over %d bytes refused", self.responder.limit)
+                body = error_response("malformed_request")
+                self._write((200, [(b"content-type", b"application/ocsp-response")], body), close=True)
+                return
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = bytes(self.buffer[end + 4:end + 4 + length])
+            del self.buffer[:end + 4 + length]
+            connection = headers.get(b"connection", b"").lower()
+            self.keep_alive = connection != b"close" if version == b"HTTP/1.1" else connection == b"keep-alive"
+            head_only = method == b"HEAD"
+            reply = self.responder.handle(method, target, headers, body)
+            if isinstance(reply, asyncio.Future):
+                self.waiting = reply
+                reply.add_done_callback(lambda f, h=head_only: self._resume(f.result(), h))
+                return
+            self._write(reply, close=not self.keep_alive, head_only=head_only)
+
+    def _resume(self, reply: Reply, head_only: bool) -> None:
+        self.waiting = None
+        self._write(reply, close=not self.keep_alive, head_only=head_only)
+        self._process()
+
+    def _write(self, reply: Reply, *, close: bool = False, head_only: bool = False) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        status, headers, body = reply
+        head = [b"HTTP/1.1 %d %s" % (status, REASONS.get(status, b"")), b"content-length: %d" % len(body)]
+        head += [name + b": " + value for name, value in headers]
+        if close:
+            head.append(b"connection: close")
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + (b"" if head_only else body))
+        if close:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+async def serve_forever(responder: Responder, sock: object) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: HttpProtocol(responder), sock=sock)  # type: ignore[arg-type]
+    async with server:
+        await server.serve_forever()
