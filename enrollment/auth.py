@@ -73,12 +73,6 @@ def check_token(store: Store, token_id: str, secret: str, *, protocol: str) -> R
                      profile=record.profile, token_id=token_id)
 
 
-def use_token(store: Store, requester: Requester) -> None:
-    """Spend the token atomically; a concurrent second use loses."""
-    if requester.token_id and not store.consume_enrollment_token(requester.token_id, datetime.now(UTC)):
-        raise NotAuthenticated(f"token {requester.token_id} was already used or has expired")
-
-
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
@@ -118,4 +112,4 @@ def requester_from_certificate(
     raise NotAuthorized("client certificate is not from this CA or a configured bootstrap CA")
 
 
-__all__ = ["NewToken", "Requester", "check_token", "create_token", "requester_from_certificate", "use_token"]
+__all__ = ["NewToken", "Requester", "check_token", "create_token", "requester_from_certificate"]

@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from enrollment.auth import Requester, use_token
+from enrollment.auth import Requester
 from vpnca.authority import Authority, IssuedCertificate, IssueRequest
 from vpnca.errors import BadRequest, NotAuthorized, Pending
 from vpnca.identities import IkeIdentity, identities_from_csr, identities_of_certificate
@@ -55,14 +55,12 @@ def enroll(authority: Authority, requester: Requester, enrollment: Enrollment) -
         allowed_identities=requester.allowed_identities,
         details={"auth": requester.method, **({"renews": requester.current.serial}
                                                if enrollment.renewal and requester.current else {})},
+        spend_token=requester.token_id,
     )
     authority.check(request)
     if authority.settings.profiles[profile].approval and not enrollment.renewal:
         _await_approval(authority, request, csr)
-    use_token(authority.store, requester)
     issued = authority.issue(request)
-    if requester.token_id:
-        authority.store.note_token_serial(requester.token_id, issued.serial)
     if authority.settings.profiles[profile].approval and not enrollment.renewal:
         authority.store.mark_pending_issued(_request_id(csr), issued.serial)
     return issued

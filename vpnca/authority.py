@@ -51,6 +51,7 @@ class IssueRequest:
     allowed_identities: frozenset[IkeIdentity] | None = None
     lifetime: timedelta | None = None  # shorter than the profile's, never longer
     details: dict[str, str] = field(default_factory=dict)
+    spend_token: str | None = None  # a one-time enrollment token, spent atomically with the reservation
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class Authority:
                 requester=request.requester, protocol=request.protocol, created_at=now,
             )
             try:
-                self.store.reserve_serial(record)
+                self.store.reserve_serial(record, spend_token=request.spend_token)
                 return record
             except SerialCollision:
                 log.warning("serial collision on %s; drawing another", record.serial)

@@ -7,7 +7,10 @@ on upgrade. On PostgreSQL the audit chain head is taken under a transaction-scop
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -18,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vpnca.audit import GENESIS_HASH, canonical_details, entry_hash
-from vpnca.errors import Conflict, NotFound
+from vpnca.errors import Conflict, NotAuthenticated, NotFound
 from vpnca.store.models import (
     AuditEntry,
     Base,
@@ -64,6 +67,28 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class WriterLock:
+    """Serialises SQLite writers: a thread lock, then an flock on a file beside the database.
+
+    Waiters on SQLite's own lock poll with sleeps of up to 100 ms; waiters here are woken the moment
+    the lock is free, which keeps the latency tail of concurrent issuance short.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._thread_lock = threading.Lock()
+        self._path = path
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._thread_lock:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
+
+
 class Store:
     """Repository over the vpnca database."""
 
@@ -72,6 +97,9 @@ class Store:
         self.engine = make_engine(url)
         self._write_engine = self.engine.execution_options(vpnca_write=True)
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        database = self.engine.url.database
+        self._writer = WriterLock(f"{database}.writelock") if self.engine.dialect.name == "sqlite" and \
+            database and database != ":memory:" else None
 
     def create_schema(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -86,7 +114,12 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Session]:
-        with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+        if self._writer is None:
+            with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+                yield session
+            return
+        with self._writer.hold(), Session(self._write_engine, expire_on_commit=False) as session, \
+                session.begin():
             yield session
 
     # -- audit ---------------------------------------------------------------------------
@@ -104,8 +137,9 @@ class Store:
             seq=seq, created_at=created_at, actor=actor, action=action, details=body,
             prev_hash=prev, entry_hash=entry_hash(prev, seq, created_at, actor, action, body),
         )
-        session.add(entry)
-        session.flush()
+        session.execute(insert(AuditEntry.__table__), {
+            "seq": seq, "created_at": created_at, "actor": actor, "action": action, "details": body,
+            "prev_hash": prev, "entry_hash": entry.entry_hash})
         return entry
 
     def audit(self, actor: str, action: str, details: dict[str, Any]) -> AuditEntry:
@@ -125,22 +159,34 @@ class Store:
 
     # -- leaf certificates -------------------------------------------------------------------
 
-    def reserve_serial(self, record: CertificateRecord) -> None:
-        """Insert the `issuing` row that reserves the serial; SerialCollision if it is taken."""
+    def reserve_serial(self, record: CertificateRecord, *, spend_token: str | None = None) -> None:
+        """Insert the `issuing` row that reserves the serial, spending the enrollment token in the
+        same transaction; SerialCollision if the serial is taken, NotAuthenticated if the token is
+        already spent or expired (then nothing is written)."""
+        values = {column.key: getattr(record, column.key) for column in CertificateRecord.__table__.columns}
         try:
             with self.write() as session:
-                session.add(record)
+                if spend_token is not None:
+                    spent = session.execute(
+                        update(EnrollmentToken)
+                        .where(EnrollmentToken.token_id == spend_token, EnrollmentToken.used_at.is_(None),
+                               EnrollmentToken.expires_at > record.created_at)
+                        .values(used_at=record.created_at, used_for_serial=record.serial))
+                    if not spent.rowcount:  # type: ignore[attr-defined]
+                        raise NotAuthenticated(f"token {spend_token} was already used or has expired")
+                session.execute(insert(CertificateRecord.__table__), values)
         except IntegrityError as exc:
             raise SerialCollision(record.serial) from exc
 
     def complete_issuance(self, serial: str, der: bytes, actor: str, details: dict[str, Any]) -> None:
         """Store the signed certificate and its audit entry in one transaction."""
         with self.write() as session:
-            record = session.get(CertificateRecord, serial)
-            if record is None or record.status != CertStatus.ISSUING:
+            done = session.execute(
+                update(CertificateRecord.__table__)
+                .where(CertificateRecord.serial == serial, CertificateRecord.status == CertStatus.ISSUING)
+                .values(der=der, status=CertStatus.VALID))
+            if not done.rowcount:  # type: ignore[attr-defined]
                 raise Conflict(f"serial {serial} is not being issued")
-            record.der = der
-            record.status = CertStatus.VALID
             self._append_audit(session, actor, "issue", details)
 
     def fail_issuance(self, serial: str, error: str, actor: str) -> None:
@@ -259,23 +305,6 @@ class Store:
     def get_enrollment_token(self, token_id: str) -> EnrollmentToken | None:
         with self.read() as session:
             return session.get(EnrollmentToken, token_id)
-
-    def consume_enrollment_token(self, token_id: str, now: datetime) -> bool:
-        """Mark the token used; False if it was used or expired meanwhile (single use, atomic)."""
-        with self.write() as session:
-            result = session.execute(
-                update(EnrollmentToken)
-                .where(EnrollmentToken.token_id == token_id, EnrollmentToken.used_at.is_(None),
-                       EnrollmentToken.expires_at > now)
-                .values(used_at=now)
-            )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    def note_token_serial(self, token_id: str, serial: str) -> None:
-        with self.write() as session:
-            token = session.get(EnrollmentToken, token_id)
-            if token is not None:
-                token.used_for_serial = serial
 
     # -- pending requests ----------------------------------------------------------------------
 
