@@ -86,9 +86,19 @@ end
     return path
 
 
-def start(cmd: list[str], env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+def start(cmd: list[str], env: dict[str, str], port: int, log: Path, ready_line: str | None = None
+          ) -> subprocess.Popen[bytes]:
+    """Start a server; wait for its port, or for `ready_line` in its log where a probe would hang it
+    (`openssl ocsp -port` blocks for good on a connection closed without a request)."""
     process = subprocess.Popen(cmd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    wait_for_port(port, process, log)
+    if ready_line is None:
+        wait_for_port(port, process, log)
+        return process
+    deadline = time.monotonic() + 30
+    while ready_line not in log.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{cmd[0]} did not start:\n{log.read_text()}")
+        time.sleep(0.1)
     return process
 
 
@@ -157,6 +167,7 @@ def measure_ocsp(ca: CaHome, tmp: Path, count: int) -> dict[str, object]:
     ours = start([sys.executable, "-m", "vpnca.cli", "ocsp", "serve", "--port", str(port), "--workers",
                   str(WORKERS)], ca.env, port, tmp / f"ours{count}.log")
     try:
+        wrk(f"http://127.0.0.1:{port}", connections=CONNECTIONS, seconds=2, script=script)  # warm-up
         result = wrk(f"http://127.0.0.1:{port}", connections=CONNECTIONS, seconds=SECONDS, script=script)
         same = hey(f"http://127.0.0.1:{port}{one_path}", connections=CONNECTIONS, seconds=SECONDS)
     finally:
@@ -167,7 +178,8 @@ def measure_ocsp(ca: CaHome, tmp: Path, count: int) -> dict[str, object]:
                 "vpnca_hey_rps": round(same["requests_per_second"], 1), "vpnca_hey_p99_ms": round(same["p99_ms"], 2)})
 
     cmd, info = openssl_responder(ca, tmp, serials, statuses)
-    proc = start(cmd, os.environ.copy(), info["port"], tmp / f"openssl{count}.log")
+    proc = start(cmd, os.environ.copy(), info["port"], tmp / f"openssl{count}.log",
+                 ready_line="waiting for OCSP client connections")
     try:  # openssl's responder reads the request from the whole path after "/" and closes each connection
         theirs = hey(f"http://127.0.0.1:{info['port']}{one_path[len('/ocsp'):]}", connections=CONNECTIONS,
                      seconds=SECONDS)

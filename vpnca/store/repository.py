@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -113,6 +113,16 @@ class Store:
             yield session
 
     @contextmanager
+    def write_core(self) -> Iterator[Connection]:
+        """A Core write transaction: the issuance hot path, without the ORM's unit of work."""
+        if self._writer is None:
+            with self._write_engine.begin() as conn:
+                yield conn
+            return
+        with self._writer.hold(), self._write_engine.begin() as conn:
+            yield conn
+
+    @contextmanager
     def write(self) -> Iterator[Session]:
         if self._writer is None:
             with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
@@ -124,7 +134,8 @@ class Store:
 
     # -- audit ---------------------------------------------------------------------------
 
-    def _append_audit(self, session: Session, actor: str, action: str, details: dict[str, Any]) -> AuditEntry:
+    def _append_audit(self, session: Session | Connection, actor: str, action: str,
+                      details: dict[str, Any]) -> AuditEntry:
         if self.is_postgres:
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
         head = session.execute(
@@ -165,7 +176,7 @@ class Store:
         already spent or expired (then nothing is written)."""
         values = {column.key: getattr(record, column.key) for column in CertificateRecord.__table__.columns}
         try:
-            with self.write() as session:
+            with self.write_core() as session:
                 if spend_token is not None:
                     spent = session.execute(
                         update(EnrollmentToken)
@@ -180,7 +191,7 @@ class Store:
 
     def complete_issuance(self, serial: str, der: bytes, actor: str, details: dict[str, Any]) -> None:
         """Store the signed certificate and its audit entry in one transaction."""
-        with self.write() as session:
+        with self.write_core() as session:
             done = session.execute(
                 update(CertificateRecord.__table__)
                 .where(CertificateRecord.serial == serial, CertificateRecord.status == CertStatus.ISSUING)
@@ -303,8 +314,11 @@ class Store:
             })
 
     def get_enrollment_token(self, token_id: str) -> EnrollmentToken | None:
-        with self.read() as session:
-            return session.get(EnrollmentToken, token_id)
+        with self.engine.connect() as conn:  # Core: this read is on every token-authenticated enrollment
+            row = conn.execute(select(EnrollmentToken.__table__).where(EnrollmentToken.token_id == token_id)).first()
+        if row is None:
+            return None
+        return EnrollmentToken(**row._mapping)
 
     # -- pending requests ----------------------------------------------------------------------
 
