@@ -254,6 +254,10 @@ def status_report(settings: Settings, store: Store) -> dict[str, Any]:
     report["crl"] = {"number": crl.number, "this_update": crl.this_update.isoformat(),
                      "next_update": crl.next_update.isoformat(), "entries": crl.entries,
                      "fresh": crl.next_update > now} if crl else None
+    report["jobs"] = [{"job": j.job, "ok": j.ok, "last_run": j.last_run.isoformat(), "message": j.message,
+                       "failures": j.failures,
+                       "next_attempt": j.next_attempt.isoformat() if j.next_attempt else None}
+                      for j in store.job_runs()]
     report["ocsp_presign_backlog"] = store.count_ocsp_backlog(settings.ca.name, now + settings.ocsp.refresh_before)
     chain = verify_chain(store.audit_entries())
     report["audit"] = {"entries": chain.entries, "head": chain.head_hash, "ok": chain.ok}
@@ -281,6 +285,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("crl           " + (f"{crl['number']} ({crl['entries']} entries), next update {crl['next_update'][:19]}"
                               f"{'' if crl['fresh'] else ' STALE'}" if crl else "none published"))
     print(f"ocsp backlog  {report['ocsp_presign_backlog']}")
+    for job in report["jobs"]:
+        state = "ok" if job["ok"] else f"FAILED x{job['failures']}, retry {str(job['next_attempt'])[:19]}"
+        print(f"job {job['job']:<10} {state}  {job['last_run'][:19]}  {job['message'][:60]}")
     audit = report["audit"]
     print(f"audit chain   {audit['entries']} entries, {'intact' if audit['ok'] else 'BROKEN'}, head {audit['head'][:16]}")
     return 0
@@ -350,6 +357,51 @@ def cmd_ocsp_rotate(args: argparse.Namespace) -> int:
     (settings.home / "ca" / "ocsp-signer.pem").write_bytes(to_pem(cert))
     print(f"new OCSP signer serial {cert.serial_number:x} until {cert.not_valid_after_utc:%Y-%m-%d}; "
           f"re-signed {count} certificates")
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from vpnca.gateway.credentials import GatewayFiles, enroll_gateway
+    from vpnca.gateway.profile import render_swanctl
+    from vpnca.gateway.vici_client import ca_chain, push
+
+    settings = load_settings()
+    if args.gateway_command == "render":
+        text = render_swanctl(settings)
+        if args.out:
+            Path(args.out).write_text(text)
+        else:
+            sys.stdout.write(text)
+        return 0
+    authority = Authority.open(settings, open_store(settings))
+    if args.gateway_command == "enroll":
+        cert = enroll_gateway(authority, args.id, requester=actor())
+        files = GatewayFiles.of(settings)
+        print(f"gateway certificate {cert.serial_number:x} until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}: "
+              f"{files.cert}, key {files.key}")
+        return 0
+    state = push(settings, ca_chain(authority), uri=args.vici)
+    authority.store.audit(actor(), "gateway-push", {"certificates": [c["serial"] for c in state["certificates"]],
+                                                    "connections": state["connections"]})
+    print(json.dumps(state, indent=2) if args.json else
+          f"pushed: {len(state['certificates'])} certificates, connections {', '.join(state['connections'])}")
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    import time
+
+    from vpnca.revocation import Publisher
+    from vpnca.scheduler import build_scheduler
+
+    settings = load_settings()
+    scheduler = build_scheduler(Publisher(Authority.open(settings, open_store(settings))))
+    scheduler.start()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        scheduler.shutdown()
     return 0
 
 
@@ -483,6 +535,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ocsp_serve)
     p = ocsp.add_parser("rotate-signer", help="issue a new OCSP signer certificate and re-sign everything")
     p.set_defaults(func=cmd_ocsp_rotate)
+
+    gateway = sub.add_parser("gateway", help="the bundled strongSwan gateway").add_subparsers(
+        dest="gateway_command", required=True)
+    p = gateway.add_parser("enroll", help="issue the gateway certificate (fresh key)")
+    p.add_argument("--id", help="IKE identity (default gateway.id)")
+    p.set_defaults(func=cmd_gateway)
+    p = gateway.add_parser("render", help="write swanctl.conf from the crypto policy")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_gateway)
+    p = gateway.add_parser("push", help="load key, certificates, authority and connection over VICI")
+    p.add_argument("--vici", help="VICI socket URI (default gateway.vici_socket)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gateway)
+
+    command("scheduler", cmd_scheduler, "run the scheduled jobs alone (CRL, OCSP pre-signing, gateway renewal)")
 
     p = command("pending", cmd_pending, "list enrollments waiting for approval")
     p.add_argument("--json", action="store_true")

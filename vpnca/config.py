@@ -86,6 +86,25 @@ class OcspSettings:
 
 
 @dataclass(frozen=True)
+class GatewaySettings:
+    """The bundled strongSwan gateway vpnca keeps credentials fresh for."""
+
+    id: str = ""  # the gateway's IKE identity (its certificate's SAN)
+    vici_socket: str = "unix:///var/run/charon.vici"
+    local_addrs: tuple[str, ...] = ("%any",)
+    local_ts: tuple[str, ...] = ("10.200.1.0/24",)  # the API subnets (and ports: "10.0.1.0/24[tcp/443]")
+    remote_ts: tuple[str, ...] = ("0.0.0.0/0",)
+    ike_proposals: str = "aes256gcm16-prfsha384-ecp384"
+    esp_proposals: str = "aes256gcm16-ecp384"
+    rekey_time: str = "4h"
+    reauth_time: str = "0"
+    child_rekey_time: str = "1h"
+    dpd_delay: str = "30s"
+    renewal_jitter: float = 0.05  # of the lifetime, each way, so renewals don't storm
+    check_every_seconds: float = 60.0  # how often the scheduler checks whether renewal is due
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     database_url: str
@@ -98,6 +117,7 @@ class Settings:
     est: EstSettings = field(default_factory=EstSettings)
     crl: CrlSettings = field(default_factory=CrlSettings)
     ocsp: OcspSettings = field(default_factory=OcspSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
 
     @property
     def config_path(self) -> Path:
@@ -237,9 +257,15 @@ def settings_from_dict(home: Path, raw: dict[str, Any]) -> Settings:
         presign_every=_duration(ocsp_raw, "presign_every", OcspSettings.presign_every),
         max_request_bytes=int(ocsp_raw.get("max_request_bytes", OcspSettings.max_request_bytes)),
     )
+    gw = raw.get("gateway", {})
+    defaults_gw = GatewaySettings()
+    gateway = GatewaySettings(**{
+        name: tuple(gw[name]) if isinstance(getattr(defaults_gw, name), tuple) else type(getattr(defaults_gw, name))(gw[name])
+        for name in GatewaySettings.__dataclass_fields__ if name in gw
+    })
     return Settings(
         home=home, database_url=db_url, http_base_url=http_base, token=token, ca=ca,
-        policy=policy, profiles=profiles, server=server, est=est, crl=crl, ocsp=ocsp,
+        policy=policy, profiles=profiles, server=server, est=est, crl=crl, ocsp=ocsp, gateway=gateway,
     )
 
 

@@ -1,11 +1,14 @@
-"""Scheduled jobs (APScheduler): CRL regeneration and OCSP pre-signing; every run is audited on failure
-and its last result kept for `vpnca status`."""
+"""Scheduled jobs (APScheduler): CRL regeneration, OCSP pre-signing and gateway renewal.
+
+Every run is recorded (`vpnca status` shows the latest per job) and audited; a failed job is retried
+with exponential backoff instead of at every tick.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -13,27 +16,38 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from vpnca.revocation import Publisher
 
 log = logging.getLogger("vpnca.scheduler")
+MAX_BACKOFF = timedelta(minutes=30)
 
 
-def build_scheduler(publisher: Publisher) -> BackgroundScheduler:
-    settings = publisher.authority.settings
-    store = publisher.authority.store
+def build_scheduler(publisher: Publisher, *, gateway_every: timedelta | None = None) -> BackgroundScheduler:
+    authority = publisher.authority
+    settings, store = authority.settings, authority.store
     scheduler = BackgroundScheduler(timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1})
 
-    def audited(name: str, job: Callable[[], Any]) -> Callable[[], None]:
+    def recorded(name: str, interval: timedelta, job: Callable[[], Any]) -> None:
         def run() -> None:
+            previous = store.job_run(name)
+            now = datetime.now(UTC)
+            if previous is not None and previous.next_attempt is not None and now < previous.next_attempt:
+                return  # backing off after failures
             try:
                 result = job()
-                log.info("job %s done: %s", name, result)
-            except Exception as exc:  # noqa: BLE001 - a failed run is recorded and retried next time
-                log.exception("job %s failed", name)
-                store.audit("scheduler", "job-failed", {"job": name, "error": f"{type(exc).__name__}: {exc}"})
-        return run
+            except Exception as exc:  # noqa: BLE001 - recorded, audited and retried with backoff
+                failures = (previous.failures if previous and not previous.ok else 0) + 1
+                delay = min(interval * (2 ** (failures - 1)), MAX_BACKOFF)
+                log.exception("job %s failed (%d in a row); next attempt in %s", name, failures, delay)
+                store.record_job(name, ok=False, message=f"{type(exc).__name__}: {exc}", next_attempt=now + delay)
+                return
+            if result is not None:  # None: nothing to do this time, not worth a record
+                store.record_job(name, ok=True, message=str(result), next_attempt=None)
+        scheduler.add_job(run, "interval", seconds=interval.total_seconds(), id=name, next_run_time=datetime.now(UTC))
 
-    scheduler.add_job(audited("crl", lambda: publisher.regenerate_crl().number), "interval",
-                      seconds=settings.crl.regenerate_every.total_seconds(), id="crl",
-                      next_run_time=datetime.now(UTC))
-    scheduler.add_job(audited("ocsp-presign", publisher.presign_backlog), "interval",
-                      seconds=settings.ocsp.presign_every.total_seconds(), id="ocsp-presign",
-                      next_run_time=datetime.now(UTC))
+    recorded("crl", settings.crl.regenerate_every, lambda: f"CRL {publisher.regenerate_crl().number}")
+    recorded("ocsp-presign", settings.ocsp.presign_every,
+             lambda: (f"pre-signed {n}" if (n := publisher.presign_backlog()) else None))
+    if settings.gateway.id:
+        from vpnca.gateway.renewal import renew_gateway_if_due
+
+        recorded("gateway-renewal", gateway_every or timedelta(seconds=settings.gateway.check_every_seconds),
+                 lambda: renew_gateway_if_due(authority))
     return scheduler

@@ -7,12 +7,13 @@ from vpnca.store.models import (
     CertStatus,
     CrlRecord,
     EnrollmentToken,
+    JobRun,
     OcspResponseRecord,
     PendingRequest,
 )
 from vpnca.store.repository import Store
 
 __all__ = [
-    "AuditEntry", "CaCertificate", "CertStatus", "CertificateRecord", "CrlRecord", "EnrollmentToken", "OcspResponseRecord", "PendingRequest",
+    "AuditEntry", "CaCertificate", "CertStatus", "CertificateRecord", "CrlRecord", "EnrollmentToken", "JobRun", "OcspResponseRecord", "PendingRequest",
     "Store",
 ]

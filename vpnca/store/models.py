@@ -154,3 +154,16 @@ class OcspResponseRecord(Base):
     this_update: Mapped[datetime] = mapped_column(index=True)  # responders poll for changes by it
     next_update: Mapped[datetime] = mapped_column(index=True)
     der: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class JobRun(Base):
+    """The latest outcome of each scheduled job, for `vpnca status` and for retry backoff."""
+
+    __tablename__ = "job_runs"
+
+    job: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_run: Mapped[datetime] = mapped_column()
+    ok: Mapped[bool] = mapped_column()
+    message: Mapped[str] = mapped_column(Text)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive
+    next_attempt: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -30,6 +30,7 @@ from vpnca.store.models import (
     CertStatus,
     CrlRecord,
     EnrollmentToken,
+    JobRun,
     OcspResponseRecord,
     PendingRequest,
 )
@@ -443,3 +444,25 @@ class Store:
                 .where(CertificateRecord.issuer == issuer,
                        CertificateRecord.status.in_([CertStatus.VALID, CertStatus.REVOKED]),
                        CertificateRecord.serial.not_in(fresh))) or 0)
+
+    # -- scheduler ---------------------------------------------------------------------------------
+
+    def job_run(self, job: str) -> JobRun | None:
+        with self.read() as session:
+            return session.get(JobRun, job)
+
+    def record_job(self, job: str, *, ok: bool, message: str, next_attempt: datetime | None) -> JobRun:
+        """Keep the job's latest outcome; failures are also appended to the audit chain."""
+        with self.write() as session:
+            run = session.get(JobRun, job) or JobRun(job=job, failures=0)
+            run.last_run, run.ok, run.message = utcnow(), ok, message[:1000]
+            run.failures = 0 if ok else (run.failures or 0) + 1
+            run.next_attempt = next_attempt
+            session.add(run)
+            self._append_audit(session, "scheduler", "job" if ok else "job-failed",
+                               {"job": job, "ok": ok, "message": message[:300]})
+            return run
+
+    def job_runs(self) -> list[JobRun]:
+        with self.read() as session:
+            return list(session.scalars(select(JobRun).order_by(JobRun.job)))

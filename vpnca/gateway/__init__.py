@@ -1,0 +1,1 @@
+"""The bundled strongSwan gateway: its certificate, its swanctl.conf, and pushing both over VICI."""

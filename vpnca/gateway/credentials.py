@@ -1,0 +1,70 @@
+"""The gateway's certificate and key: enrolment, renewal at 2/3 of the lifetime with jitter."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from hsm import generate_software_key
+from vpnca.authority import Authority, IssueRequest
+from vpnca.config import Settings
+from vpnca.errors import ConfigError
+from vpnca.files import write_private
+from vpnca.identities import IkeIdentity
+from vpnca.x509util import serial_hex, to_pem
+
+
+@dataclass(frozen=True)
+class GatewayFiles:
+    cert: Path
+    key: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> GatewayFiles:
+        base = settings.home / "gateway"
+        return cls(cert=base / "gateway.pem", key=base / "gateway-key.pem")
+
+    def certificate(self) -> x509.Certificate:
+        return x509.load_pem_x509_certificate(self.cert.read_bytes())
+
+    def private_key_der(self) -> bytes:
+        key = serialization.load_pem_private_key(self.key.read_bytes(), None)
+        return key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+
+def enroll_gateway(authority: Authority, identity: str | None = None, *, requester: str) -> x509.Certificate:
+    """Issue the gateway certificate with a fresh P-384 key; the key stays with the gateway files."""
+    settings = authority.settings
+    identity = identity or settings.gateway.id
+    if not identity:
+        raise ConfigError("no gateway identity: pass --id or set gateway.id in vpnca.toml")
+    key = generate_software_key("ec-p384")
+    issued = authority.issue(IssueRequest(profile="gateway", identities=(IkeIdentity.parse(identity),),
+                                          public_key=key.public_key(), requester=requester, protocol="gateway"))
+    files = GatewayFiles.of(settings)
+    files.cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_private(files.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+    files.cert.write_bytes(to_pem(issued.certificate))
+    return issued.certificate
+
+
+def renewal_due(authority: Authority, certificate: x509.Certificate, *, rng: random.Random | None = None) -> datetime:
+    """When to renew: 2/3 of the way from issuance to expiry, moved by up to ±jitter of the lifetime."""
+    record = authority.store.get_certificate(serial_hex(certificate.serial_number))
+    issued = record.created_at if record is not None else certificate.not_valid_before_utc
+    lifetime = certificate.not_valid_after_utc - issued
+    jitter = (rng or random).uniform(-1, 1) * authority.settings.gateway.renewal_jitter
+    return issued + lifetime * (2 / 3 + jitter)
+
+
+def needs_renewal(authority: Authority, files: GatewayFiles, now: datetime | None = None) -> bool:
+    if not files.cert.exists():
+        return False
+    return (now or datetime.now(UTC)) >= renewal_due(authority, files.certificate())
