@@ -38,8 +38,9 @@ def build_scheduler(publisher: Publisher, *, gateway_every: timedelta | None = N
                 log.exception("job %s failed (%d in a row); next attempt in %s", name, failures, delay)
                 store.record_job(name, ok=False, message=f"{type(exc).__name__}: {exc}", next_attempt=now + delay)
                 return
-            if result is not None:  # None: nothing to do this time, not worth a record
-                store.record_job(name, ok=True, message=str(result), next_attempt=None)
+            # None: nothing was due; the check is recorded for `vpnca status` but not audited
+            store.record_job(name, ok=True, message=str(result) if result is not None else "nothing due",
+                             next_attempt=None, audit=result is not None)
         scheduler.add_job(run, "interval", seconds=interval.total_seconds(), id=name, next_run_time=datetime.now(UTC))
 
     recorded("crl", settings.crl.regenerate_every, lambda: f"CRL {publisher.regenerate_crl().number}")

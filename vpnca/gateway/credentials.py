@@ -23,11 +23,15 @@ from vpnca.x509util import serial_hex, to_pem
 class GatewayFiles:
     cert: Path
     key: Path
+    pushed: Path  # the serial charon was last given, so a failed push is retried
 
     @classmethod
     def of(cls, settings: Settings) -> GatewayFiles:
         base = settings.home / "gateway"
-        return cls(cert=base / "gateway.pem", key=base / "gateway-key.pem")
+        return cls(cert=base / "gateway.pem", key=base / "gateway-key.pem", pushed=base / "pushed-serial")
+
+    def pushed_serial(self) -> str | None:
+        return self.pushed.read_text().strip() if self.pushed.exists() else None
 
     def certificate(self) -> x509.Certificate:
         return x509.load_pem_x509_certificate(self.cert.read_bytes())

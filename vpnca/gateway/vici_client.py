@@ -69,7 +69,9 @@ def push(settings: Settings, chain: list[x509.Certificate], *, uri: str | None =
         _call(session.load_authority, {profile.AUTHORITY: profile.authority(settings, ca_cert=sub_der)})
         _call(session.load_conn, {profile.CONNECTION: profile.connection(settings, gateway_cert=gateway_der,
                                                                          ca_cert=sub_der)})
-        return loaded(session)
+        state = loaded(session)
+    files.pushed.write_text(format(files.certificate().serial_number, "x"))
+    return state
 
 
 def loaded(session: vici.Session) -> dict[str, Any]:

@@ -451,16 +451,18 @@ class Store:
         with self.read() as session:
             return session.get(JobRun, job)
 
-    def record_job(self, job: str, *, ok: bool, message: str, next_attempt: datetime | None) -> JobRun:
-        """Keep the job's latest outcome; failures are also appended to the audit chain."""
+    def record_job(self, job: str, *, ok: bool, message: str, next_attempt: datetime | None,
+                   audit: bool = True) -> JobRun:
+        """Keep the job's latest outcome; runs that did something, and failures, are audited too."""
         with self.write() as session:
             run = session.get(JobRun, job) or JobRun(job=job, failures=0)
             run.last_run, run.ok, run.message = utcnow(), ok, message[:1000]
             run.failures = 0 if ok else (run.failures or 0) + 1
             run.next_attempt = next_attempt
             session.add(run)
-            self._append_audit(session, "scheduler", "job" if ok else "job-failed",
-                               {"job": job, "ok": ok, "message": message[:300]})
+            if audit or not ok:
+                self._append_audit(session, "scheduler", "job" if ok else "job-failed",
+                                   {"job": job, "ok": ok, "message": message[:300]})
             return run
 
     def job_runs(self) -> list[JobRun]:
