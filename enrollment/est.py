@@ -25,8 +25,10 @@ from starlette.concurrency import run_in_threadpool
 from enrollment.auth import Requester, check_token, requester_from_certificate
 from enrollment.service import Enrollment, enroll
 from hsm import HsmError, generate_software_key
+from vpnca import metrics
 from vpnca.authority import Authority, IssuedCertificate
 from vpnca.errors import BadRequest, NotAuthenticated, NotAuthorized, Pending, PolicyViolation, VpncaError
+from vpnca.events import emit
 from vpnca.x509util import load_csr
 
 log = logging.getLogger("vpnca.est")
@@ -192,7 +194,12 @@ def make_router(ctx: EstContext) -> APIRouter:
             status, reason, headers = 500, "internal error", {}
         client = request.client.host if request.client else "-"
         if status != 202:
-            log.warning("EST %s from %s refused (%d): %s", operation, client, status, reason)
+            kind = {401: "authentication", 403: "authorization", 400: "bad_request", 413: "too_large"}.get(
+                status, "error")
+            emit("authentication.failed" if status == 401 else "enrollment.refused", logging.WARNING,
+                 protocol="est", operation=operation, client=client, status=status, reason=reason[:300])
+            if status in (401, 400, 413):  # policy refusals were counted by the core already
+                metrics.refused("est", kind)
             try:
                 ctx.authority.store.audit(audit_actor, "enroll-refused", {
                     "protocol": "est", "operation": operation, "client": client, "status": status,
@@ -208,7 +215,8 @@ def make_router(ctx: EstContext) -> APIRouter:
             csr = decode_csr(await read_body(request, settings.est.max_body_bytes))
             server_key = generate_software_key(SERVER_KEY_ALGORITHM[profile]) if operation == "serverkeygen" \
                 else None
-            enrollment = Enrollment(csr=csr, profile=profile, protocol="est",
+            client = request.client.host if request.client else "-"
+            enrollment = Enrollment(csr=csr, profile=profile, protocol="est", client=client,
                                     renewal=operation == "simplereenroll",
                                     server_public_key=server_key.public_key() if server_key else None)
             issued: IssuedCertificate = await run_in_threadpool(enroll, ctx.authority, requester, enrollment)

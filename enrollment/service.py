@@ -26,6 +26,7 @@ class Enrollment:
     protocol: str
     renewal: bool = False
     server_public_key: CertificatePublicKeyTypes | None = None  # serverkeygen: the key vpnca made
+    client: str | None = None  # the requester's network address, for the record
 
 
 def enroll(authority: Authority, requester: Requester, enrollment: Enrollment) -> IssuedCertificate:
@@ -53,7 +54,8 @@ def enroll(authority: Authority, requester: Requester, enrollment: Enrollment) -
         public_key=enrollment.server_public_key or csr.public_key(),
         requester=requester.name, protocol=enrollment.protocol,
         allowed_identities=requester.allowed_identities,
-        details={"auth": requester.method, **({"renews": requester.current.serial}
+        details={"auth": requester.method, **({"client": enrollment.client} if enrollment.client else {}),
+                 **({"renews": requester.current.serial}
                                                if enrollment.renewal and requester.current else {})},
         spend_token=requester.token_id,
     )

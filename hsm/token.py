@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +56,7 @@ class Token:
         self._session = session
         self.label = label
         self.lock = threading.RLock()
+        self.sign_observers: list[Callable[[str, float], None]] = []  # (key label, seconds), e.g. metrics
 
     def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run one token operation under the token lock, mapping PKCS#11 errors."""
@@ -118,7 +121,11 @@ class Token:
                 raise KeyNotFound(f"no key labelled {label!r} on token {self.label}") from exc
 
     def sign(self, key: pkcs11.PrivateKey, data: bytes, mechanism: Mechanism, **kw: Any) -> bytes:
-        return bytes(self.call(key.sign, data, mechanism=mechanism, **kw))
+        started = time.perf_counter()
+        signature = bytes(self.call(key.sign, data, mechanism=mechanism, **kw))
+        for observe in self.sign_observers:
+            observe(key.label, time.perf_counter() - started)
+        return signature
 
     def attributes(self, obj: Any, names: list[Attribute]) -> dict[Attribute, Any]:
         return dict(self.call(obj.get_attributes, names))

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ocsp.responses import error_response
 from ocsp.service import OcspAnswer, OcspService
+from vpnca import metrics
 from vpnca.store import CrlRecord
 
 log = logging.getLogger("vpnca.ocsp.http")
@@ -69,10 +70,12 @@ def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
 
     async def answer(der: bytes) -> OcspAnswer:
         """Pre-signed answers inline (an indexed read); signing goes to a worker thread."""
+        started = time.perf_counter()
         fast = service.respond_presigned(der)
-        if isinstance(fast, OcspAnswer):
-            return fast
-        return await run_in_threadpool(service.sign_live, fast.requests, fast.nonce)
+        answer = fast if isinstance(fast, OcspAnswer) else await run_in_threadpool(
+            service.sign_live, fast.requests, fast.nonce)
+        metrics.ocsp_answered(answer.kind, time.perf_counter() - started)
+        return answer
 
     async def ocsp(scope: Asgi, receive: Asgi, send: Asgi) -> None:
         method, path = scope["method"], scope["path"]

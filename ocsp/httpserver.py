@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import time
 import urllib.parse
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -20,6 +21,7 @@ from email.utils import format_datetime
 from ocsp.app import CrlCache, not_modified
 from ocsp.responses import error_response
 from ocsp.service import OcspAnswer, OcspService
+from vpnca import metrics
 
 log = logging.getLogger("vpnca.ocsp.http")
 MAX_HEAD = 16 * 1024
@@ -51,21 +53,33 @@ class Responder:
             return self._ocsp(der, cacheable=True)
         if method in (b"GET", b"HEAD") and path == self.crl_path:
             return self._crl(headers)
+        if method == b"GET" and path == b"/metrics":
+            body = metrics.render(self.service.store, self.service.settings.ca.name)
+            return 200, [(b"content-type", metrics.CONTENT_TYPE.encode())], body
         if method == b"GET" and path in self.static:
             content_type, content = self.static[path]
             return 200, [(b"content-type", content_type)], content
         return 404, [(b"content-type", b"text/plain")], b"not found\n"
 
     def _ocsp(self, der: bytes, *, cacheable: bool) -> Reply | asyncio.Future[Reply]:
+        started = time.perf_counter()
         fast = self.service.respond_presigned(der)
         if isinstance(fast, OcspAnswer):
+            metrics.ocsp_answered(fast.kind, time.perf_counter() - started)
             return self._ocsp_reply(fast, cacheable)
         loop = asyncio.get_running_loop()
         signed = loop.run_in_executor(None, self.service.sign_live, fast.requests, fast.nonce)
         reply: asyncio.Future[Reply] = loop.create_future()
-        signed.add_done_callback(lambda f: reply.set_result(
-            self._ocsp_reply(f.result(), cacheable) if f.exception() is None else
-            (200, [(b"content-type", b"application/ocsp-response")], error_response("internal_error"))))
+        def done(f: asyncio.Future[OcspAnswer]) -> None:
+            if f.exception() is None:
+                metrics.ocsp_answered(f.result().kind, time.perf_counter() - started)
+                reply.set_result(self._ocsp_reply(f.result(), cacheable))
+            else:
+                metrics.ocsp_answered("internal_error", time.perf_counter() - started)
+                reply.set_result((200, [(b"content-type", b"application/ocsp-response")],
+                                  error_response("internal_error")))
+
+        signed.add_done_callback(done)
         return reply
 
     @staticmethod

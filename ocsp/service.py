@@ -30,6 +30,7 @@ PRESIGNED_HASHES = ("sha1", "sha256")
 class OcspAnswer:
     body: bytes
     next_update: datetime | None = None  # set when the answer may be cached (GET)
+    kind: str = "presigned"  # presigned | live | malformed_request | unauthorized | try_later
 
 
 def status_of(record: CertificateRecord | None) -> Status:
@@ -68,10 +69,10 @@ class OcspService:
             request = parse_request(der)
         except MalformedRequest as exc:
             log.warning("malformed OCSP request: %s", exc)
-            return OcspAnswer(error_response("malformed_request"))
+            return OcspAnswer(error_response("malformed_request"), kind="malformed_request")
         if not all(self.issuer_hashes.matches(r) for r in request.requests):
             log.warning("OCSP request for an issuer we are not")
-            return OcspAnswer(error_response("unauthorized"))
+            return OcspAnswer(error_response("unauthorized"), kind="unauthorized")
         # without a signing key the nonce cannot be echoed: answer pre-signed (RFC 8954 lets a responder omit it)
         if len(request.requests) == 1 and (request.nonce is None or self.signer is None):
             item = request.requests[0]
@@ -86,12 +87,12 @@ class OcspService:
 
     def sign_live(self, requests: list[CertRequest], nonce: bytes | None) -> OcspAnswer:
         if self.signer is None:
-            return OcspAnswer(error_response("try_later"))
+            return OcspAnswer(error_response("try_later"), kind="try_later")
         now = datetime.now(UTC).replace(microsecond=0)  # DER GeneralizedTime: whole seconds
         next_update = now + self.settings.ocsp.validity
         responses = [single_response(r.cert_id, status_of(self.store.get_certificate(serial_hex(r.serial))),
                                      now, next_update) for r in requests]
-        return OcspAnswer(self.signer.sign(responses, now, nonce), None if nonce else next_update)
+        return OcspAnswer(self.signer.sign(responses, now, nonce), None if nonce else next_update, kind="live")
 
     def presign(self, records: list[CertificateRecord]) -> int:
         """Sign and store responses for `records` under each pre-signed CertID hash."""

@@ -9,11 +9,13 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import FastAPI, Response
+from starlette.concurrency import run_in_threadpool
 
 from enrollment.est import EstContext
 from enrollment.est import make_router as est_router
 from ocsp.app import revocation_app
 from ocsp.service import OcspService
+from vpnca import metrics
 from vpnca.authority import Authority
 from vpnca.config import Settings
 from vpnca.errors import ConfigError
@@ -48,6 +50,11 @@ def create_apps(settings: Settings, store: Store, authority: Authority, ocsp: Oc
         """The AIA caIssuers URL of every leaf: the sub-CA certificate, DER."""
         return Response(ca_der, media_type="application/pkix-cert",
                         headers={"Cache-Control": "public, max-age=3600"})
+
+    @http.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        body = await run_in_threadpool(metrics.render, store, settings.ca.name)
+        return Response(body, media_type=metrics.CONTENT_TYPE)
 
     @http.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -13,9 +13,11 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from vpnca import metrics
 from vpnca.ca import BACKDATE, CaKey, hash_for, load_ca_certificate, open_settings_token, token_key
 from vpnca.config import Settings
 from vpnca.errors import BadRequest, NotAuthorized, PolicyViolation
+from vpnca.events import emit
 from vpnca.identities import IkeIdentity, identities_from_csr, subject_for
 from vpnca.policy import check_csr_signature, check_identities, check_public_key
 from vpnca.profiles import Profile, get_profile
@@ -128,7 +130,16 @@ class Authority:
 
     def issue(self, request: IssueRequest) -> IssuedCertificate:
         """Check, reserve the serial, sign on the token, record the certificate, audit; then return."""
-        profile = self.check(request)
+        try:
+            profile = self.check(request)
+        except (BadRequest, PolicyViolation, NotAuthorized) as exc:
+            reason = {BadRequest: "bad_request", PolicyViolation: "policy", NotAuthorized: "not_authorized"}
+            kind = next(v for k, v in reason.items() if isinstance(exc, k))
+            emit("issuance.refused", logging.WARNING, requester=request.requester, protocol=request.protocol,
+                 profile=request.profile, identity=[i.value for i in request.identities], reason=kind,
+                 detail=str(exc))
+            metrics.refused(request.protocol, kind)
+            raise
         now = datetime.now(UTC)
         lifetime = min(request.lifetime or profile.lifetime, profile.lifetime)
         not_before = now - BACKDATE
@@ -147,8 +158,12 @@ class Authority:
             self.store.fail_issuance(record.serial, f"{type(exc).__name__}: {exc}", request.requester)
             log.error("issuance of serial %s failed: %s", record.serial, exc)
             raise
-        log.info("issued %s serial=%s profile=%s requester=%s protocol=%s",
-                 subject.rfc4514_string(), record.serial, profile.name, request.requester, request.protocol)
+        kind = "renewed" if "renews" in request.details else "issued"
+        emit(f"certificate.{kind}", requester=request.requester, protocol=request.protocol, profile=profile.name,
+             serial=record.serial, identity=[i.value for i in request.identities],
+             subject=subject.rfc4514_string(), not_after=not_after.isoformat(),
+             client=request.details.get("client"), renews=request.details.get("renews"))
+        metrics.issued(request.protocol, profile.name, kind)
         return IssuedCertificate(certificate=certificate, serial=record.serial)
 
     def _reserve(
@@ -226,12 +241,15 @@ class Authority:
         record = self.store.revoke(
             serial, reason, actor=actor, revoked_at=datetime.now(UTC), invalidity_date=invalidity_date
         )
-        log.info("revoked serial=%s reason=%s by %s", serial, reason, actor)
+        emit("certificate.revoked", requester=actor, serial=serial, reason=reason, profile=record.profile,
+             identity=[value for _, value in json.loads(record.identities)],
+             invalidity_date=invalidity_date.isoformat() if invalidity_date else None)
+        metrics.revoked(reason)
         return record
 
     def release_hold(self, serial: str, *, actor: str) -> CertificateRecord:
         record = self.store.release_hold(serial, actor=actor)
-        log.info("released hold on serial=%s by %s", serial, actor)
+        emit("certificate.released", requester=actor, serial=serial, profile=record.profile)
         return record
 
 

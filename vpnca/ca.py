@@ -11,8 +11,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pkcs11 import Attribute, KeyType
 
@@ -27,6 +27,7 @@ from hsm import (
     read_pin,
     save_software_key,
 )
+from vpnca import metrics
 from vpnca.config import Settings
 from vpnca.errors import ConfigError, Conflict, NotFound
 from vpnca.store import Store
@@ -41,7 +42,10 @@ def open_settings_token(settings: Settings) -> Token:
     if settings.token.softhsm_conf and "SOFTHSM2_CONF" not in os.environ:
         os.environ["SOFTHSM2_CONF"] = str(settings.token.softhsm_conf)
     pin = read_pin(settings.token.pin_file)
-    return open_token(settings.token.module, settings.token.label, pin)
+    token = open_token(settings.token.module, settings.token.label, pin)
+    if metrics.token_signed not in token.sign_observers:
+        token.sign_observers.append(metrics.token_signed)
+    return token
 
 
 def token_key(token: Token, label: str) -> CaKey:

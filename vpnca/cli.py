@@ -24,6 +24,7 @@ from vpnca.audit import verify_chain
 from vpnca.authority import REVOCATION_REASONS, Authority, IssueRequest, request_from_csr
 from vpnca.config import CONFIG_NAME, Settings, load_settings, render_config, vpnca_home
 from vpnca.errors import BadRequest, ConfigError, VpncaError
+from vpnca.events import configure_for, configure_logging
 from vpnca.files import write_private
 from vpnca.identities import IkeIdentity
 from vpnca.store import CertificateRecord, CertStatus, Store
@@ -566,8 +567,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the operator reads one-line errors on stderr; the events go to the log file (and syslog)
+    configure_logging(verbose=args.verbose, quiet=True)
+    home = vpnca_home()
+    if (home / CONFIG_NAME).exists():
+        try:
+            configure_for(load_settings(home), verbose=args.verbose, quiet=True)
+        except VpncaError:
+            pass  # the command itself reports a broken config
     try:
         return int(args.func(args))
     except (VpncaError, HsmError) as exc:

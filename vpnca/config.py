@@ -105,6 +105,12 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True)
+class LoggingSettings:
+    syslog_tls: str = ""  # "host:port" of an RFC 5425 syslog receiver; empty: off
+    syslog_ca_file: str = ""  # CA bundle that verifies the receiver (default: the system's)
+
+
+@dataclass(frozen=True)
 class Settings:
     home: Path
     database_url: str
@@ -118,6 +124,7 @@ class Settings:
     crl: CrlSettings = field(default_factory=CrlSettings)
     ocsp: OcspSettings = field(default_factory=OcspSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
 
     @property
     def config_path(self) -> Path:
@@ -266,6 +273,10 @@ def settings_from_dict(home: Path, raw: dict[str, Any]) -> Settings:
     return Settings(
         home=home, database_url=db_url, http_base_url=http_base, token=token, ca=ca,
         policy=policy, profiles=profiles, server=server, est=est, crl=crl, ocsp=ocsp, gateway=gateway,
+        logging=LoggingSettings(
+            syslog_tls=str(raw.get("logging", {}).get("syslog_tls", "")),
+            syslog_ca_file=str(_resolve(home, raw.get("logging", {}).get("syslog_ca_file")) or ""),
+        ),
     )
 
 

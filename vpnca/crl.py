@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 
 from vpnca.authority import REVOCATION_REASONS, Authority
 from vpnca.ca import hash_for
+from vpnca.events import emit
 from vpnca.store import CrlRecord
 
 log = logging.getLogger("vpnca.crl")
@@ -72,7 +73,8 @@ def generate_crl(authority: Authority, *, actor: str = "crl-job") -> PublishedCr
     store.add_crl(CrlRecord(number=number, ca_name=authority.name, delta_base=None, this_update=now,
                             next_update=now + settings.crl.next_update, entries=len(entries), der=der), actor=actor)
     write_crl_files(settings.home / "crl", authority.name, crl)
-    log.info("CRL %d signed with %d entries", number, len(entries))
+    emit("crl.published", requester=actor, number=number, entries=len(entries),
+         next_update=(now + settings.crl.next_update).isoformat())
     published = PublishedCrl(number=number, entries=len(entries), crl=crl)
     if settings.crl.delta:
         generate_delta_crl(authority, base=published, actor=actor)
@@ -102,6 +104,8 @@ def generate_delta_crl(authority: Authority, *, base: PublishedCrl | None = None
                             next_update=now + settings.crl.delta_next_update, entries=count,
                             der=crl.public_bytes(serialization.Encoding.DER)), actor=actor)
     write_crl_files(settings.home / "crl", f"{authority.name}-delta", crl)
+    emit("crl.published", requester=actor, number=number, entries=len(entries) + len(released),
+         delta_base=base_record.number)
     return PublishedCrl(number=number, entries=count, crl=crl, delta_base=base_record.number)
 
 

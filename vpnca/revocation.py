@@ -7,6 +7,7 @@ import logging
 from ocsp.service import OcspService, load_ocsp_service
 from vpnca.authority import Authority
 from vpnca.crl import PublishedCrl, generate_crl, generate_delta_crl
+from vpnca.events import emit
 
 log = logging.getLogger("vpnca.revocation")
 
@@ -24,13 +25,14 @@ class Publisher:
     def presign_backlog(self) -> int:
         done = self.ocsp.presign_backlog()
         if done:
-            log.info("pre-signed OCSP responses for %d certificates", done)
+            emit("ocsp.published", requester="scheduler", certificates=done)
         return done
 
     def publish_revocation(self, serial: str, actor: str) -> PublishedCrl:
         """After a revoke or a hold release: re-sign that serial's OCSP answers, then a new CRL
         (a delta CRL against the current full one when deltas are configured, else a full CRL)."""
         self.ocsp.presign_serials([serial])
+        emit("ocsp.published", requester=actor, serial=serial)
         if self.authority.settings.crl.delta:
             delta = generate_delta_crl(self.authority, actor=actor)
             if delta is not None:

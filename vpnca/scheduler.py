@@ -13,6 +13,7 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from vpnca import metrics
 from vpnca.revocation import Publisher
 
 log = logging.getLogger("vpnca.scheduler")
@@ -37,7 +38,9 @@ def build_scheduler(publisher: Publisher, *, gateway_every: timedelta | None = N
                 delay = min(interval * (2 ** (failures - 1)), MAX_BACKOFF)
                 log.exception("job %s failed (%d in a row); next attempt in %s", name, failures, delay)
                 store.record_job(name, ok=False, message=f"{type(exc).__name__}: {exc}", next_attempt=now + delay)
+                metrics.job_ran(name, False)
                 return
+            metrics.job_ran(name, True)
             # None: nothing was due; the check is recorded for `vpnca status` but not audited
             store.record_job(name, ok=True, message=str(result) if result is not None else "nothing due",
                              next_attempt=None, audit=result is not None)

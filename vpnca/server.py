@@ -13,9 +13,9 @@ import logging
 import multiprocessing
 import socket
 import ssl
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -25,12 +25,14 @@ from cryptography.hazmat.primitives import serialization
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from hsm import generate_software_key
-from ocsp.service import load_ocsp_service
 from ocsp.httpserver import Responder, serve_forever
+from ocsp.service import load_ocsp_service
+from vpnca import metrics
 from vpnca.app import create_apps, load_bootstrap_cas
-from vpnca.ca import load_ca_certificate
 from vpnca.authority import Authority, IssueRequest
+from vpnca.ca import load_ca_certificate
 from vpnca.config import Settings, load_settings
+from vpnca.events import configure_for
 from vpnca.files import write_private
 from vpnca.identities import IkeIdentity
 from vpnca.revocation import Publisher
@@ -116,6 +118,7 @@ def _serve(home: Path, https_sock: socket.socket, http_sock: socket.socket, log_
            run_scheduler: bool) -> None:
     """One worker: its own store, token session and event loop over the shared sockets."""
     settings = load_settings(home)
+    configure_for(settings, verbose=log_level == "info")
     store = Store(settings.database_url)
     authority = Authority.open(settings, store)
     ocsp = load_ocsp_service(settings, store)
@@ -148,13 +151,15 @@ def serve_ocsp(settings: Settings, *, host: str, port: int, workers: int = 1, lo
                with_signer: bool = True) -> None:
     """`vpnca ocsp serve`: the stateless responder alone (pre-signed answers from the database)."""
     sock = bind(host, port)
+    if workers > 1:
+        metrics.prepare_multiprocess(settings.home / f"metrics-ocsp-{port}")
     log.info("serving OCSP/CRL on http://%s:%d with %d worker(s)", host, port, workers)
     run_workers(_serve_ocsp, lambda _: (settings.home, sock, log_level, with_signer), workers)
 
 
 def _serve_ocsp(home: Path, sock: socket.socket, log_level: str, with_signer: bool) -> None:
-    logging.basicConfig(level=log_level.upper())
     settings = load_settings(home)
+    configure_for(settings, verbose=log_level == "info")
     store = Store(settings.database_url)
     service = load_ocsp_service(settings, store, with_signer=with_signer)
     issuer = load_ca_certificate(store, "sub")[0].public_bytes(serialization.Encoding.DER)
@@ -191,6 +196,8 @@ def serve(settings: Settings, *, host: str, https_port: int, http_port: int, wor
     ensure_server_certificate(settings, Authority.open(settings, store))
     store.dispose()
     https_sock, http_sock = bind(host, https_port), bind(host, http_port)
+    if workers > 1:
+        metrics.prepare_multiprocess(settings.home / "metrics")
     log.info("serving EST on https://%s:%d and HTTP on http://%s:%d with %d worker(s)",
              host, https_port, host, http_port, workers)
     # the scheduler runs once, in the first worker; the others only serve

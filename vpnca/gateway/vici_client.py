@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from vpnca.config import Settings
 from vpnca.errors import VpncaError
+from vpnca.events import emit
 from vpnca.gateway import profile
 from vpnca.gateway.credentials import GatewayFiles
 
@@ -70,7 +71,10 @@ def push(settings: Settings, chain: list[x509.Certificate], *, uri: str | None =
         _call(session.load_conn, {profile.CONNECTION: profile.connection(settings, gateway_cert=gateway_der,
                                                                          ca_cert=sub_der)})
         state = loaded(session)
-    files.pushed.write_text(format(files.certificate().serial_number, "x"))
+    serial = format(files.certificate().serial_number, "x")
+    files.pushed.write_text(serial)
+    emit("gateway.pushed", serial=serial, identity=settings.gateway.id, protocol="vici",
+         connections=state["connections"])
     return state
 
 

@@ -226,6 +226,13 @@ class Store:
         with self.read() as session:
             return list(session.scalars(query))
 
+    def count_expiring(self, start: datetime, end: datetime) -> int:
+        with self.read() as session:
+            return int(session.scalar(
+                select(func.count()).select_from(CertificateRecord)
+                .where(CertificateRecord.status == CertStatus.VALID, CertificateRecord.not_after >= start,
+                       CertificateRecord.not_after <= end)) or 0)
+
     def count_by_status(self) -> dict[str, int]:
         with self.read() as session:
             rows = session.execute(

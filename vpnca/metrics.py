@@ -1,0 +1,90 @@
+"""Prometheus metrics. Worker processes share them through prometheus_client's multiprocess mode
+(PROMETHEUS_MULTIPROC_DIR, set by `vpnca serve` before the workers start); the gauges that describe
+state (CRL age, certificates expiring) are read from the database at scrape time."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import prometheus_client as prom
+from prometheus_client import multiprocess
+from prometheus_client import values as prom_values
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+@cache
+def _metrics() -> dict[str, Any]:
+    return {
+        "issued": prom.Counter("vpnca_certificates_issued_total", "Certificates issued",
+                               ["protocol", "profile", "kind"]),
+        "refused": prom.Counter("vpnca_requests_refused_total", "Requests refused",
+                                ["protocol", "reason"]),
+        "revoked": prom.Counter("vpnca_certificates_revoked_total", "Revocations recorded", ["reason"]),
+        "ocsp": prom.Counter("vpnca_ocsp_requests_total", "OCSP requests answered", ["answer"]),
+        "ocsp_latency": prom.Histogram("vpnca_ocsp_response_seconds", "OCSP answer time in the responder",
+                                       buckets=LATENCY_BUCKETS),
+        "sign": prom.Histogram("vpnca_token_sign_seconds", "Time of one signature on the token",
+                               ["key"], buckets=LATENCY_BUCKETS),
+        "jobs": prom.Counter("vpnca_scheduler_runs_total", "Scheduled job runs", ["job", "result"]),
+    }
+
+
+def issued(protocol: str, profile: str, kind: str) -> None:
+    _metrics()["issued"].labels(protocol, profile, kind).inc()
+
+
+def refused(protocol: str, reason: str) -> None:
+    _metrics()["refused"].labels(protocol, reason).inc()
+
+
+def revoked(reason: str) -> None:
+    _metrics()["revoked"].labels(reason).inc()
+
+
+def ocsp_answered(answer: str, seconds: float) -> None:
+    metrics = _metrics()
+    metrics["ocsp"].labels(answer).inc()
+    metrics["ocsp_latency"].observe(seconds)
+
+
+def token_signed(key: str, seconds: float) -> None:
+    _metrics()["sign"].labels(key).observe(seconds)
+
+
+def job_ran(job: str, ok: bool) -> None:
+    _metrics()["jobs"].labels(job, "ok" if ok else "failed").inc()
+
+
+def prepare_multiprocess(directory: Path) -> None:
+    """Before the workers start: a fresh directory for the shared metric files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+
+
+def render(store: Any, ca_name: str) -> bytes:
+    """The exposition text: process metrics (merged across workers) plus state read now."""
+    if prom_values.ValueClass is not prom_values.MutexValue:  # this process writes the shared files
+        registry = prom.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = prom.REGISTRY
+    state = prom.CollectorRegistry()
+    now = datetime.now(UTC)
+    crl = store.latest_crl(ca_name)
+    prom.Gauge("vpnca_crl_age_seconds", "Seconds since the current full CRL was signed", registry=state).set(
+        (now - crl.this_update).total_seconds() if crl else float("nan"))
+    expiring = prom.Gauge("vpnca_certificates_expiring", "Valid certificates expiring within the window",
+                          ["within"], registry=state)
+    for label, window in (("1d", timedelta(days=1)), ("7d", timedelta(days=7)), ("14d", timedelta(days=14))):
+        expiring.labels(label).set(store.count_expiring(now, now + window))
+    return prom.generate_latest(registry) + prom.generate_latest(state)
+
+
+CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
