@@ -294,7 +294,36 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    from vpnca.evidence import export_pack
+
+    settings = load_settings()
+    digest, chain = export_pack(settings, open_store(settings), Path(args.directory), actor=actor())
+    print(f"evidence pack in {args.directory}: audit chain {chain.entries} entries "
+          f"({'intact' if chain.ok else 'BROKEN'}), head {chain.head_hash}; manifest SHA-256 {digest}")
+    return 0
+
+
+def cmd_report_expiring(args: argparse.Namespace) -> int:
+    store = open_store(load_settings())
+    now = datetime.now(UTC)
+    until = now + parse_duration(args.within)
+    rows = [record_dict(r) for r in store.list_certificates(status=CertStatus.VALID)
+            if now <= r.not_after <= until]
+    rows.sort(key=lambda r: r["not_after"])
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            row["identities"] = ",".join(row["identities"])
+            row["not_after"] = row["not_after"][:19]
+        print_table(rows, ["serial", "profile", "identities", "not_after", "requester"])
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    if args.pack:
+        return verify_pack_command(args)
     store = open_store(load_settings())
     result = verify_chain(store.audit_entries())
     if args.json:
@@ -455,6 +484,24 @@ def cmd_decide(args: argparse.Namespace) -> int:
     return 0
 
 
+def verify_pack_command(args: argparse.Namespace) -> int:
+    from vpnca.evidence import verify_pack
+
+    store = None
+    if (vpnca_home() / CONFIG_NAME).exists():
+        store = open_store(load_settings())
+    result = verify_pack(Path(args.pack), store)
+    if args.json:
+        print(json.dumps({"ok": result.ok, "entries": result.entries, "head": result.head_hash,
+                          "problems": result.problems}, indent=2))
+    elif result.ok:
+        print(f"evidence pack intact: {result.entries} audit entries, head {result.head_hash}")
+    else:
+        for problem in result.problems:
+            print(f"evidence pack broken: {problem}")
+    return 0 if result.ok else 1
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -559,9 +606,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("request_id")
 
     audit = sub.add_parser("audit", help="audit log").add_subparsers(dest="audit_command", required=True)
-    p = audit.add_parser("verify", help="verify the audit hash chain")
+    p = audit.add_parser("verify", help="verify the audit hash chain, or an exported evidence pack")
+    p.add_argument("--pack", help="an evidence pack directory from `vpnca audit export`")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit_verify)
+    p = audit.add_parser("export", help="write an evidence pack for auditors")
+    p.add_argument("directory")
+    p.set_defaults(func=cmd_audit_export)
+
+    report = sub.add_parser("report", help="reports").add_subparsers(dest="report_command", required=True)
+    p = report.add_parser("expiring", help="valid certificates expiring within a window")
+    p.add_argument("--within", default="14d", help="e.g. 14d, 12h")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report_expiring)
     return parser
 
 

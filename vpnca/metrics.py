@@ -84,6 +84,10 @@ def render(store: Any, ca_name: str) -> bytes:
                           ["within"], registry=state)
     for label, window in (("1d", timedelta(days=1)), ("7d", timedelta(days=7)), ("14d", timedelta(days=14))):
         expiring.labels(label).set(store.count_expiring(now, now + window))
+    by_status = prom.Gauge("vpnca_certificates", "Certificates in the register by status", ["status"],
+                           registry=state)
+    for status, count in store.count_by_status().items():
+        by_status.labels(status).set(count)
     return prom.generate_latest(registry) + prom.generate_latest(state)
 
 
