@@ -121,10 +121,13 @@ class Token:
                 raise KeyNotFound(f"no key labelled {label!r} on token {self.label}") from exc
 
     def sign(self, key: pkcs11.PrivateKey, data: bytes, mechanism: Mechanism, **kw: Any) -> bytes:
-        started = time.perf_counter()
-        signature = bytes(self.call(key.sign, data, mechanism=mechanism, **kw))
+        with self.lock:  # the label is read from the token too: never outside the lock
+            started = time.perf_counter()
+            signature = bytes(self.call(key.sign, data, mechanism=mechanism, **kw))
+            elapsed = time.perf_counter() - started
+            label = key.label if self.sign_observers else ""
         for observe in self.sign_observers:
-            observe(key.label, time.perf_counter() - started)
+            observe(label, elapsed)
         return signature
 
     def attributes(self, obj: Any, names: list[Attribute]) -> dict[Attribute, Any]:

@@ -180,3 +180,22 @@ def stop_server(server: RunningServer) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log(tmp_path_factory: pytest.TempPathFactory, softhsm: SoftHsmToken) -> Iterator[None]:
+    """After the whole run: no PIN, token secret or private key in any log any process wrote."""
+    yield
+    from tests.helpers import SECRETS
+
+    pin = softhsm.pin_file.read_text().strip()
+    needles = {"the token PIN": pin, "a private key": "PRIVATE KEY"}
+    needles.update({f"token secret {s[:4]}…": s for s in SECRETS})
+    for home_pin in tmp_path_factory.getbasetemp().rglob("softhsm/pin"):
+        needles[f"PIN of {home_pin.parent.parent.name}"] = home_pin.read_text().strip()
+    leaks = []
+    for path in tmp_path_factory.getbasetemp().rglob("*"):
+        if path.is_file() and (path.suffix in (".log", ".jsonl") or path.name.endswith(".log")):
+            text = path.read_text(errors="replace")
+            leaks += [f"{what} in {path}" for what, needle in needles.items() if needle and needle in text]
+    assert not leaks, "secrets in logs:\n" + "\n".join(leaks)

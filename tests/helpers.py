@@ -60,3 +60,11 @@ def openssl_csr(directory: Path, *, subject: str, sans: list[str] | None = None,
         cmd += ["-addext", "subjectAltName=" + ",".join(sans)]
     run(cmd)
     return csr
+
+
+SECRETS: set[str] = set()  # secrets the tests handed out; none may appear in any log (see conftest)
+
+
+def remember_secret(secret: str) -> str:
+    SECRETS.add(secret)
+    return secret

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import RunningServer, make_ca_home, start_server, stop_server
-from tests.helpers import openssl_csr, require_tool, run
+from tests.helpers import openssl_csr, remember_secret, require_tool, run
 from vpnca.authority import IssueRequest
 from vpnca.identities import IkeIdentity
 from vpnca.store import CertificateRecord
@@ -61,7 +61,9 @@ def vpnca(server: RunningServer, *args: str) -> str:
 
 
 def new_token(server: RunningServer, identity: str, *extra: str) -> str:
-    return vpnca(server, "token", "create", "--id", identity, *extra).strip()
+    credential = vpnca(server, "token", "create", "--id", identity, *extra).strip()
+    remember_secret(credential.partition(":")[2])
+    return credential
 
 
 def curl(server: RunningServer, path: str, *args: str, data: Path | None = None) -> tuple[int, bytes, str]:
