@@ -36,6 +36,19 @@ def entry_hash(prev_hash: str, seq: int, created_at: str, actor: str, action: st
 
 
 @dataclass(frozen=True)
+class ChainEntry:
+    """An audit entry outside the database (an exported chain, a test)."""
+
+    seq: int
+    created_at: str
+    actor: str
+    action: str
+    details: str
+    prev_hash: str
+    entry_hash: str
+
+
+@dataclass(frozen=True)
 class AuditProblem:
     seq: int
     problem: str

@@ -66,6 +66,16 @@ def print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
 
 
+def print_certificates(rows: list[dict[str, Any]], columns: Sequence[str], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        row["identities"] = ",".join(row["identities"])
+        row["not_after"] = row["not_after"][:19]
+    print_table(rows, columns)
+
+
 def record_dict(record: CertificateRecord) -> dict[str, Any]:
     return {
         "serial": record.serial,
@@ -200,13 +210,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     rows = [record_dict(r) for r in store.list_certificates(status=status, profile=args.profile)]
     if args.status == "on-hold":
         rows = [r for r in rows if r["status"] == "on-hold"]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            row["identities"] = ",".join(row["identities"])
-            row["not_after"] = row["not_after"][:19]
-        print_table(rows, ["serial", "status", "profile", "identities", "not_after", "protocol"])
+    print_certificates(rows, ["serial", "status", "profile", "identities", "not_after", "protocol"], args.json)
     return 0
 
 
@@ -311,13 +315,7 @@ def cmd_report_expiring(args: argparse.Namespace) -> int:
     rows = [record_dict(r) for r in store.list_certificates(status=CertStatus.VALID)
             if now <= r.not_after <= until]
     rows.sort(key=lambda r: r["not_after"])
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    else:
-        for row in rows:
-            row["identities"] = ",".join(row["identities"])
-            row["not_after"] = row["not_after"][:19]
-        print_table(rows, ["serial", "profile", "identities", "not_after", "requester"])
+    print_certificates(rows, ["serial", "profile", "identities", "not_after", "requester"], args.json)
     return 0
 
 

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from vpnca.audit import ChainVerification, verify_chain
+from vpnca.audit import ChainEntry, ChainVerification, verify_chain
 from vpnca.config import Settings
 from vpnca.errors import Conflict
 from vpnca.policy import ACCEPTED_CURVES, ACCEPTED_HASHES, MIN_RSA_BITS
@@ -134,17 +134,6 @@ def export_pack(settings: Settings, store: Store, directory: Path, *, actor: str
     return digest, verification
 
 
-@dataclass(frozen=True)
-class _Entry:
-    seq: int
-    created_at: str
-    actor: str
-    action: str
-    details: str
-    prev_hash: str
-    entry_hash: str
-
-
 def verify_pack(directory: Path, store: Store | None = None) -> PackVerification:
     """Every file against the manifest, no file added or missing, the chain in the pack, and (given the
     database) the manifest against the hash audited at export."""
@@ -170,7 +159,7 @@ def verify_pack(directory: Path, store: Store | None = None) -> PackVerification
     chain_path = directory / "audit/chain.jsonl"
     if chain_path.exists():
         try:
-            records = [_Entry(**json.loads(line)) for line in chain_path.read_text().splitlines() if line]
+            records = [ChainEntry(**json.loads(line)) for line in chain_path.read_text().splitlines() if line]
             result = verify_chain(records)
             entries, head = result.entries, result.head_hash
             problems += [f"audit/chain.jsonl: {p}" for p in result.problems]

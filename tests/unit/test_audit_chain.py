@@ -1,25 +1,14 @@
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from vpnca.audit import GENESIS_HASH, entry_hash, verify_chain
-
-
-@dataclass(frozen=True)
-class Entry:
-    seq: int
-    created_at: str
-    actor: str
-    action: str
-    details: str
-    prev_hash: str
-    entry_hash: str
+from vpnca.audit import GENESIS_HASH, ChainEntry, entry_hash, verify_chain
 
 
-def chain(n: int) -> list[Entry]:
+def chain(n: int) -> list[ChainEntry]:
     entries, prev = [], GENESIS_HASH
     for seq in range(1, n + 1):
         fields = (f"2026-01-01T00:00:{seq:02d}", "op", "issue", f'{{"serial":"{seq:x}"}}')
         digest = entry_hash(prev, seq, *fields)
-        entries.append(Entry(seq, *fields, prev, digest))
+        entries.append(ChainEntry(seq, *fields, prev, digest))
         prev = digest
     return entries
 
