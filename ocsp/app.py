@@ -29,19 +29,21 @@ Asgi = Any
 
 
 class CrlCache:
-    """The latest full CRL, re-read from the database at most once a second."""
+    """The latest full CRLs (the sub-CA's, the root's) by URL path, re-read at most once a second."""
 
     def __init__(self, service: OcspService) -> None:
+        settings = service.settings
         self.service = service
-        self._record: CrlRecord | None = None
-        self._checked = 0.0
+        self.names = {f"/crl/{name}.crl": name for name in (settings.ca.name, settings.root_crl_name)}
+        self._records: dict[str, tuple[float, CrlRecord | None]] = {}
 
-    def current(self) -> CrlRecord | None:
+    def current(self, path: str) -> CrlRecord | None:
         now = time.monotonic()
-        if now - self._checked > 1.0:
-            self._record = self.service.store.latest_crl(self.service.settings.ca.name)
-            self._checked = now
-        return self._record
+        checked, record = self._records.get(path, (0.0, None))
+        if now - checked > 1.0:
+            record = self.service.store.latest_crl(self.names[path])
+            self._records[path] = (now, record)
+        return record
 
 
 async def _send(send: Asgi, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -65,7 +67,6 @@ async def _read(receive: Asgi, limit: int) -> bytes | None:
 
 def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
     limit = service.settings.ocsp.max_request_bytes
-    crl_path = f"/crl/{service.settings.ca.name}.crl"
     crls = CrlCache(service)
 
     async def answer(der: bytes) -> OcspAnswer:
@@ -106,7 +107,7 @@ def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
         await _send(send, 200, result.body, headers)
 
     async def crl(scope: Asgi, receive: Asgi, send: Asgi) -> None:
-        record = crls.current()
+        record = crls.current(scope["path"])
         if record is None:
             await _send(send, 404, b"no CRL published yet\n", [(b"content-type", b"text/plain")])
             return
@@ -126,7 +127,7 @@ def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
             if path == "/ocsp" or path.startswith("/ocsp/"):
                 await ocsp(scope, receive, send)
                 return
-            if path == crl_path and scope["method"] in ("GET", "HEAD"):
+            if path in crls.names and scope["method"] in ("GET", "HEAD"):
                 await crl(scope, receive, send)
                 return
         await fallback(scope, receive, send)

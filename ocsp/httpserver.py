@@ -36,7 +36,6 @@ class Responder:
     def __init__(self, service: OcspService, extra: dict[bytes, tuple[bytes, bytes]] | None = None) -> None:
         self.service = service
         self.limit = service.settings.ocsp.max_request_bytes
-        self.crl_path = f"/crl/{service.settings.ca.name}.crl".encode()
         self.crls = CrlCache(service)
         self.static = extra or {}
 
@@ -51,8 +50,8 @@ class Responder:
             except (binascii.Error, ValueError):
                 der = b""
             return self._ocsp(der, cacheable=True)
-        if method in (b"GET", b"HEAD") and path == self.crl_path:
-            return self._crl(headers)
+        if method in (b"GET", b"HEAD") and path.decode("latin-1") in self.crls.names:
+            return self._crl(path.decode("latin-1"), headers)
         if method == b"GET" and path == b"/metrics":
             body = metrics.render(self.service.store, self.service.settings.ca.name)
             return 200, [(b"content-type", metrics.CONTENT_TYPE.encode())], body
@@ -91,8 +90,8 @@ class Responder:
                         (b"etag", b'"%s"' % hashlib.sha1(answer.body).hexdigest().encode())]
         return 200, headers, answer.body
 
-    def _crl(self, headers: dict[bytes, bytes]) -> Reply:
-        record = self.crls.current()
+    def _crl(self, path: str, headers: dict[bytes, bytes]) -> Reply:
+        record = self.crls.current(path)
         if record is None:
             return 404, [(b"content-type", b"text/plain")], b"no CRL published yet\n"
         etag = f'"crl-{record.number}"'.encode()

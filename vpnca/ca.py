@@ -119,8 +119,9 @@ def build_ca_certificate(
     lifetime: timedelta,
     path_length: int,
     name_constraints: x509.NameConstraints | None = None,
+    crl_url: str | None = None,
 ) -> x509.Certificate:
-    """A root (issuer None: self-signed) or subordinate CA certificate."""
+    """A root (issuer None: self-signed) or subordinate CA certificate (with the issuer's CRL URL)."""
     now = datetime.now(UTC)
     issuer_public = issuer.public_key() if issuer else public_key
     builder = (
@@ -141,6 +142,10 @@ def build_ca_certificate(
     )
     if name_constraints is not None:
         builder = builder.add_extension(name_constraints, critical=True)
+    if crl_url is not None:
+        builder = builder.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(crl_url)], relative_name=None, reasons=None,
+            crl_issuer=None)]), critical=False)
     return builder.sign(issuer_key, hash_for(issuer_key))
 
 
@@ -237,6 +242,7 @@ def initialise(settings: Settings, store: Store, *, actor: str) -> Hierarchy:
         lifetime=min(settings.ca.sub_lifetime, settings.ca.root_lifetime - timedelta(days=1)),
         path_length=0,
         name_constraints=_name_constraints(settings) if settings.ca.name_constraints else None,
+        crl_url=settings.root_crl_url,
     )
     store.add_ca_certificate(
         role="sub", ca_name=settings.ca.name, serial=serial_hex(sub.serial_number),
@@ -244,6 +250,9 @@ def initialise(settings: Settings, store: Store, *, actor: str) -> Hierarchy:
         details={"role": "sub", "subject": sub.subject.rfc4514_string(),
                  "serial": serial_hex(sub.serial_number), "key_label": labels["sub"]},
     )
+    from vpnca.crl import generate_root_crl  # vpnca.crl builds on the authority, which builds on this module
+
+    generate_root_crl(settings, store, root, root_key, actor=actor)
     ocsp = issue_ocsp_signer(settings, store, token, sub, sub_key, actor=actor)
     hierarchy = Hierarchy(root=root, sub=sub, ocsp_signer=ocsp)
     write_public_files(settings, hierarchy)

@@ -348,10 +348,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_crl(args: argparse.Namespace) -> int:
-    from vpnca.crl import generate_crl, generate_delta_crl
+    from vpnca.crl import generate_crl, generate_delta_crl, generate_root_crl
 
     settings = load_settings()
-    authority = Authority.open(settings, open_store(settings))
+    store = open_store(settings)
+    if args.root:  # the offline root's ceremony: needs its key (passphrase file or token)
+        root, _ = ca_module.load_ca_certificate(store, "root")
+        published = generate_root_crl(settings, store, root, ca_module.load_root_key(settings), actor=actor())
+        print(f"root CRL {published.number}, next update {published.crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}")
+        return 0
+    authority = Authority.open(settings, store)
     published = generate_delta_crl(authority, actor=actor()) if args.delta else generate_crl(authority, actor=actor())
     if published is None:
         raise VpncaError("no full CRL yet: run `vpnca crl` first")
@@ -571,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("crl", cmd_crl, "sign and publish a new CRL now")
     p.add_argument("--delta", action="store_true", help="a delta CRL against the latest full CRL")
+    p.add_argument("--root", action="store_true", help="re-sign the offline root's CRL (needs the root key)")
 
     ocsp = sub.add_parser("ocsp", help="the OCSP responder").add_subparsers(dest="ocsp_command", required=True)
     p = ocsp.add_parser("serve", help="run the stateless OCSP/CRL responder alone")

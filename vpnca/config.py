@@ -35,6 +35,7 @@ class CaSettings:
     root_lifetime: timedelta = timedelta(days=3650)
     sub_lifetime: timedelta = timedelta(days=1825)
     ocsp_signer_lifetime: timedelta = timedelta(days=30)
+    root_crl_lifetime: timedelta = timedelta(days=365)  # the offline root signs its CRL this far ahead
     name_constraints: bool = False
 
 
@@ -135,6 +136,15 @@ class Settings:
         return f"{self.http_base_url}/crl/{self.ca.name}.crl"
 
     @property
+    def root_crl_name(self) -> str:
+        return f"{self.ca.name}-root"
+
+    @property
+    def root_crl_url(self) -> str:
+        """The root's CRL (an ARL: it lists CA certificates), in the sub-CA's CRL distribution point."""
+        return f"{self.http_base_url}/crl/{self.root_crl_name}.crl"
+
+    @property
     def ocsp_url(self) -> str:
         return f"{self.http_base_url}/ocsp"
 
@@ -208,6 +218,7 @@ def settings_from_dict(home: Path, raw: dict[str, Any]) -> Settings:
         ocsp_signer_lifetime=_duration(
             ca_raw, "ocsp_signer_lifetime", defaults.ocsp_signer_lifetime
         ),
+        root_crl_lifetime=_duration(ca_raw, "root_crl_lifetime", defaults.root_crl_lifetime),
         name_constraints=bool(ca_raw.get("name_constraints", False)),
     )
     if ca.root_key not in ("software", "token"):

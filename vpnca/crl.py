@@ -12,9 +12,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from vpnca.authority import REVOCATION_REASONS, Authority
-from vpnca.ca import hash_for
+from vpnca.ca import CaKey, hash_for
+from vpnca.config import Settings
 from vpnca.events import emit
-from vpnca.store import CrlRecord
+from vpnca.store import CrlRecord, Store
 
 log = logging.getLogger("vpnca.crl")
 
@@ -37,29 +38,47 @@ def _revoked(serial: str, revoked_at: datetime, reason: str | None,
     return builder.build()
 
 
-def _sign(authority: Authority, number: int, this_update: datetime, next_update: datetime,
-          revoked: list[x509.RevokedCertificate], *, delta_base: int | None = None) -> x509.CertificateRevocationList:
-    """Build and sign on the token. The revoked list goes to the constructor in one piece:
-    add_revoked_certificate copies the list on every call, which is quadratic at 10^5 entries."""
-    settings = authority.settings
+def _sign(*, issuer: x509.Certificate, key: CaKey, url: str, number: int, this_update: datetime,
+          next_update: datetime, revoked: list[x509.RevokedCertificate], delta_base: int | None = None,
+          ca_certs: bool = False) -> x509.CertificateRevocationList:
+    """Build and sign (on the token for the sub-CA). The revoked list goes to the constructor in one
+    piece: add_revoked_certificate copies the list on every call, which is quadratic at 10^5 entries."""
+    # the root's CRL names no distribution point: it also covers the root itself, which has no CDP
     idp = x509.IssuingDistributionPoint(
-        full_name=[x509.UniformResourceIdentifier(settings.crl_url)], relative_name=None,
-        only_contains_user_certs=True, only_contains_ca_certs=False, only_some_reasons=None,
+        full_name=None if ca_certs else [x509.UniformResourceIdentifier(url)], relative_name=None,
+        only_contains_user_certs=not ca_certs, only_contains_ca_certs=ca_certs, only_some_reasons=None,
         indirect_crl=False, only_contains_attribute_certs=False,
     )
     extensions = [
         x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(number)),
         x509.Extension(x509.AuthorityKeyIdentifier.oid, False,
-                       x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key())),
+                       x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())),  # type: ignore[arg-type]
         x509.Extension(x509.IssuingDistributionPoint.oid, True, idp),
     ]
     if delta_base is not None:
         extensions.append(x509.Extension(x509.DeltaCRLIndicator.oid, True, x509.DeltaCRLIndicator(delta_base)))
     builder = x509.CertificateRevocationListBuilder(
-        issuer_name=authority.certificate.subject, last_update=this_update, next_update=next_update,
+        issuer_name=issuer.subject, last_update=this_update, next_update=next_update,
         extensions=extensions, revoked_certificates=revoked,
     )
-    return builder.sign(authority.key, hash_for(authority.key))
+    return builder.sign(key, hash_for(key))
+
+
+def generate_root_crl(settings: Settings, store: Store, root: x509.Certificate, root_key: CaKey, *,
+                      actor: str) -> PublishedCrl:
+    """The offline root's CRL over the CA certificates it issued (none revoked: a compromised sub-CA
+    is replaced by a new hierarchy), signed for `ca.root_crl_lifetime`."""
+    now = datetime.now(UTC)
+    number = store.next_crl_number()
+    next_update = now + settings.ca.root_crl_lifetime
+    crl = _sign(issuer=root, key=root_key, url=settings.root_crl_url, number=number, this_update=now,
+                next_update=next_update, revoked=[], ca_certs=True)
+    store.add_crl(CrlRecord(number=number, ca_name=settings.root_crl_name, delta_base=None, this_update=now,
+                            next_update=next_update, entries=0, der=crl.public_bytes(serialization.Encoding.DER)),
+                  actor=actor)
+    write_crl_files(settings.home / "crl", settings.root_crl_name, crl)
+    emit("crl.published", requester=actor, number=number, entries=0, issuer="root")
+    return PublishedCrl(number=number, entries=0, crl=crl)
 
 
 def generate_crl(authority: Authority, *, actor: str = "crl-job") -> PublishedCrl:
@@ -68,7 +87,8 @@ def generate_crl(authority: Authority, *, actor: str = "crl-job") -> PublishedCr
     now = datetime.now(UTC)
     number = store.next_crl_number()
     entries = store.revoked_entries(authority.name)
-    crl = _sign(authority, number, now, now + settings.crl.next_update, [_revoked(*e) for e in entries])
+    crl = _sign(issuer=authority.certificate, key=authority.key, url=settings.crl_url, number=number,
+                this_update=now, next_update=now + settings.crl.next_update, revoked=[_revoked(*e) for e in entries])
     der = crl.public_bytes(serialization.Encoding.DER)
     store.add_crl(CrlRecord(number=number, ca_name=authority.name, delta_base=None, this_update=now,
                             next_update=now + settings.crl.next_update, entries=len(entries), der=der), actor=actor)
@@ -97,7 +117,8 @@ def generate_delta_crl(authority: Authority, *, base: PublishedCrl | None = None
         .add_extension(x509.CRLReason(x509.ReasonFlags.remove_from_crl), critical=False).build()
         for serial, released_at in released
     ]
-    crl = _sign(authority, number, now, now + settings.crl.delta_next_update, revoked,
+    crl = _sign(issuer=authority.certificate, key=authority.key, url=settings.crl_url, number=number,
+                this_update=now, next_update=now + settings.crl.delta_next_update, revoked=revoked,
                 delta_base=base_record.number)
     count = len(entries) + len(released)
     store.add_crl(CrlRecord(number=number, ca_name=authority.name, delta_base=base_record.number, this_update=now,

@@ -112,10 +112,10 @@ def export_pack(settings: Settings, store: Store, directory: Path, *, actor: str
     writer.writerows(rows)
     _write(directory, "register/certificates.csv", text.getvalue().encode())
     _write(directory, "register/certificates.json", json.dumps(rows, indent=2).encode())
-    for delta in (False, True):
-        crl = store.latest_crl(settings.ca.name, delta=delta)
+    for name, delta in ((settings.ca.name, False), (settings.ca.name, True), (settings.root_crl_name, False)):
+        crl = store.latest_crl(name, delta=delta)
         if crl is not None:
-            _write(directory, f"crl/{settings.ca.name}{'-delta' if delta else ''}.crl", crl.der)
+            _write(directory, f"crl/{name}{'-delta' if delta else ''}.crl", crl.der)
     entries = store.audit_entries()
     chain = "".join(json.dumps({"seq": e.seq, "created_at": e.created_at, "actor": e.actor, "action": e.action,
                                 "details": e.details, "prev_hash": e.prev_hash, "entry_hash": e.entry_hash},

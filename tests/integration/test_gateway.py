@@ -160,7 +160,7 @@ def test_push_loaded_the_gateway_credentials(lab: Lab) -> None:
     assert format(gateway_cert.serial_number, "x") in lab.gw.cert_serials()
     rendered = (lab.ca.home.parent / "swanctl.conf").read_text()
     for line in ("proposals = aes256gcm16-prfsha384-ecp384", "esp_proposals = aes256gcm16-ecp384",
-                 f"id = {GATEWAY_ID}", "revocation = ifuri", "mobike = yes", "local_ts = 10.200.1.0/24",
+                 f"id = {GATEWAY_ID}", "revocation = strict", "mobike = yes", "local_ts = 10.200.1.0/24",
                  "ocsp_uris = http://127.0.0.1:"):
         assert line in rendered, line
 

@@ -217,3 +217,28 @@ def test_standalone_ocsp_responder_without_ca_key(server: RunningServer, tmp_pat
         assert empty.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
     finally:
         stop_server(RunningServer(server.ca, 0, port, process, log))
+
+
+def test_root_crl_covers_the_sub_ca_and_full_chain_crl_checking_passes(server: RunningServer, tmp_path: Path) -> None:
+    ca = server.ca
+    leaf, _ = issue(ca, tmp_path, "chaincheck")
+    sub = x509.load_pem_x509_certificate((ca.home / "ca/sub.pem").read_bytes())
+    cdp = sub.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert cdp[0].full_name[0].value == ca.settings.root_crl_url
+    vpnca(ca, "crl", "--root")
+    crls = []
+    for url in (ca.settings.root_crl_url, f"{server.http}/crl/{ca.settings.ca.name}.crl"):
+        path = url.replace(ca.settings.http_base_url, server.http)
+        with urllib.request.urlopen(path, timeout=30) as response:
+            pem = tmp_path / f"{len(crls)}.crl.pem"
+            der = tmp_path / f"{len(crls)}.crl"
+            der.write_bytes(response.read())
+            run([require_tool("openssl"), "crl", "-inform", "DER", "-in", str(der), "-out", str(pem)])
+            crls.append(pem)
+    root_crl = x509.load_pem_x509_crl(crls[0].read_bytes())
+    assert root_crl.is_signature_valid(
+        x509.load_pem_x509_certificate((ca.home / "ca/root.pem").read_bytes()).public_key())  # type: ignore[arg-type]
+    result = run([require_tool("openssl"), "verify", "-crl_check_all", "-CAfile", str(ca.home / "ca/root.pem"),
+                  "-untrusted", str(ca.home / "ca/sub.pem"), "-CRLfile", str(crls[0]), "-CRLfile", str(crls[1]),
+                  str(leaf)])
+    assert result.stdout.strip().endswith("OK")

@@ -25,7 +25,7 @@ def connection(settings: Settings, *, gateway_cert: Any = "gateway.pem", ca_cert
         "send_certreq": "yes",
         "send_cert": "always",
         "local": {"auth": "pubkey", "certs": [gateway_cert], "id": gw.id},
-        "remote": {"auth": "pubkey", "revocation": "ifuri", "cacerts": [ca_cert]},
+        "remote": {"auth": "pubkey", "revocation": "strict", "cacerts": [ca_cert]},
         "children": {
             "api": {
                 "local_ts": list(gw.local_ts),
