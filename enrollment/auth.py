@@ -73,6 +73,16 @@ def check_token(store: Store, token_id: str, secret: str, *, protocol: str) -> R
                      profile=record.profile, token_id=token_id)
 
 
+def requester_for_token(store: Store, token_id: str) -> Requester:
+    """The requester a token names, for a request already authenticated with its secret (SCEP polling)."""
+    record = store.get_enrollment_token(token_id)
+    if record is None or record.used_at is not None or record.expires_at <= datetime.now(UTC):
+        raise NotAuthenticated(f"token {token_id} is no longer usable")
+    identities = frozenset(IkeIdentity(kind, value) for kind, value in json.loads(record.identities))
+    return Requester(name=f"token:{token_id}", method="token", allowed_identities=identities,
+                     profile=record.profile, token_id=token_id)
+
+
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(issuer)
@@ -112,4 +122,4 @@ def requester_from_certificate(
     raise NotAuthorized("client certificate is not from this CA or a configured bootstrap CA")
 
 
-__all__ = ["NewToken", "Requester", "check_token", "create_token", "requester_from_certificate"]
+__all__ = ["NewToken", "Requester", "check_token", "create_token", "requester_for_token", "requester_from_certificate"]

@@ -27,6 +27,7 @@ class Enrollment:
     renewal: bool = False
     server_public_key: CertificatePublicKeyTypes | None = None  # serverkeygen: the key vpnca made
     client: str | None = None  # the requester's network address, for the record
+    transaction_id: str | None = None  # SCEP: how the client polls a pending request
 
 
 def enroll(authority: Authority, requester: Requester, enrollment: Enrollment) -> IssuedCertificate:
@@ -61,7 +62,7 @@ def enroll(authority: Authority, requester: Requester, enrollment: Enrollment) -
     )
     authority.check(request)
     if authority.settings.profiles[profile].approval and not enrollment.renewal:
-        _await_approval(authority, request, csr)
+        _await_approval(authority, request, csr, enrollment.transaction_id)
     issued = authority.issue(request)
     if authority.settings.profiles[profile].approval and not enrollment.renewal:
         authority.store.mark_pending_issued(_request_id(csr), issued.serial)
@@ -72,7 +73,8 @@ def _request_id(csr: x509.CertificateSigningRequest) -> str:
     return hashlib.sha256(csr.public_bytes(Encoding.DER)).hexdigest()
 
 
-def _await_approval(authority: Authority, request: IssueRequest, csr: x509.CertificateSigningRequest) -> None:
+def _await_approval(authority: Authority, request: IssueRequest, csr: x509.CertificateSigningRequest,
+                    transaction_id: str | None) -> None:
     """File the request, or raise Pending until an operator approves it (the client polls)."""
     store = authority.store
     request_id = _request_id(csr)
@@ -80,6 +82,7 @@ def _await_approval(authority: Authority, request: IssueRequest, csr: x509.Certi
         request_id=request_id, profile=request.profile,
         identities=json.dumps([[i.kind, i.value] for i in request.identities]),
         requester=request.requester, protocol=request.protocol, status="pending", created_at=datetime.now(UTC),
+        csr_der=csr.public_bytes(Encoding.DER), transaction_id=transaction_id,
     ))
     if pending.status == "rejected":
         raise NotAuthorized(f"request {request_id} was rejected by {pending.decided_by}")

@@ -138,7 +138,10 @@ class TokenRsaPrivateKey(rsa.RSAPrivateKey):
         return self._public.key_size
 
     def decrypt(self, ciphertext: bytes, padding_: padding.AsymmetricPadding) -> bytes:
-        raise HsmError("decryption with token RSA keys is not supported yet")
+        """RSA key transport (SCEP, CMS EnvelopedData): PKCS#1 v1.5 on the token."""
+        if not isinstance(padding_, padding.PKCS1v15):
+            raise HsmError(f"unsupported RSA decryption padding {padding_.name}")
+        return bytes(self._token.call(self._private.decrypt, ciphertext, mechanism=Mechanism.RSA_PKCS))
 
     private_numbers = _refuse_export
     private_bytes = _refuse_export

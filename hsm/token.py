@@ -86,6 +86,8 @@ class Token:
             Attribute.PRIVATE: True,
             Attribute.SIGN: True,
         }
+        if spec.algorithm.startswith("rsa"):
+            private_template[Attribute.DECRYPT] = True  # the SCEP RA unwraps content keys
         key_id = spec.label.encode()
         with self.lock:
             if spec.algorithm in CURVE_OIDS:

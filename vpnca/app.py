@@ -7,16 +7,20 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import FastAPI, Response
 from starlette.concurrency import run_in_threadpool
 
 from enrollment.est import EstContext
 from enrollment.est import make_router as est_router
+from enrollment.scep import ScepContext
+from enrollment.scep import make_router as scep_router
 from ocsp.app import revocation_app
 from ocsp.service import OcspService
 from vpnca import metrics
 from vpnca.authority import Authority
+from vpnca.ca import open_settings_token, token_key
 from vpnca.config import Settings
 from vpnca.errors import ConfigError
 from vpnca.store import Store
@@ -38,11 +42,26 @@ def load_bootstrap_cas(paths: tuple[Path, ...]) -> list[x509.Certificate]:
     return cas
 
 
+def scep_context(settings: Settings, store: Store, authority: Authority) -> ScepContext | None:
+    """The SCEP RA (certificate and token key), when this CA has one (`vpnca init`, `vpnca scep init`)."""
+    record = store.current_ca("scep-ra")
+    if record is None or record.key_label is None:
+        return None
+    ra_key = token_key(open_settings_token(settings), record.key_label)
+    assert isinstance(ra_key, rsa.RSAPrivateKey)
+    root = store.current_ca("root")
+    chain = [authority.certificate] + ([x509.load_der_x509_certificate(root.der)] if root else [])
+    return ScepContext(authority, x509.load_der_x509_certificate(record.der), ra_key, chain)
+
+
 def create_apps(settings: Settings, store: Store, authority: Authority, ocsp: OcspService) -> Apps:
     https = FastAPI(title="vpnca", docs_url=None, redoc_url=None, openapi_url=None)
     https.include_router(est_router(EstContext(authority, load_bootstrap_cas(settings.est.bootstrap_ca_files))))
 
     http = FastAPI(title="vpnca-http", docs_url=None, redoc_url=None, openapi_url=None)
+    scep = scep_context(settings, store, authority)
+    if scep is not None:
+        http.include_router(scep_router(scep))
     ca_der = authority.certificate.public_bytes(Encoding.DER)
 
     @http.get(f"/ca/{settings.ca.name}.cer")

@@ -254,6 +254,7 @@ def initialise(settings: Settings, store: Store, *, actor: str) -> Hierarchy:
 
     generate_root_crl(settings, store, root, root_key, actor=actor)
     ocsp = issue_ocsp_signer(settings, store, token, sub, sub_key, actor=actor)
+    issue_scep_ra(settings, store, token, sub, sub_key, actor=actor)
     hierarchy = Hierarchy(root=root, sub=sub, ocsp_signer=ocsp)
     write_public_files(settings, hierarchy)
     return hierarchy
@@ -274,6 +275,40 @@ def issue_ocsp_signer(
         der=cert.public_bytes(Encoding.DER), key_label=label, actor=actor,
         details={"role": "ocsp", "serial": serial_hex(cert.serial_number), "key_label": label},
     )
+    return cert
+
+
+def issue_scep_ra(settings: Settings, store: Store, token: Token, sub: x509.Certificate, sub_key: CaKey, *,
+                  actor: str) -> x509.Certificate:
+    """The SCEP RA: an RSA-3072 key on the token that signs CertReps and unwraps request keys."""
+    generation = len(store.ca_certificates("scep-ra")) + 1
+    label = f"{settings.ca.name}-scep-ra-{generation}"
+    token.generate(KeySpec(label, "rsa-3072"))
+    key = token_key(token, label)
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(f"{settings.ca.sub_common_name} SCEP RA", settings.ca.organization))
+        .issuer_name(sub.subject)
+        .public_key(key.public_key())
+        .serial_number(random_serial())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(min(now + timedelta(days=365), sub.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=True, data_encipherment=False,
+            key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+        ), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(sub.public_key()),  # type: ignore[arg-type]
+                       critical=False)
+        .sign(sub_key, hash_for(sub_key))
+    )
+    store.add_ca_certificate(role="scep-ra", ca_name=settings.ca.name, serial=serial_hex(cert.serial_number),
+                             der=cert.public_bytes(Encoding.DER), key_label=label, actor=actor,
+                             details={"role": "scep-ra", "serial": serial_hex(cert.serial_number), "key_label": label})
+    (settings.home / "ca").mkdir(parents=True, exist_ok=True)
+    (settings.home / "ca" / "scep-ra.pem").write_bytes(to_pem(cert))
     return cert
 
 

@@ -127,6 +127,8 @@ class PendingRequest(Base):
     created_at: Mapped[datetime] = mapped_column()
     decided_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
     serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    csr_der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # to finish after approval
+    transaction_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)  # SCEP polling
 
 
 class CrlRecord(Base):

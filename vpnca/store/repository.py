@@ -349,6 +349,11 @@ class Store:
             assert existing is not None
             return existing
 
+    def pending_by_transaction(self, transaction_id: str) -> PendingRequest | None:
+        with self.read() as session:
+            return session.scalars(select(PendingRequest).where(PendingRequest.transaction_id == transaction_id)
+                                   .order_by(PendingRequest.created_at.desc()).limit(1)).first()
+
     def list_pending(self) -> list[PendingRequest]:
         with self.read() as session:
             return list(session.scalars(

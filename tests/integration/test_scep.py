@@ -1,0 +1,242 @@
+"""SCEP (RFC 8894) against a running `vpnca serve`, with strongSwan's `pki --scep` and bad pkiMessages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from asn1crypto import algos, cms, core
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+
+from enrollment import scep
+from tests.conftest import RunningServer, make_ca_home, start_server, stop_server
+from tests.helpers import remember_secret, require_tool, run
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, softhsm) -> Iterator[RunningServer]:  # type: ignore[no-untyped-def]
+    ca = make_ca_home(tmp_path_factory.mktemp("scep") / "home", softhsm)
+    config = ca.home / "vpnca.toml"
+    config.write_text(config.read_text().replace("[profiles.gateway]\nlifetime_days = 30",
+                                                 "[profiles.gateway]\nlifetime_days = 30\napproval = true"))
+    running = start_server(ca)
+    yield running
+    stop_server(running)
+    ca.store.dispose()
+
+
+def token(server: RunningServer, identity: str, *extra: str) -> str:
+    credential = run([sys.executable, "-m", "vpnca.cli", "token", "create", "--protocol", "scep", "--id", identity,
+                      *extra], env=server.ca.env).stdout.strip()
+    remember_secret(credential.partition(":")[2])
+    return credential
+
+
+def url(server: RunningServer) -> str:
+    return f"{server.http}/scep"
+
+
+@pytest.fixture(scope="module")
+def ca_files(server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    directory = tmp_path_factory.mktemp("scepca")
+    out = run([require_tool("pki"), "--scepca", "--url", url(server), "--caout", str(directory / "ca.pem"),
+               "--raout", str(directory / "ra.pem"), "--outform", "pem"])
+    files = {p.name: p for p in directory.iterdir()}
+    assert any(name.startswith("ra") for name in files), out.stderr
+    ra = next(p for name, p in files.items() if name.startswith("ra"))
+    sub = next(p for name, p in files.items() if name.startswith("ca") and "Issuing" in
+               x509.load_pem_x509_certificate(p.read_bytes()).subject.rfc4514_string())
+    return {"ra": ra, "sub": sub, "root": server.ca.home / "ca/root.pem"}
+
+
+def pki_scep(server: RunningServer, files: dict[str, Path], key: Path, out: Path, *args: str,
+             check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run([require_tool("pki"), "--scep", "--url", url(server), "--in", str(key), "--cacert-enc",
+                str(files["ra"]), "--cacert-sig", str(files["ra"]), "--cacert", str(files["sub"]), "--cacert",
+                str(files["root"]), "--outform", "pem", *args], check=check)
+
+
+def rsa_key(path: Path) -> Path:
+    path.write_text(run([require_tool("pki"), "--gen", "--type", "rsa", "--size", "3072", "--outform", "pem"]).stdout)
+    return path
+
+
+def verify(server: RunningServer, pem: Path) -> None:
+    out = run([require_tool("openssl"), "verify", "-CAfile", str(server.ca.home / "ca/root.pem"),
+               "-untrusted", str(server.ca.home / "ca/sub.pem"), str(pem)]).stdout
+    assert out.strip().endswith(": OK")
+
+
+def test_get_ca_caps_and_ca_certs(server: RunningServer, ca_files: dict[str, Path]) -> None:
+    with urllib.request.urlopen(f"{url(server)}?operation=GetCACaps", timeout=30) as response:
+        caps = response.read().decode().split()
+    assert {"POSTPKIOperation", "SHA-256", "SHA-512", "AES", "SCEPStandard", "Renewal"} <= set(caps)
+    assert "DES3" not in caps and "SHA-1" not in caps
+    ra = x509.load_pem_x509_certificate(ca_files["ra"].read_bytes())
+    assert "SCEP RA" in ra.subject.rfc4514_string() and isinstance(ra.public_key(), rsa.RSAPublicKey)
+
+
+def test_pki_scep_enrolls_with_a_challenge_password_and_renews(server: RunningServer, ca_files: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    credential = token(server, "mdm1.example.com")
+    first = tmp_path / "first.pem"
+    result = pki_scep(server, ca_files, rsa_key(tmp_path / "k1.pem"), first, "--dn", "CN=mdm1.example.com",
+                      "--san", "mdm1.example.com", "--password", credential)
+    first.write_text(result.stdout)
+    verify(server, first)
+    second = tmp_path / "second.pem"
+    result = pki_scep(server, ca_files, rsa_key(tmp_path / "k2.pem"), second, "--dn", "CN=mdm1.example.com",
+                      "--san", "mdm1.example.com", "--cert", str(first), "--key", str(tmp_path / "k1.pem"))
+    second.write_text(result.stdout)
+    verify(server, second)
+    old, new = (x509.load_pem_x509_certificate(p.read_bytes()) for p in (first, second))
+    assert new.serial_number != old.serial_number and new.subject == old.subject
+
+
+def test_wrong_or_reused_challenge_password_gets_failure(server: RunningServer, ca_files: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    credential = token(server, "mdm2.example.com")
+    wrong = pki_scep(server, ca_files, rsa_key(tmp_path / "a.pem"), tmp_path / "a.crt", "--dn",
+                     "CN=mdm2.example.com", "--password", credential[:-3] + "xyz", check=False)
+    assert wrong.returncode != 0 and "badRequest" in wrong.stderr and "not 'SUCCESS'" in wrong.stderr
+    ok = pki_scep(server, ca_files, rsa_key(tmp_path / "b.pem"), tmp_path / "b.crt", "--dn", "CN=mdm2.example.com",
+                  "--password", credential)
+    assert "BEGIN CERTIFICATE" in ok.stdout
+    reused = pki_scep(server, ca_files, rsa_key(tmp_path / "c.pem"), tmp_path / "c.crt", "--dn",
+                      "CN=mdm2.example.com", "--password", credential, check=False)
+    assert reused.returncode != 0 and "not 'SUCCESS'" in reused.stderr
+
+
+def test_pending_until_approved_then_certpoll_delivers(server: RunningServer, ca_files: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    credential = token(server, "gw7.example.com", "--profile", "gateway")
+    key = rsa_key(tmp_path / "gw.pem")
+    process = subprocess.Popen(
+        [require_tool("pki"), "--scep", "--url", url(server), "--in", str(key), "--cacert-enc", str(ca_files["ra"]),
+         "--cacert-sig", str(ca_files["ra"]), "--cacert", str(ca_files["sub"]), "--cacert", str(ca_files["root"]),
+         "--dn", "CN=gw7.example.com", "--san", "gw7.example.com", "--password", credential, "--interval", "1",
+         "--maxpolltime", "60", "--outform", "pem"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    pending: list[dict[str, str]] = []
+    while not pending:
+        assert time.monotonic() < deadline and process.poll() is None, process.communicate()
+        pending = [p for p in json.loads(run([sys.executable, "-m", "vpnca.cli", "pending", "--json"],
+                                             env=server.ca.env).stdout) if p["identities"] == "gw7.example.com"]
+        time.sleep(0.5)
+    time.sleep(2)  # at least one CertPoll answered PENDING
+    run([sys.executable, "-m", "vpnca.cli", "approve", pending[0]["request_id"]], env=server.ca.env)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    assert "PENDING" in stderr or "pending" in stderr.lower()
+    cert = tmp_path / "gw7.crt"
+    cert.write_text(stdout)
+    verify(server, cert)
+
+
+# -- bad pkiMessages, built here so that each field can be broken on purpose --------------------
+
+def client_identity() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    key = rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "probe.example.com")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=1))
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def post(server: RunningServer, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"{url(server)}?operation=PKIOperation", data=body,
+                                     headers={"Content-Type": "application/x-pki-message"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def status_of(reply: bytes) -> tuple[str, str | None]:
+    signer = cms.ContentInfo.load(reply)["content"]["signer_infos"][0]
+    attrs = {a["type"].dotted: a["values"][0].dump() for a in signer["signed_attrs"]}
+    fail = attrs.get(scep.OID_FAIL_INFO)
+    return (core.PrintableString.load(attrs[scep.OID_PKI_STATUS]).native,
+            core.PrintableString.load(fail).native if fail else None)
+
+
+def request(server: RunningServer, content: bytes, message_type: int = scep.PKCS_REQ) -> bytes:
+    key, cert = client_identity()
+    ra = x509.load_pem_x509_certificate((server.ca.home / "ca/scep-ra.pem").read_bytes())
+    return scep.signed_message(cert, key, message_type=message_type, transaction_id="probe-1",
+                               sender_nonce=os.urandom(16), content=scep.envelope(content, ra))
+
+
+def test_corrupted_pkimessages_get_failinfo_and_the_server_keeps_serving(server: RunningServer) -> None:
+    csr_der = b"\x30\x03\x02\x01\x00"
+    good = request(server, csr_der)
+    corrupt_envelope = bytearray(good)
+    corrupt_envelope[-300] ^= 0xFF  # inside the encrypted content
+    status, reply = post(server, bytes(corrupt_envelope))
+    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_MESSAGE_CHECK)
+    corrupt_signature = bytearray(good)
+    corrupt_signature[-1] ^= 0x01  # the signature value is the last field
+    status, reply = post(server, bytes(corrupt_signature))
+    assert status == 200 and status_of(reply)[1] in (scep.BAD_MESSAGE_CHECK, scep.BAD_REQUEST)
+    status, reply = post(server, good)  # well-formed envelope, but not a CSR
+    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_REQUEST)
+    assert post(server, b"\x30\x82\x01\x00garbage")[0] == 400
+    assert post(server, os.urandom(100_000))[0] == 413
+    with urllib.request.urlopen(f"{url(server)}?operation=GetCACaps", timeout=30) as response:
+        assert b"AES" in response.read()
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_des3_is_refused_with_bad_alg(server: RunningServer) -> None:
+    key, cert = client_identity()
+    ra = x509.load_pem_x509_certificate((server.ca.home / "ca/scep-ra.pem").read_bytes())
+    envelope = cms.ContentInfo({"content_type": "enveloped_data", "content": cms.EnvelopedData({
+        "version": "v0",
+        "recipient_infos": [cms.RecipientInfo(name="ktri", value=cms.KeyTransRecipientInfo({
+            "version": "v0",
+            "rid": cms.RecipientIdentifier(name="issuer_and_serial_number", value=cms.IssuerAndSerialNumber({
+                "issuer": cms.Certificate.load(ra.public_bytes(serialization.Encoding.DER)).issuer,
+                "serial_number": ra.serial_number})),
+            "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
+            "encrypted_key": ra.public_key().encrypt(os.urandom(24), padding.PKCS1v15()),  # type: ignore[union-attr]
+        }))],
+        "encrypted_content_info": {"content_type": "data", "content_encryption_algorithm": algos.EncryptionAlgorithm(
+            {"algorithm": "tripledes_3key", "parameters": os.urandom(8)}), "encrypted_content": os.urandom(64)},
+    })}).dump()
+    message = scep.signed_message(cert, key, message_type=scep.PKCS_REQ, transaction_id="des3",
+                                  sender_nonce=os.urandom(16), content=envelope)
+    status, reply = post(server, message)
+    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_ALG)
+
+
+def test_get_crl_returns_the_crl_enveloped_to_the_requester(server: RunningServer) -> None:
+    run([sys.executable, "-m", "vpnca.cli", "crl"], env=server.ca.env)
+    key, cert = client_identity()
+    ra = x509.load_pem_x509_certificate((server.ca.home / "ca/scep-ra.pem").read_bytes())
+    sub = cms.Certificate.load((server.ca.hierarchy.sub.public_bytes(serialization.Encoding.DER)))
+    query = cms.IssuerAndSerialNumber({"issuer": sub.issuer, "serial_number": sub.serial_number}).dump()
+    message = scep.signed_message(cert, key, message_type=scep.GET_CRL, transaction_id="crl-1",
+                                  sender_nonce=os.urandom(16), content=scep.envelope(query, ra))
+    status, reply = post(server, message)
+    assert status == 200 and status_of(reply) == (scep.SUCCESS, None)
+    signed = cms.ContentInfo.load(reply)["content"]
+    ra_signer = x509.load_der_x509_certificate(signed["certificates"][0].chosen.dump())
+    assert ra_signer == ra
+    inner = scep._open_envelope(signed["encap_content_info"]["content"].native, key)
+    crls = cms.ContentInfo.load(inner)["content"]["crls"]
+    crl = x509.load_der_x509_crl(crls[0].chosen.dump())
+    assert crl.issuer == server.ca.hierarchy.sub.subject
