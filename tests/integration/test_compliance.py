@@ -220,7 +220,7 @@ def test_evidence_pack_holds_the_register_and_verifies(story: Story) -> None:
     csv_text = (story.pack / "register/certificates.csv").read_text()
     assert story.issued in csv_text and story.renewed in csv_text
     fingerprints = json.loads((story.pack / "ca/fingerprints.json").read_text())
-    assert {f["role"] for f in fingerprints} == {"root", "sub", "ocsp"}
+    assert {f["role"] for f in fingerprints} == {"root", "sub", "ocsp", "scep-ra"}
     verification = json.loads((story.pack / "audit/verification.json").read_text())
     assert verification["ok"] and len(verification["head_hash"]) == 64
     assert "PRIVATE KEY" not in "".join(p.read_text(errors="replace") for p in story.pack.rglob("*") if p.is_file())

@@ -100,15 +100,16 @@ def test_tampering_with_the_audit_chain_is_detected(any_ca_home: CaHome, tamper:
         issue(any_ca_home, f"t{i}.example.com")
     entries = any_ca_home.store.audit_entries()
     assert verify_chain(entries).ok
-    target = entries[4]
+    target = next(e for e in entries if e.action == "issue")
     with any_ca_home.store.write() as session:
         if tamper == "edit":
             session.execute(text("UPDATE audit_log SET details = :d WHERE seq = :s"),
-                            {"d": target.details.replace("t", "T", 1), "s": target.seq})
+                            {"d": target.details.replace('"profile":"device"', '"profile":"gateway"'),
+                             "s": target.seq})
         elif tamper == "remove":
             session.execute(text("DELETE FROM audit_log WHERE seq = :s"), {"s": target.seq})
         else:
-            other = entries[5]
+            other = entries[target.seq]  # the entry after the target
             for entry, seq in ((target, -1), (other, target.seq), (target, other.seq)):
                 session.execute(text("UPDATE audit_log SET seq = :new WHERE entry_hash = :h"),
                                 {"new": seq, "h": entry.entry_hash})
