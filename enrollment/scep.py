@@ -15,6 +15,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from asn1crypto import algos, cms, core
 from asn1crypto import crl as acrl
@@ -23,6 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, padding as sym_padding, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import pkcs7
 from fastapi import APIRouter, Request, Response
@@ -51,7 +53,8 @@ SUCCESS, FAILURE, PENDING = "0", "2", "3"
 BAD_ALG, BAD_MESSAGE_CHECK, BAD_REQUEST, BAD_TIME, BAD_CERT_ID = "0", "1", "2", "3", "4"
 CAPS = b"POSTPKIOperation\nSHA-256\nSHA-384\nSHA-512\nAES\nSCEPStandard\nRenewal\n"
 DIGESTS = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
-CIPHERS = {"aes128_cbc": 16, "aes192_cbc": 24, "aes256_cbc": 32}
+CIPHERS = {"aes128_cbc": 16, "aes192_cbc": 24, "aes256_cbc": 32, "tripledes_3key": 24}
+DES3 = "tripledes_3key"  # refused unless scep.legacy_des3_profiles names the requester's profile
 MAX_MESSAGE = 64 * 1024
 MAX_CLOCK_SKEW = 600  # seconds
 
@@ -71,6 +74,7 @@ class PkiMessage:
     sender_nonce: bytes
     signer: x509.Certificate
     content: bytes | None = None
+    cipher: str = "aes256_cbc"  # of the request's envelope; the reply uses the same
 
 
 def _attr(value: core.Asn1Value) -> core.Any:
@@ -81,14 +85,21 @@ def _attributes(signer_info: cms.SignerInfo) -> dict[str, bytes]:
     return {a["type"].dotted: a["values"][0].dump() for a in signer_info["signed_attrs"]}
 
 
-def _aes_decrypt(name: str, key: bytes, iv: bytes, data: bytes) -> bytes:
-    decryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+def _block_cipher(name: str, key: bytes) -> tuple[Any, int]:
+    if name == DES3:
+        return TripleDES(key), 64
+    return algorithms.AES(key), 128
+
+
+def _decrypt(name: str, key: bytes, iv: bytes, data: bytes) -> bytes:
+    cipher, block_bits = _block_cipher(name, key)
+    decryptor = Cipher(cipher, modes.CBC(iv)).decryptor()
     padded = decryptor.update(data) + decryptor.finalize()
-    unpadder = sym_padding.PKCS7(128).unpadder()
+    unpadder = sym_padding.PKCS7(block_bits).unpadder()
     return unpadder.update(padded) + unpadder.finalize()
 
 
-def parse_pki_message(der: bytes, ra_key: rsa.RSAPrivateKey) -> PkiMessage:
+def parse_pki_message(der: bytes, ra_key: rsa.RSAPrivateKey, *, allow_des3: bool = False) -> PkiMessage:
     """Verify the signature, read the SCEP attributes and decrypt the envelope.
 
     Raises ValueError when not even the outer structure can be read (no CertRep is possible), and
@@ -109,7 +120,7 @@ def parse_pki_message(der: bytes, ra_key: rsa.RSAPrivateKey) -> PkiMessage:
         _check_signature(signer_info, message.signer, signed["encap_content_info"]["content"].native or b"")
         content = signed["encap_content_info"]["content"].native
         if content:
-            message.content = _open_envelope(content, ra_key)
+            message.content, message.cipher = open_envelope(content, ra_key, allow_des3=allow_des3)
     except ScepFailure as failure:
         failure.message = message  # type: ignore[attr-defined]
         raise
@@ -149,7 +160,8 @@ def _check_signature(signer_info: cms.SignerInfo, signer: x509.Certificate, cont
         raise ScepFailure(BAD_MESSAGE_CHECK, "the pkiMessage signature does not verify") from exc
 
 
-def _open_envelope(content: bytes, ra_key: rsa.RSAPrivateKey) -> bytes:
+def open_envelope(content: bytes, ra_key: rsa.RSAPrivateKey, *, allow_des3: bool = False) -> tuple[bytes, str]:
+    """Decrypt CMS EnvelopedData with the RA key: (content, cipher name)."""
     try:
         envelope = cms.ContentInfo.load(content)["content"]
         recipient = envelope["recipient_infos"][0].chosen
@@ -158,22 +170,25 @@ def _open_envelope(content: bytes, ra_key: rsa.RSAPrivateKey) -> bytes:
         name = algorithm["algorithm"].native
     except (ValueError, KeyError, TypeError) as exc:
         raise ScepFailure(BAD_MESSAGE_CHECK, f"unreadable envelope: {exc}") from exc
-    if name not in CIPHERS:
+    if name not in CIPHERS or (name == DES3 and not allow_des3):
         raise ScepFailure(BAD_ALG, f"content encryption {name} refused (AES only)")
     try:
         key = ra_key.decrypt(recipient["encrypted_key"].native, padding.PKCS1v15())
         if len(key) != CIPHERS[name]:
             raise ValueError("content key of the wrong length")
-        return _aes_decrypt(name, key, algorithm["parameters"].native, encrypted["encrypted_content"].native)
+        return _decrypt(name, key, algorithm["parameters"].native, encrypted["encrypted_content"].native), name
     except (ValueError, HsmError) as exc:
         raise ScepFailure(BAD_MESSAGE_CHECK, f"cannot decrypt the envelope: {exc}") from exc
 
 
-def envelope(data: bytes, recipient: x509.Certificate) -> bytes:
-    """CMS EnvelopedData: AES-256-CBC content, the key wrapped with RSA to `recipient`."""
-    key, iv = os.urandom(32), os.urandom(16)
-    padder = sym_padding.PKCS7(128).padder()
-    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+def envelope(data: bytes, recipient: x509.Certificate, cipher: str = "aes256_cbc") -> bytes:
+    """CMS EnvelopedData: AES-256-CBC content (3DES only for allowed legacy clients), the key wrapped
+    with RSA to `recipient`."""
+    key = os.urandom(CIPHERS[cipher])
+    block, block_bits = _block_cipher(cipher, key)
+    iv = os.urandom(block_bits // 8)
+    padder = sym_padding.PKCS7(block_bits).padder()
+    encryptor = Cipher(block, modes.CBC(iv)).encryptor()
     ciphertext = encryptor.update(padder.update(data) + padder.finalize()) + encryptor.finalize()
     public = recipient.public_key()
     assert isinstance(public, rsa.RSAPublicKey)
@@ -190,7 +205,7 @@ def envelope(data: bytes, recipient: x509.Certificate) -> bytes:
         "recipient_infos": [cms.RecipientInfo(name="ktri", value=ktri)],
         "encrypted_content_info": {
             "content_type": "data",
-            "content_encryption_algorithm": algos.EncryptionAlgorithm({"algorithm": "aes256_cbc", "parameters": iv}),
+            "content_encryption_algorithm": algos.EncryptionAlgorithm({"algorithm": cipher, "parameters": iv}),
             "encrypted_content": ciphertext,
         },
     })
@@ -236,9 +251,9 @@ def signed_message(signer_cert: x509.Certificate, signer_key: rsa.RSAPrivateKey,
 
 def cert_rep(ra_cert: x509.Certificate, ra_key: rsa.RSAPrivateKey, *, transaction_id: str, recipient_nonce: bytes,
              status: str, fail_info: str | None = None, payload: bytes | None = None,
-             recipient: x509.Certificate | None = None) -> bytes:
+             recipient: x509.Certificate | None = None, cipher: str = "aes256_cbc") -> bytes:
     """A CertRep signed by the RA over (on SUCCESS) the payload enveloped to the requester."""
-    content = envelope(payload, recipient) if payload is not None and recipient is not None else None
+    content = envelope(payload, recipient, cipher) if payload is not None and recipient is not None else None
     extra: list[tuple[str, core.Asn1Value]] = [(OID_PKI_STATUS, core.PrintableString(status)),
                                                (OID_RECIPIENT_NONCE, core.OctetString(recipient_nonce))]
     if fail_info is not None:
@@ -274,7 +289,8 @@ class ScepContext:
 def handle(ctx: ScepContext, der: bytes, client: str) -> bytes | None:
     """One PKIOperation; None when the message cannot be answered with a CertRep at all."""
     try:
-        message = parse_pki_message(der, ctx.ra_key)
+        message = parse_pki_message(der, ctx.ra_key,
+                                    allow_des3=bool(ctx.authority.settings.scep.legacy_des3_profiles))
     except ScepFailure as failure:
         partial: PkiMessage | None = getattr(failure, "message", None)
         if partial is None:
@@ -289,7 +305,7 @@ def handle(ctx: ScepContext, der: bytes, client: str) -> bytes | None:
             return _fail(ctx, message, ScepFailure(BAD_CERT_ID, "no CRL published yet"), client)
         return cert_rep(ctx.ra_cert, ctx.ra_key, transaction_id=message.transaction_id,
                         recipient_nonce=message.sender_nonce, status=SUCCESS, payload=degenerate_crl(crl.der),
-                        recipient=message.signer)
+                        recipient=message.signer, cipher=message.cipher)
     try:
         certificate = _operation(ctx, message)
     except ScepFailure as failure:
@@ -301,7 +317,8 @@ def handle(ctx: ScepContext, der: bytes, client: str) -> bytes | None:
         return _fail(ctx, message, ScepFailure(BAD_REQUEST, str(exc)), client)
     payload = pkcs7.serialize_certificates([certificate], serialization.Encoding.DER)
     return cert_rep(ctx.ra_cert, ctx.ra_key, transaction_id=message.transaction_id,
-                    recipient_nonce=message.sender_nonce, status=SUCCESS, payload=payload, recipient=message.signer)
+                    recipient_nonce=message.sender_nonce, status=SUCCESS, payload=payload, recipient=message.signer,
+                    cipher=message.cipher)
 
 
 def _fail(ctx: ScepContext, message: PkiMessage, failure: ScepFailure, client: str) -> bytes:
@@ -309,6 +326,11 @@ def _fail(ctx: ScepContext, message: PkiMessage, failure: ScepFailure, client: s
          reason=str(failure)[:300], transaction_id=message.transaction_id)
     return cert_rep(ctx.ra_cert, ctx.ra_key, transaction_id=message.transaction_id,
                     recipient_nonce=message.sender_nonce, status=FAILURE, fail_info=failure.fail_info)
+
+
+def _check_cipher(authority: Authority, message: PkiMessage, profile: str) -> None:
+    if message.cipher == DES3 and profile not in authority.settings.scep.legacy_des3_profiles:
+        raise ScepFailure(BAD_ALG, f"3DES is not allowed for profile {profile}")
 
 
 def _operation(ctx: ScepContext, message: PkiMessage) -> x509.Certificate:
@@ -326,10 +348,12 @@ def _operation(ctx: ScepContext, message: PkiMessage) -> x509.Certificate:
             token_id, _, secret = _challenge(csr).partition(":")
             requester = check_token(authority.store, token_id, secret, protocol="scep")
             profile = requester.profile or "device"
+            _check_cipher(authority, message, profile)
             enrollment = Enrollment(csr=csr, profile=profile, protocol="scep", transaction_id=message.transaction_id)
         else:
             requester = requester_from_certificate(authority.store, authority.settings, authority.certificate,
                                                    message.signer, [])
+            _check_cipher(authority, message, requester.profile or "device")
             enrollment = Enrollment(csr=csr, profile=requester.profile or "device", protocol="scep", renewal=True)
         return enroll(authority, requester, enrollment).certificate
     if message.message_type == CERT_POLL:
@@ -359,6 +383,7 @@ def _operation(ctx: ScepContext, message: PkiMessage) -> x509.Certificate:
 def make_router(ctx: ScepContext) -> APIRouter:
     router = APIRouter()
     ca_ra = pkcs7.serialize_certificates([ctx.ra_cert, *ctx.chain], serialization.Encoding.DER)
+    caps = CAPS + (b"DES3\n" if ctx.authority.settings.scep.legacy_des3_profiles else b"")
 
     async def operation(der: bytes, request: Request) -> Response:
         client = request.client.host if request.client else "-"
@@ -371,7 +396,7 @@ def make_router(ctx: ScepContext) -> APIRouter:
     async def scep_get(request: Request) -> Response:
         name = request.query_params.get("operation", "")
         if name == "GetCACaps":
-            return Response(CAPS, media_type="text/plain")
+            return Response(caps, media_type="text/plain")
         if name == "GetCACert":
             return Response(ca_ra, media_type="application/x-x509-ca-ra-cert")
         if name == "PKIOperation":

@@ -138,7 +138,7 @@ class Authority:
             emit("issuance.refused", logging.WARNING, requester=request.requester, protocol=request.protocol,
                  profile=request.profile, identity=[i.value for i in request.identities], reason=kind,
                  detail=str(exc))
-            metrics.refused(request.protocol, kind)
+            metrics.refused(request.protocol, kind, request.profile)
             raise
         now = datetime.now(UTC)
         lifetime = min(request.lifetime or profile.lifetime, profile.lifetime)

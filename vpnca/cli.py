@@ -439,6 +439,18 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scep_init(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    store = open_store(settings)
+    if store.current_ca("scep-ra") is not None and not args.rotate:
+        raise VpncaError("this CA has a SCEP RA already; --rotate issues a new one")
+    authority = Authority.open(settings, store)
+    cert = ca_module.issue_scep_ra(settings, store, ca_module.open_settings_token(settings), authority.certificate,
+                                   authority.key, actor=actor())
+    print(f"SCEP RA {cert.serial_number:x} until {cert.not_valid_after_utc:%Y-%m-%d}: {settings.home / 'ca/scep-ra.pem'}")
+    return 0
+
+
 def parse_duration(text: str) -> timedelta:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
@@ -601,6 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vici", help="VICI socket URI (default gateway.vici_socket)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gateway)
+
+    scep_cmd = sub.add_parser("scep", help="the SCEP RA").add_subparsers(dest="scep_command", required=True)
+    p = scep_cmd.add_parser("init", help="issue the SCEP RA certificate (RSA key on the token)")
+    p.add_argument("--rotate", action="store_true", help="replace the current RA")
+    p.set_defaults(func=cmd_scep_init)
 
     command("scheduler", cmd_scheduler, "run the scheduled jobs alone (CRL, OCSP pre-signing, gateway renewal)")
 

@@ -106,6 +106,12 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True)
+class ScepSettings:
+    # profiles whose (legacy) SCEP clients may use 3DES; empty: AES only, 3DES gets badAlg
+    legacy_des3_profiles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     syslog_tls: str = ""  # "host:port" of an RFC 5425 syslog receiver; empty: off
     syslog_ca_file: str = ""  # CA bundle that verifies the receiver (default: the system's)
@@ -126,6 +132,7 @@ class Settings:
     ocsp: OcspSettings = field(default_factory=OcspSettings)
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    scep: ScepSettings = field(default_factory=ScepSettings)
 
     @property
     def config_path(self) -> Path:
@@ -284,6 +291,7 @@ def settings_from_dict(home: Path, raw: dict[str, Any]) -> Settings:
     return Settings(
         home=home, database_url=db_url, http_base_url=http_base, token=token, ca=ca,
         policy=policy, profiles=profiles, server=server, est=est, crl=crl, ocsp=ocsp, gateway=gateway,
+        scep=ScepSettings(legacy_des3_profiles=tuple(raw.get("scep", {}).get("legacy_des3_profiles", []))),
         logging=LoggingSettings(
             syslog_tls=str(raw.get("logging", {}).get("syslog_tls", "")),
             syslog_ca_file=str(_resolve(home, raw.get("logging", {}).get("syslog_ca_file")) or ""),

@@ -23,7 +23,7 @@ def _metrics() -> dict[str, Any]:
         "issued": prom.Counter("vpnca_certificates_issued_total", "Certificates issued",
                                ["protocol", "profile", "kind"]),
         "refused": prom.Counter("vpnca_requests_refused_total", "Requests refused",
-                                ["protocol", "reason"]),
+                                ["protocol", "profile", "reason"]),
         "revoked": prom.Counter("vpnca_certificates_revoked_total", "Revocations recorded", ["reason"]),
         "ocsp": prom.Counter("vpnca_ocsp_requests_total", "OCSP requests answered", ["answer"]),
         "ocsp_latency": prom.Histogram("vpnca_ocsp_response_seconds", "OCSP answer time in the responder",
@@ -38,8 +38,8 @@ def issued(protocol: str, profile: str, kind: str) -> None:
     _metrics()["issued"].labels(protocol, profile, kind).inc()
 
 
-def refused(protocol: str, reason: str) -> None:
-    _metrics()["refused"].labels(protocol, reason).inc()
+def refused(protocol: str, reason: str, profile: str = "") -> None:
+    _metrics()["refused"].labels(protocol, profile, reason).inc()
 
 
 def revoked(reason: str) -> None:

@@ -204,7 +204,7 @@ def test_metrics_count_issuance_refusals_ocsp_and_state(story: Story) -> None:
     assert samples['vpnca_certificates_issued_total{kind="issued",profile="device",protocol="est"}'] >= 1
     assert samples['vpnca_certificates_issued_total{kind="renewed",profile="device",protocol="est"}'] >= 1
     assert samples['vpnca_certificates{status="revoked"}'] >= 1
-    assert samples['vpnca_requests_refused_total{protocol="est",reason="authentication"}'] >= 1
+    assert samples['vpnca_requests_refused_total{profile="",protocol="est",reason="authentication"}'] >= 1
     assert sum(v for k, v in samples.items() if k.startswith("vpnca_ocsp_requests_total")) >= 1
     assert samples["vpnca_ocsp_response_seconds_count"] >= 1
     assert sum(v for k, v in samples.items() if k.startswith("vpnca_token_sign_seconds_count")) >= 2

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import urllib.parse
 import subprocess
 import sys
 import time
@@ -13,10 +15,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from asn1crypto import algos, cms, core
+from asn1crypto import cms, core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from enrollment import scep
@@ -29,7 +31,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, softhsm) -> Iterator[Runnin
     ca = make_ca_home(tmp_path_factory.mktemp("scep") / "home", softhsm)
     config = ca.home / "vpnca.toml"
     config.write_text(config.read_text().replace("[profiles.gateway]\nlifetime_days = 30",
-                                                 "[profiles.gateway]\nlifetime_days = 30\napproval = true"))
+                                                 "[profiles.gateway]\nlifetime_days = 30\napproval = true")
+                      + '\n[scep]\nlegacy_des3_profiles = ["gateway"]\n')
     running = start_server(ca)
     yield running
     stop_server(running)
@@ -82,7 +85,7 @@ def test_get_ca_caps_and_ca_certs(server: RunningServer, ca_files: dict[str, Pat
     with urllib.request.urlopen(f"{url(server)}?operation=GetCACaps", timeout=30) as response:
         caps = response.read().decode().split()
     assert {"POSTPKIOperation", "SHA-256", "SHA-512", "AES", "SCEPStandard", "Renewal"} <= set(caps)
-    assert "DES3" not in caps and "SHA-1" not in caps
+    assert "DES3" in caps and "SHA-1" not in caps  # 3DES only because a legacy profile is configured
     ra = x509.load_pem_x509_certificate(ca_files["ra"].read_bytes())
     assert "SCEP RA" in ra.subject.rfc4514_string() and isinstance(ra.public_key(), rsa.RSAPublicKey)
 
@@ -201,26 +204,56 @@ def test_corrupted_pkimessages_get_failinfo_and_the_server_keeps_serving(server:
     assert "Traceback" not in server.log.read_text()
 
 
-def test_des3_is_refused_with_bad_alg(server: RunningServer) -> None:
+def pkcs_req(server: RunningServer, identity: str, credential: str, cipher: str,
+             signing_time: datetime | None = None) -> bytes:
+    key = rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(name)
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName(identity)]), critical=False)
+           .add_attribute(x509.ObjectIdentifier(scep.OID_CHALLENGE_PASSWORD), credential.encode())
+           .sign(key, hashes.SHA256()))
+    now = datetime.now(UTC)
+    signer = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+              .serial_number(7).not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=1))
+              .sign(key, hashes.SHA256()))
+    ra = x509.load_pem_x509_certificate((server.ca.home / "ca/scep-ra.pem").read_bytes())
+    extra = [("1.2.840.113549.1.9.5", cms.Time(name="utc_time", value=signing_time))] if signing_time else []
+    return scep.signed_message(signer, key, message_type=scep.PKCS_REQ, transaction_id=f"tx-{identity}",
+                               sender_nonce=os.urandom(16),
+                               content=scep.envelope(csr.public_bytes(serialization.Encoding.DER), ra, cipher),
+                               extra=extra)
+
+
+def test_des3_only_for_the_named_legacy_profiles(server: RunningServer) -> None:
+    device = pkcs_req(server, "old1.example.com", token(server, "old1.example.com"), "tripledes_3key")
+    status, reply = post(server, device)
+    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_ALG)
+    legacy = pkcs_req(server, "old2.example.com", token(server, "old2.example.com", "--profile", "gateway"),
+                      "tripledes_3key")
+    status, reply = post(server, legacy)
+    assert status == 200 and status_of(reply) == (scep.PENDING, None)  # accepted, waits for approval
+    modern = pkcs_req(server, "new1.example.com", token(server, "new1.example.com"), "aes256_cbc")
+    status, reply = post(server, modern)
+    assert status == 200 and status_of(reply) == (scep.SUCCESS, None)
+
+
+def test_signing_time_far_off_is_bad_time(server: RunningServer) -> None:
+    message = pkcs_req(server, "late.example.com", token(server, "late.example.com"), "aes256_cbc",
+                       signing_time=datetime.now(UTC) - timedelta(hours=2))
+    status, reply = post(server, message)
+    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_TIME)
+
+
+def test_get_cert_over_http_get_for_an_unknown_serial_is_bad_cert_id(server: RunningServer) -> None:
     key, cert = client_identity()
     ra = x509.load_pem_x509_certificate((server.ca.home / "ca/scep-ra.pem").read_bytes())
-    envelope = cms.ContentInfo({"content_type": "enveloped_data", "content": cms.EnvelopedData({
-        "version": "v0",
-        "recipient_infos": [cms.RecipientInfo(name="ktri", value=cms.KeyTransRecipientInfo({
-            "version": "v0",
-            "rid": cms.RecipientIdentifier(name="issuer_and_serial_number", value=cms.IssuerAndSerialNumber({
-                "issuer": cms.Certificate.load(ra.public_bytes(serialization.Encoding.DER)).issuer,
-                "serial_number": ra.serial_number})),
-            "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
-            "encrypted_key": ra.public_key().encrypt(os.urandom(24), padding.PKCS1v15()),  # type: ignore[union-attr]
-        }))],
-        "encrypted_content_info": {"content_type": "data", "content_encryption_algorithm": algos.EncryptionAlgorithm(
-            {"algorithm": "tripledes_3key", "parameters": os.urandom(8)}), "encrypted_content": os.urandom(64)},
-    })}).dump()
-    message = scep.signed_message(cert, key, message_type=scep.PKCS_REQ, transaction_id="des3",
-                                  sender_nonce=os.urandom(16), content=envelope)
-    status, reply = post(server, message)
-    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_ALG)
+    sub = cms.Certificate.load(server.ca.hierarchy.sub.public_bytes(serialization.Encoding.DER))
+    query = cms.IssuerAndSerialNumber({"issuer": sub.subject, "serial_number": 0xBADC0DE}).dump()
+    message = scep.signed_message(cert, key, message_type=scep.GET_CERT, transaction_id="get-1",
+                                  sender_nonce=os.urandom(16), content=scep.envelope(query, ra))
+    encoded = urllib.parse.quote(base64.b64encode(message).decode(), safe="")
+    with urllib.request.urlopen(f"{url(server)}?operation=PKIOperation&message={encoded}", timeout=30) as response:
+        assert status_of(response.read()) == (scep.FAILURE, scep.BAD_CERT_ID)
 
 
 def test_get_crl_returns_the_crl_enveloped_to_the_requester(server: RunningServer) -> None:
@@ -236,7 +269,8 @@ def test_get_crl_returns_the_crl_enveloped_to_the_requester(server: RunningServe
     signed = cms.ContentInfo.load(reply)["content"]
     ra_signer = x509.load_der_x509_certificate(signed["certificates"][0].chosen.dump())
     assert ra_signer == ra
-    inner = scep._open_envelope(signed["encap_content_info"]["content"].native, key)
+    inner, cipher = scep.open_envelope(signed["encap_content_info"]["content"].native, key)
+    assert cipher == "aes256_cbc"
     crls = cms.ContentInfo.load(inner)["content"]["crls"]
     crl = x509.load_der_x509_crl(crls[0].chosen.dump())
     assert crl.issuer == server.ca.hierarchy.sub.subject
