@@ -175,19 +175,26 @@ def cmd_revoke(args: argparse.Namespace) -> int:
             raise BadRequest(f"--invalidity-date: not an ISO 8601 time: {args.invalidity_date}") from exc
         if invalidity.tzinfo is None:
             invalidity = invalidity.replace(tzinfo=UTC)
-    authority = Authority.open(settings, store)
-    record = authority.revoke(parse_serial(args.serial), args.reason, actor=actor(), invalidity_date=invalidity)
+    # recording a revocation needs no key: it succeeds even when the token is unavailable
+    record = record_keeper(settings, store).revoke(parse_serial(args.serial), args.reason, actor=actor(),
+                                                   invalidity_date=invalidity)
     print(f"revoked {record.serial} ({record.revocation_reason}) at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}")
-    publish(authority, record.serial)
+    publish(settings, store, record.serial)
     return 0
 
 
-def publish(authority: Authority, serial: str) -> None:
+def record_keeper(settings: Settings, store: Store) -> Authority:
+    """The authority without its key, for what only the register needs (revocation records)."""
+    certificate, _ = ca_module.load_ca_certificate(store, "sub")
+    return Authority(settings, store, certificate, None)  # type: ignore[arg-type]
+
+
+def publish(settings: Settings, store: Store, serial: str) -> None:
     """Re-sign the serial's OCSP answers and a new CRL now; the scheduler catches up if this fails."""
     from vpnca.revocation import Publisher
 
     try:
-        crl = Publisher(authority).publish_revocation(serial, actor())
+        crl = Publisher(Authority.open(settings, store)).publish_revocation(serial, actor())
         print(f"OCSP re-signed; CRL {crl.number} published ({crl.entries} entries)")
     except (HsmError, VpncaError) as exc:
         print(f"vpnca: warning: recorded, but not yet published ({exc}); the scheduler will retry",
@@ -197,10 +204,9 @@ def publish(authority: Authority, serial: str) -> None:
 def cmd_release(args: argparse.Namespace) -> int:
     settings = load_settings()
     store = open_store(settings)
-    authority = Authority.open(settings, store)
-    record = authority.release_hold(parse_serial(args.serial), actor=actor())
+    record = record_keeper(settings, store).release_hold(parse_serial(args.serial), actor=actor())
     print(f"released {record.serial} from hold")
-    publish(authority, record.serial)
+    publish(settings, store, record.serial)
     return 0
 
 

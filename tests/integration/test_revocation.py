@@ -9,6 +9,7 @@ import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -242,3 +243,23 @@ def test_root_crl_covers_the_sub_ca_and_full_chain_crl_checking_passes(server: R
                   "-untrusted", str(ca.home / "ca/sub.pem"), "-CRLfile", str(crls[0]), "-CRLfile", str(crls[1]),
                   str(leaf)])
     assert result.stdout.strip().endswith("OK")
+
+
+def test_revocation_is_recorded_without_the_token_and_published_by_the_next_presign_run(
+        server: RunningServer, tmp_path: Path) -> None:
+    from vpnca.revocation import Publisher
+
+    ca = server.ca
+    leaf, serial = issue(ca, tmp_path, "offline")
+    Publisher(ca.authority).presign_backlog()
+    assert f"{leaf}: good" in openssl_ocsp(server, leaf, "-no_nonce")
+    wrong_pin = tmp_path / "wrong-pin"
+    wrong_pin.write_text("0000")
+    result = run([sys.executable, "-m", "vpnca.cli", "revoke", serial, "--reason", "keyCompromise"],
+                 env={**ca.env, "VPNCA_PIN_FILE": str(wrong_pin)})
+    assert "revoked" in result.stdout and "not yet published" in result.stderr
+    assert ca.store.get_certificate(serial).status == "revoked"  # type: ignore[union-attr]
+    assert f"{leaf}: good" in openssl_ocsp(server, leaf, "-no_nonce")  # the old answer, until re-signed
+    assert ca.store.count_ocsp_backlog(ca.settings.ca.name, datetime.now(UTC)) >= 1
+    Publisher(ca.authority).presign_backlog()  # what the scheduler's next run does
+    assert f"{leaf}: revoked" in openssl_ocsp(server, leaf, "-no_nonce")

@@ -433,29 +433,28 @@ class Store:
                  "this_update": r.this_update, "next_update": r.next_update, "der": r.der}
                 for r in latest.values()])
 
-    def ocsp_backlog(self, issuer: str, refresh_before: datetime, limit: int) -> list[CertificateRecord]:
-        """Certificates whose pre-signed responses are missing or expire before `refresh_before`."""
+    @staticmethod
+    def _ocsp_stale(issuer: str, refresh_before: datetime) -> Any:
+        """Certificates whose pre-signed answer is missing, due for refresh, or tells another status
+        (a revocation or a hold release not yet re-signed, e.g. when the token was away)."""
         fresh = (select(OcspResponseRecord.serial)
+                 .join(CertificateRecord, CertificateRecord.serial == OcspResponseRecord.serial)
                  .where(OcspResponseRecord.hash_algorithm == "sha256",
-                        OcspResponseRecord.next_update >= refresh_before))
-        query = (select(CertificateRecord)
-                 .where(CertificateRecord.issuer == issuer,
-                        CertificateRecord.status.in_([CertStatus.VALID, CertStatus.REVOKED]),
-                        CertificateRecord.serial.not_in(fresh))
-                 .limit(limit))
+                        OcspResponseRecord.next_update >= refresh_before,
+                        (OcspResponseRecord.cert_status == "good") == (CertificateRecord.status == CertStatus.VALID)))
+        return (CertificateRecord.issuer == issuer,
+                CertificateRecord.status.in_([CertStatus.VALID, CertStatus.REVOKED]),
+                CertificateRecord.serial.not_in(fresh))
+
+    def ocsp_backlog(self, issuer: str, refresh_before: datetime, limit: int) -> list[CertificateRecord]:
         with self.read() as session:
-            return list(session.scalars(query))
+            return list(session.scalars(select(CertificateRecord)
+                                        .where(*self._ocsp_stale(issuer, refresh_before)).limit(limit)))
 
     def count_ocsp_backlog(self, issuer: str, refresh_before: datetime) -> int:
-        fresh = (select(OcspResponseRecord.serial)
-                 .where(OcspResponseRecord.hash_algorithm == "sha256",
-                        OcspResponseRecord.next_update >= refresh_before))
         with self.read() as session:
-            return int(session.scalar(
-                select(func.count()).select_from(CertificateRecord)
-                .where(CertificateRecord.issuer == issuer,
-                       CertificateRecord.status.in_([CertStatus.VALID, CertStatus.REVOKED]),
-                       CertificateRecord.serial.not_in(fresh))) or 0)
+            return int(session.scalar(select(func.count()).select_from(CertificateRecord)
+                                      .where(*self._ocsp_stale(issuer, refresh_before))) or 0)
 
     # -- scheduler ---------------------------------------------------------------------------------
 
