@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hsm.softhsm import SoftHsmToken, init_softhsm_token
-from tests.helpers import free_port, require_tool, run
+from tests.helpers import free_port, require_tool, run, stop_process
 from vpnca import ca as ca_module
 from vpnca.authority import Authority
 from vpnca.config import Settings, load_settings, render_config
@@ -174,12 +174,7 @@ def start_server(ca: CaHome, *extra: str) -> RunningServer:
 
 
 def stop_server(server: RunningServer) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    stop_process(server.process)
 
 
 @pytest.fixture(scope="session", autouse=True)

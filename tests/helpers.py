@@ -30,6 +30,18 @@ def run(cmd: list[str], *, check: bool = True, input_: bytes | None = None,
     return result
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate, then kill if it has not gone in 10 s."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

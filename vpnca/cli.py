@@ -330,15 +330,19 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         return verify_pack_command(args)
     store = open_store(load_settings())
     result = verify_chain(store.audit_entries())
-    if args.json:
-        print(json.dumps({"ok": result.ok, "entries": result.entries, "head": result.head_hash,
-                          "problems": [str(p) for p in result.problems]}, indent=2))
-    elif result.ok:
-        print(f"audit chain intact: {result.entries} entries, head {result.head_hash}")
+    return report_verification("audit chain", result.ok, result.entries, result.head_hash,
+                               [str(p) for p in result.problems], args.json)
+
+
+def report_verification(what: str, ok: bool, entries: int, head: str, problems: list[str], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"ok": ok, "entries": entries, "head": head, "problems": problems}, indent=2))
+    elif ok:
+        print(f"{what} intact: {entries} audit entries, head {head}")
     else:
-        for problem in result.problems:
-            print(f"audit chain broken at {problem}")
-    return 0 if result.ok else 1
+        for problem in problems:
+            print(f"{what} broken: {problem}")
+    return 0 if ok else 1
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -513,15 +517,8 @@ def verify_pack_command(args: argparse.Namespace) -> int:
     if (vpnca_home() / CONFIG_NAME).exists():
         store = open_store(load_settings())
     result = verify_pack(Path(args.pack), store)
-    if args.json:
-        print(json.dumps({"ok": result.ok, "entries": result.entries, "head": result.head_hash,
-                          "problems": result.problems}, indent=2))
-    elif result.ok:
-        print(f"evidence pack intact: {result.entries} audit entries, head {result.head_hash}")
-    else:
-        for problem in result.problems:
-            print(f"evidence pack broken: {problem}")
-    return 0 if result.ok else 1
+    return report_verification("evidence pack", result.ok, result.entries, result.head_hash, result.problems,
+                               args.json)
 
 
 # -- parser ---------------------------------------------------------------------------------

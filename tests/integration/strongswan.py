@@ -15,7 +15,7 @@ from typing import Any
 
 import vici
 
-from tests.helpers import require_tool, run
+from tests.helpers import require_tool, run, stop_process
 
 CHARON = "/usr/lib/ipsec/charon"
 
@@ -105,13 +105,8 @@ class Charon:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
 
 @contextmanager
