@@ -253,4 +253,4 @@ class Authority:
         return record
 
 
-__all__ = ["Authority", "IssueRequest", "IssuedCertificate", "PolicyViolation", "request_from_csr"]
+__all__ = ["Authority", "IssueRequest", "IssuedCertificate", "request_from_csr"]
