@@ -1,4 +1,4 @@
-"""The app factory: the HTTPS app (EST) and the plain-HTTP app (CA certificates; OCSP, CRL, SCEP)."""
+"""The app factory: the HTTPS app (EST, ACME) and the plain-HTTP app (CA certificates; OCSP, CRL, SCEP)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi import FastAPI, Response
 from starlette.concurrency import run_in_threadpool
 
+from enrollment.acme.routes import make_router as acme_router
+from enrollment.acme.service import AcmeService
 from enrollment.est import EstContext
 from enrollment.est import make_router as est_router
 from enrollment.scep import ScepContext
@@ -23,6 +25,7 @@ from vpnca.authority import Authority
 from vpnca.ca import open_settings_token, token_key
 from vpnca.config import Settings
 from vpnca.errors import ConfigError
+from vpnca.revocation import Publisher
 from vpnca.store import Store
 
 
@@ -57,6 +60,8 @@ def scep_context(settings: Settings, store: Store, authority: Authority) -> Scep
 def create_apps(settings: Settings, store: Store, authority: Authority, ocsp: OcspService) -> Apps:
     https = FastAPI(title="vpnca", docs_url=None, redoc_url=None, openapi_url=None)
     https.include_router(est_router(EstContext(authority, load_bootstrap_cas(settings.est.bootstrap_ca_files))))
+    if settings.acme.enabled:
+        https.include_router(acme_router(AcmeService(authority, Publisher(authority, ocsp))))
 
     http = FastAPI(title="vpnca-http", docs_url=None, redoc_url=None, openapi_url=None)
     scep = scep_context(settings, store, authority)

@@ -491,6 +491,55 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_acme_eab_create(args: argparse.Namespace) -> int:
+    """An external account binding key: the account that presents it may get only --allow names."""
+    import base64
+    import secrets
+
+    from vpnca.policy import check_identities
+    from vpnca.store import AcmeEabKey
+    from vpnca.store.acme import AcmeRepository
+
+    settings = load_settings()
+    identities = tuple(IkeIdentity.parse(i) for i in args.allow)
+    not_acme = [i.value for i in identities if i.kind not in ("fqdn", "ip")]
+    if not_acme:
+        raise BadRequest(f"ACME identifiers are DNS names and IP addresses, not {', '.join(not_acme)}")
+    check_identities(identities, settings.policy)
+    profile = args.profile or settings.acme.profile
+    if profile not in settings.profiles or profile == "service":
+        raise BadRequest(f"no profile {profile!r} for ACME")
+    hmac_key = secrets.token_bytes(32)
+    now = datetime.now(UTC)
+    key = AcmeEabKey(kid=secrets.token_urlsafe(12), hmac_key=hmac_key,
+                     allowed_identities=json.dumps([[i.kind, i.value] for i in identities]), profile=profile,
+                     created_by=actor(), created_at=now, expires_at=now + parse_duration(args.ttl))
+    AcmeRepository(open_store(settings)).add_eab_key(key)
+    encoded = base64.urlsafe_b64encode(hmac_key).rstrip(b"=").decode()
+    if args.json:
+        print(json.dumps({"kid": key.kid, "hmac_key": encoded, "profile": profile,
+                          "allowed": [i.value for i in identities], "expires_at": key.expires_at.isoformat()}))
+    else:
+        print(f"kid:      {key.kid}\nhmac_key: {encoded}")
+        print(f"single use; expires {key.expires_at:%Y-%m-%dT%H:%M:%SZ}; profile {profile}; for "
+              f"{', '.join(i.value for i in identities)}", file=sys.stderr)
+    return 0
+
+
+def cmd_acme_eab_list(args: argparse.Namespace) -> int:
+    from vpnca.store.acme import AcmeRepository
+
+    rows = [{"kid": k.kid, "profile": k.profile,
+             "allowed": ",".join(v for _, v in json.loads(k.allowed_identities)),
+             "account": k.account_id or "-", "expires_at": k.expires_at.isoformat()[:19]}
+            for k in AcmeRepository(open_store(load_settings())).eab_keys()]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows, ["kid", "profile", "allowed", "account", "expires_at"])
+    return 0
+
+
 def cmd_pending(args: argparse.Namespace) -> int:
     store = open_store(load_settings())
     rows = [{"request_id": p.request_id, "profile": p.profile,
@@ -589,6 +638,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 2d")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_token_create)
+
+    acme = sub.add_parser("acme", help="ACME accounts").add_subparsers(dest="acme_command", required=True)
+    eab = acme.add_parser("eab", help="external account binding keys").add_subparsers(
+        dest="eab_command", required=True)
+    p = eab.add_parser("create", help="a key that binds one new ACME account to the names it may get")
+    p.add_argument("--allow", action="append", required=True, help="DNS name or IP the account may get (repeatable)")
+    p.add_argument("--profile", help="profile of its certificates (default: acme.profile)")
+    p.add_argument("--ttl", default="7d", help="how long the key can be used to create the account")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_acme_eab_create)
+    p = eab.add_parser("list", help="external account binding keys and the accounts bound to them")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_acme_eab_list)
 
     p = command("crl", cmd_crl, "sign and publish a new CRL now")
     p.add_argument("--delta", action="store_true", help="a delta CRL against the latest full CRL")

@@ -112,6 +112,22 @@ class ScepSettings:
 
 
 @dataclass(frozen=True)
+class AcmeSettings:
+    """RFC 8555 on the HTTPS listener (`/acme/directory`)."""
+
+    enabled: bool = True
+    profile: str = "gateway"  # what ACME certificates are issued as
+    external_account_required: bool = True  # accounts need `vpnca acme eab create` keys
+    http01_port: int = 80  # where the validator fetches /.well-known/acme-challenge/<token>
+    dns_resolver: str = ""  # "host[:port]" the validator asks (A/AAAA and TXT); empty: the system's
+    validation_timeout_seconds: float = 10.0
+    nonce_lifetime: timedelta = timedelta(hours=1)
+    order_lifetime: timedelta = timedelta(days=1)  # pending orders and authorizations expire after this
+    authorization_lifetime: timedelta = timedelta(days=7)  # a valid authorization is reused this long
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     syslog_tls: str = ""  # "host:port" of an RFC 5425 syslog receiver; empty: off
     syslog_ca_file: str = ""  # CA bundle that verifies the receiver (default: the system's)
@@ -133,6 +149,7 @@ class Settings:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     scep: ScepSettings = field(default_factory=ScepSettings)
+    acme: AcmeSettings = field(default_factory=AcmeSettings)
 
     @property
     def config_path(self) -> Path:
@@ -288,10 +305,28 @@ def settings_from_dict(home: Path, raw: dict[str, Any]) -> Settings:
         name: tuple(gw[name]) if isinstance(getattr(defaults_gw, name), tuple) else type(getattr(defaults_gw, name))(gw[name])
         for name in GatewaySettings.__dataclass_fields__ if name in gw
     })
+    acme_raw = raw.get("acme", {})
+    acme = AcmeSettings(
+        enabled=bool(acme_raw.get("enabled", AcmeSettings.enabled)),
+        profile=str(acme_raw.get("profile", AcmeSettings.profile)),
+        external_account_required=bool(acme_raw.get("external_account_required",
+                                                    AcmeSettings.external_account_required)),
+        http01_port=int(acme_raw.get("http01_port", AcmeSettings.http01_port)),
+        dns_resolver=str(acme_raw.get("dns_resolver", "")),
+        validation_timeout_seconds=float(acme_raw.get("validation_timeout_seconds",
+                                                      AcmeSettings.validation_timeout_seconds)),
+        nonce_lifetime=_duration(acme_raw, "nonce_lifetime", AcmeSettings.nonce_lifetime),
+        order_lifetime=_duration(acme_raw, "order_lifetime", AcmeSettings.order_lifetime),
+        authorization_lifetime=_duration(acme_raw, "authorization_lifetime", AcmeSettings.authorization_lifetime),
+        max_body_bytes=int(acme_raw.get("max_body_bytes", AcmeSettings.max_body_bytes)),
+    )
+    if acme.profile not in profiles:
+        raise ConfigError(f"acme.profile: no profile {acme.profile!r}")
     return Settings(
         home=home, database_url=db_url, http_base_url=http_base, token=token, ca=ca,
         policy=policy, profiles=profiles, server=server, est=est, crl=crl, ocsp=ocsp, gateway=gateway,
         scep=ScepSettings(legacy_des3_profiles=tuple(raw.get("scep", {}).get("legacy_des3_profiles", []))),
+        acme=acme,
         logging=LoggingSettings(
             syslog_tls=str(raw.get("logging", {}).get("syslog_tls", "")),
             syslog_ca_file=str(_resolve(home, raw.get("logging", {}).get("syslog_ca_file")) or ""),

@@ -1,6 +1,12 @@
 """Storage: SQLAlchemy models behind one repository (SQLite by default, PostgreSQL to scale)."""
 
 from vpnca.store.models import (
+    AcmeAccount,
+    AcmeAuthorization,
+    AcmeChallenge,
+    AcmeEabKey,
+    AcmeNonce,
+    AcmeOrder,
     AuditEntry,
     CaCertificate,
     CertificateRecord,
@@ -14,6 +20,7 @@ from vpnca.store.models import (
 from vpnca.store.repository import Store
 
 __all__ = [
+    "AcmeAccount", "AcmeAuthorization", "AcmeChallenge", "AcmeEabKey", "AcmeNonce", "AcmeOrder",
     "AuditEntry", "CaCertificate", "CertStatus", "CertificateRecord", "CrlRecord", "EnrollmentToken", "JobRun", "OcspResponseRecord", "PendingRequest",
     "Store",
 ]

@@ -169,3 +169,84 @@ class JobRun(Base):
     message: Mapped[str] = mapped_column(Text)
     failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive
     next_attempt: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class AcmeEabKey(Base):
+    """An ACME external account binding key (`vpnca acme eab create`): the identifiers it allows.
+
+    The HMAC key itself is kept, as the binding's signature can only be checked with it; it is
+    single use: the first account that presents it is bound to it.
+    """
+
+    __tablename__ = "acme_eab_keys"
+
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hmac_key: Mapped[bytes] = mapped_column(LargeBinary)
+    allowed_identities: Mapped[str] = mapped_column(Text)  # JSON list of [kind, value]
+    profile: Mapped[str] = mapped_column(String(32))
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column()
+    account_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AcmeAccount(Base):
+    """An ACME account: its current JWK, and (through its EAB key) what it may be issued."""
+
+    __tablename__ = "acme_accounts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_thumbprint: Mapped[str] = mapped_column(String(64), unique=True)  # RFC 7638, base64url SHA-256
+    jwk: Mapped[str] = mapped_column(Text)  # canonical JSON of the public key
+    status: Mapped[str] = mapped_column(String(16))  # valid | deactivated | revoked
+    contact: Mapped[str] = mapped_column(Text)  # JSON list of URLs
+    eab_kid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    allowed_identities: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON; None: policy alone
+    profile: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column()
+
+
+class AcmeNonce(Base):
+    """An anti-replay nonce handed out in Replay-Nonce; deleted when used, so it works once."""
+
+    __tablename__ = "acme_nonces"
+
+    value: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AcmeOrder(Base):
+    __tablename__ = "acme_orders"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # pending | ready | processing | valid | invalid
+    identifiers: Mapped[str] = mapped_column(Text)  # JSON list of {"type", "value"}
+    authorizations: Mapped[str] = mapped_column(Text)  # JSON list of authorization ids
+    expires_at: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column()
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # a problem document, JSON
+    certificate_serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class AcmeAuthorization(Base):
+    __tablename__ = "acme_authorizations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(64), index=True)
+    identifier_type: Mapped[str] = mapped_column(String(8))  # dns | ip
+    identifier_value: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))  # pending | valid | invalid | deactivated | expired
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class AcmeChallenge(Base):
+    __tablename__ = "acme_challenges"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    authorization_id: Mapped[str] = mapped_column(String(64), index=True)
+    type: Mapped[str] = mapped_column(String(16))  # http-01 | dns-01
+    token: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))  # pending | processing | valid | invalid
+    validated_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)  # a problem document, JSON

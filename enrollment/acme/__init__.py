@@ -1,0 +1,1 @@
+"""ACME (RFC 8555): a thin adapter over the issuance core, served on the HTTPS listener."""

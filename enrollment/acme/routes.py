@@ -1,0 +1,113 @@
+"""The ACME HTTP edge: `/acme/...` on the HTTPS listener. Every answer carries a fresh
+Replay-Nonce and the directory link; every error is an RFC 8555 problem document, never a 500
+for bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from enrollment.acme.problems import PROBLEM_JSON, AcmeProblem, malformed, not_found, unauthorized
+from enrollment.acme.service import AcmeService, Reply, Urls
+from hsm import HsmError
+from vpnca import metrics
+from vpnca.errors import BadRequest, Conflict, NotAuthorized, NotFound, PolicyViolation, VpncaError
+from vpnca.events import emit
+
+log = logging.getLogger("vpnca.acme")
+
+JOSE_JSON = "application/jose+json"
+
+
+def problem_for(exc: Exception) -> AcmeProblem:
+    """Core errors, mapped to the problem types RFC 8555 gives."""
+    if isinstance(exc, AcmeProblem):
+        return exc
+    if isinstance(exc, NotFound):
+        return not_found(str(exc))
+    if isinstance(exc, NotAuthorized):
+        return unauthorized(str(exc))
+    if isinstance(exc, PolicyViolation):
+        return AcmeProblem("rejectedIdentifier", str(exc))
+    if isinstance(exc, BadRequest):
+        return malformed(str(exc))
+    if isinstance(exc, Conflict):
+        return malformed(str(exc), 409)
+    if isinstance(exc, (HsmError, VpncaError)):
+        return AcmeProblem("serverInternal", f"the CA cannot sign now: {exc}", 503)
+    return AcmeProblem("serverInternal", "internal error", 500)
+
+
+def make_router(service: AcmeService) -> APIRouter:
+    router = APIRouter(prefix="/acme")
+    limit = service.settings.max_body_bytes
+
+    def urls_for(request: Request) -> Urls:
+        return Urls(str(request.base_url).rstrip("/") + "/acme")
+
+    async def nonce_headers(urls: Urls) -> dict[str, str]:
+        nonce = await run_in_threadpool(service.new_nonce)
+        return {"Replay-Nonce": nonce, "Cache-Control": "no-store", "Link": f'<{urls.directory}>;rel="index"'}
+
+    async def problem_response(problem: AcmeProblem, urls: Urls, request: Request, path: str) -> Response:
+        level = logging.ERROR if problem.status >= 500 else logging.WARNING
+        emit("acme.refused", level, problem=problem.type, detail=problem.detail, path=path,
+             client=request.client.host if request.client else None)
+        metrics.refused("acme", problem.type)
+        headers = {**await nonce_headers(urls), **problem.headers}
+        return Response(problem.to_json(), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
+
+    @router.get("/directory")
+    async def directory(request: Request) -> Response:
+        return Response(json.dumps(service.directory(urls_for(request))), media_type="application/json")
+
+    @router.api_route("/new-nonce", methods=["HEAD", "GET"])
+    async def new_nonce(request: Request) -> Response:
+        return Response(status_code=200 if request.method == "HEAD" else 204,
+                        headers=await nonce_headers(urls_for(request)))
+
+    @router.post("/{path:path}")
+    async def post(request: Request, path: str) -> Response:
+        urls = urls_for(request)
+        try:
+            if request.headers.get("content-type", "").split(";")[0].strip().lower() != JOSE_JSON:
+                raise malformed(f"Content-Type must be {JOSE_JSON}", 415)
+            body = await _read_body(request, limit)
+            url = str(request.url.replace(query=""))
+            client = request.client.host if request.client else None
+            reply: Reply = await run_in_threadpool(service.handle, path, body, url, urls, client)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a problem document
+            problem = problem_for(exc)
+            if problem.status >= 500:
+                log.exception("ACME %s failed", path)
+            return await problem_response(problem, urls, request, path)
+        headers = await nonce_headers(urls)
+        if reply.location:
+            headers["Location"] = reply.location
+        if reply.links:
+            headers["Link"] = ", ".join([headers["Link"], *reply.links])
+        if reply.body is None:
+            return Response(status_code=reply.status, headers=headers)
+        content = json.dumps(reply.body) if isinstance(reply.body, dict) else reply.body
+        return Response(content, status_code=reply.status, media_type=reply.content_type, headers=headers)
+
+    return router
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise malformed(f"request body larger than {limit} bytes", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise malformed(f"request body larger than {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+__all__ = ["make_router", "problem_for"]

@@ -1,0 +1,227 @@
+"""ACME state (RFC 8555): external account keys, accounts, nonces, orders, authorizations, challenges.
+
+Kept in the same database as the certificates, so every `vpnca serve` worker and machine sees the
+same accounts and nonces. State changes that race (binding an EAB key, using a nonce, starting a
+challenge, finalizing an order) are conditional UPDATEs/DELETEs: the row count says who won.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from vpnca.errors import Conflict, NotAuthorized
+from vpnca.store.models import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeEabKey, AcmeNonce, AcmeOrder
+from vpnca.store.repository import Store, utcnow
+
+_NONCE_SWEEP_EVERY = 256
+
+
+def new_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+class AcmeRepository:
+    """Reads and writes of the ACME tables, over the one Store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._nonces_made = itertools.count()
+
+    # -- external account binding keys -----------------------------------------------------------
+
+    def add_eab_key(self, key: AcmeEabKey) -> None:
+        with self.store.write() as session:
+            session.add(key)
+            self.store._append_audit(session, key.created_by, "acme-eab-create", {
+                "kid": key.kid, "identities": json.loads(key.allowed_identities), "profile": key.profile,
+                "expires_at": key.expires_at.isoformat()})
+
+    def eab_key(self, kid: str) -> AcmeEabKey | None:
+        with self.store.read() as session:
+            return session.get(AcmeEabKey, kid)
+
+    def eab_keys(self) -> list[AcmeEabKey]:
+        with self.store.read() as session:
+            return list(session.scalars(select(AcmeEabKey).order_by(AcmeEabKey.created_at)))
+
+    # -- nonces ------------------------------------------------------------------------------------
+
+    def new_nonce(self, lifetime: timedelta) -> str:
+        value = secrets.token_urlsafe(24)
+        now = utcnow()
+        with self.store.write_core() as conn:
+            if next(self._nonces_made) % _NONCE_SWEEP_EVERY == 0:
+                conn.execute(delete(AcmeNonce).where(AcmeNonce.expires_at <= now))
+            conn.execute(insert(AcmeNonce.__table__), {"value": value, "expires_at": now + lifetime})
+        return value
+
+    def use_nonce(self, value: str) -> bool:
+        """True once for a nonce we handed out and that has not expired."""
+        with self.store.write_core() as conn:
+            used = conn.execute(delete(AcmeNonce).where(AcmeNonce.value == value,
+                                                        AcmeNonce.expires_at > utcnow()))
+            return bool(used.rowcount)
+
+    # -- accounts ----------------------------------------------------------------------------------
+
+    def account(self, account_id: str) -> AcmeAccount | None:
+        with self.store.read() as session:
+            return session.get(AcmeAccount, account_id)
+
+    def account_by_thumbprint(self, thumbprint: str) -> AcmeAccount | None:
+        with self.store.read() as session:
+            return session.scalars(select(AcmeAccount).where(AcmeAccount.key_thumbprint == thumbprint)).first()
+
+    def create_account(self, account: AcmeAccount) -> AcmeAccount:
+        """Insert the account, binding its EAB key (single use) in the same transaction; if another
+        request created an account for the same key first, return that one."""
+        try:
+            with self.store.write() as session:
+                if account.eab_kid is not None:
+                    bound = session.execute(
+                        update(AcmeEabKey)
+                        .where(AcmeEabKey.kid == account.eab_kid, AcmeEabKey.account_id.is_(None),
+                               AcmeEabKey.expires_at > account.created_at)
+                        .values(account_id=account.id))
+                    if not bound.rowcount:
+                        raise NotAuthorized(f"external account key {account.eab_kid} is used up or expired")
+                session.add(account)
+                self.store._append_audit(session, f"acme:{account.id}", "acme-account-create", {
+                    "account": account.id, "key_thumbprint": account.key_thumbprint, "eab_kid": account.eab_kid,
+                    "contact": json.loads(account.contact)})
+            return account
+        except IntegrityError:
+            existing = self.account_by_thumbprint(account.key_thumbprint)
+            if existing is None:
+                raise
+            return existing
+
+    def update_account(self, account_id: str, **values: Any) -> AcmeAccount:
+        """Change contact or status; deactivating also deactivates the account's pending authorizations."""
+        with self.store.write() as session:
+            account = session.get(AcmeAccount, account_id)
+            assert account is not None
+            for name, value in values.items():
+                setattr(account, name, value)
+            if values.get("status") == "deactivated":
+                session.execute(update(AcmeAuthorization)
+                                .where(AcmeAuthorization.account_id == account_id,
+                                       AcmeAuthorization.status.in_(("pending", "valid")))
+                                .values(status="deactivated"))
+            self.store._append_audit(session, f"acme:{account_id}", "acme-account-update",
+                                     {"account": account_id, **{k: v for k, v in values.items()}})
+            return account
+
+    def change_key(self, account_id: str, old_thumbprint: str, jwk: str, thumbprint: str) -> AcmeAccount:
+        """Roll the account key; Conflict if another account holds the new key already."""
+        try:
+            with self.store.write() as session:
+                changed = session.execute(
+                    update(AcmeAccount)
+                    .where(AcmeAccount.id == account_id, AcmeAccount.key_thumbprint == old_thumbprint)
+                    .values(jwk=jwk, key_thumbprint=thumbprint))
+                if not changed.rowcount:
+                    raise Conflict("the account key changed meanwhile")
+                self.store._append_audit(session, f"acme:{account_id}", "acme-key-change", {
+                    "account": account_id, "old_thumbprint": old_thumbprint, "new_thumbprint": thumbprint})
+        except IntegrityError as exc:
+            raise Conflict("another account already uses this key") from exc
+        account = self.account(account_id)
+        assert account is not None
+        return account
+
+    # -- orders, authorizations, challenges ------------------------------------------------------
+
+    def add_order(self, order: AcmeOrder, authorizations: Sequence[AcmeAuthorization],
+                  challenges: Sequence[AcmeChallenge]) -> None:
+        with self.store.write() as session:
+            session.add_all([*authorizations, *challenges, order])
+
+    def order(self, order_id: str) -> AcmeOrder | None:
+        with self.store.read() as session:
+            return session.get(AcmeOrder, order_id)
+
+    def orders_of(self, account_id: str) -> list[str]:
+        with self.store.read() as session:
+            return list(session.scalars(select(AcmeOrder.id).where(AcmeOrder.account_id == account_id)
+                                        .order_by(AcmeOrder.created_at)))
+
+    def order_with_certificate(self, serial: str) -> AcmeOrder | None:
+        with self.store.read() as session:
+            return session.scalars(select(AcmeOrder).where(AcmeOrder.certificate_serial == serial)).first()
+
+    def authorization(self, authz_id: str) -> AcmeAuthorization | None:
+        with self.store.read() as session:
+            return session.get(AcmeAuthorization, authz_id)
+
+    def authorizations(self, ids: Sequence[str]) -> list[AcmeAuthorization]:
+        with self.store.read() as session:
+            found = {a.id: a for a in session.scalars(select(AcmeAuthorization).where(AcmeAuthorization.id.in_(ids)))}
+        return [found[i] for i in ids if i in found]
+
+    def reusable_authorization(self, account_id: str, kind: str, value: str, now: datetime) -> AcmeAuthorization | None:
+        """A valid, unexpired authorization of this account for this identifier."""
+        with self.store.read() as session:
+            return session.scalars(select(AcmeAuthorization).where(
+                AcmeAuthorization.account_id == account_id, AcmeAuthorization.identifier_type == kind,
+                AcmeAuthorization.identifier_value == value, AcmeAuthorization.status == "valid",
+                AcmeAuthorization.expires_at > now).order_by(AcmeAuthorization.expires_at.desc())).first()
+
+    def challenges_of(self, authz_id: str) -> list[AcmeChallenge]:
+        with self.store.read() as session:
+            return list(session.scalars(select(AcmeChallenge).where(AcmeChallenge.authorization_id == authz_id)
+                                        .order_by(AcmeChallenge.type)))
+
+    def challenge(self, challenge_id: str) -> AcmeChallenge | None:
+        with self.store.read() as session:
+            return session.get(AcmeChallenge, challenge_id)
+
+    def start_challenge(self, challenge_id: str, authz_id: str, now: datetime) -> bool:
+        """pending -> processing, if the authorization is still pending and unexpired."""
+        with self.store.write() as session:
+            authz = session.get(AcmeAuthorization, authz_id)
+            if authz is None or authz.status != "pending" or authz.expires_at <= now:
+                return False
+            started = session.execute(update(AcmeChallenge)
+                                      .where(AcmeChallenge.id == challenge_id, AcmeChallenge.status == "pending")
+                                      .values(status="processing"))
+            return bool(started.rowcount)
+
+    def finish_challenge(self, challenge_id: str, *, error: dict[str, Any] | None,
+                         valid_until: datetime) -> None:
+        """Record the validation's outcome on the challenge and its authorization (valid or invalid)."""
+        now = utcnow()
+        with self.store.write() as session:
+            challenge = session.get(AcmeChallenge, challenge_id)
+            assert challenge is not None
+            challenge.status = "invalid" if error else "valid"
+            challenge.error = json.dumps(error) if error else None
+            challenge.validated_at = now
+            authz = session.get(AcmeAuthorization, challenge.authorization_id)
+            if authz is not None and authz.status == "pending":
+                authz.status = challenge.status
+                if not error:
+                    authz.expires_at = valid_until
+
+    def set_authorization_status(self, authz_id: str, status: str) -> None:
+        with self.store.write() as session:
+            session.execute(update(AcmeAuthorization).where(AcmeAuthorization.id == authz_id).values(status=status))
+
+    def move_order(self, order_id: str, from_status: str, to_status: str, **values: Any) -> bool:
+        """Change the order's status only if it is still `from_status`."""
+        with self.store.write() as session:
+            moved = session.execute(update(AcmeOrder)
+                                    .where(AcmeOrder.id == order_id, AcmeOrder.status == from_status)
+                                    .values(status=to_status, **values))
+            return bool(moved.rowcount)
+
+
+__all__ = ["AcmeRepository", "new_id"]
