@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   softhsm2 opensc openssl curl postgresql
   strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins libstrongswan-extra-plugins
-  iproute2 wrk hey nginx-light python3-venv
+  iproute2 wrk hey nginx-light python3-venv certbot
 )
 missing=()
 for p in "${packages[@]}"; do

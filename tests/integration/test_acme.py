@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import ssl
 import sys
 import time
 from collections.abc import Iterator
@@ -190,3 +191,224 @@ def test_order_renew_revoke_with_the_acme_library(any_ca_home: CaHome, peers, tm
         assert record is not None and record.protocol == "acme" and record.status == "revoked"
     finally:
         stop_server(server)
+
+
+# -- hand-made JWS: what a well-behaved client library never sends ----------------------------------
+
+def b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class RawAcme:
+    """Signs and posts JWS by hand, so a test can send replays, wrong keys and bad headers."""
+
+    def __init__(self, server: RunningServer) -> None:
+        self.http = httpx.Client(verify=ssl.create_default_context(cafile=server.ca.home / "ca/root.pem"),
+                                 timeout=30)
+        self.directory: dict[str, Any] = self.http.get(directory_url(server)).json()
+        self.base = directory_url(server).rsplit("/", 1)[0]
+
+    def nonce(self) -> str:
+        response = self.http.head(self.directory["newNonce"])
+        assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
+        return response.headers["Replay-Nonce"]
+
+    def send(self, url: str, body: bytes | str, content_type: str = "application/jose+json") -> httpx.Response:
+        return self.http.post(url, content=body, headers={"Content-Type": content_type})
+
+    def post(self, url: str, payload: dict[str, Any] | None, key: Any, *, kid: str | None = None,
+             nonce: str | None = None, header: dict[str, Any] | None = None) -> httpx.Response:
+        return self.send(url, signed(url, payload, key, kid=kid, nonce=nonce or self.nonce(), header=header))
+
+
+def public_jwk(key: Any) -> dict[str, str]:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
+    return dict(jose.JWK.load(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption())).public_key().to_partial_json())
+
+
+def signed(url: str, payload: dict[str, Any] | None, key: Any, *, kid: str | None = None, nonce: str | None = None,
+           header: dict[str, Any] | None = None) -> str:
+    """A flattened JWS: ES256 for P-256 keys, EdDSA for Ed25519, RS256 for RSA."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    alg = "EdDSA" if isinstance(key, ed25519.Ed25519PrivateKey) else "RS256" if isinstance(key, rsa.RSAPrivateKey) \
+        else "ES256"
+    protected: dict[str, Any] = {"alg": alg, "url": url, **({"nonce": nonce} if nonce else {})}
+    protected.update({"kid": kid} if kid else {"jwk": public_jwk(key)})
+    protected.update(header or {})
+    signing_input = f"{b64url(json.dumps(protected).encode())}.{b64url(json.dumps(payload).encode() if payload is not None else b'')}"
+    if alg == "EdDSA":
+        signature = key.sign(signing_input.encode())
+    elif alg == "RS256":
+        signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    else:
+        r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    protected_b64, payload_b64 = signing_input.split(".")
+    return json.dumps({"protected": protected_b64, "payload": payload_b64, "signature": b64url(signature)})
+
+
+def eab_binding(eab: dict[str, str], url: str, key: Any) -> dict[str, str]:
+    import base64
+    import hashlib
+    import hmac
+
+    protected = b64url(json.dumps({"alg": "HS256", "kid": eab["kid"], "url": url}).encode())
+    payload = b64url(json.dumps(public_jwk(key)).encode())
+    secret = base64.urlsafe_b64decode(eab["hmac_key"] + "=" * (-len(eab["hmac_key"]) % 4))
+    mac = hmac.new(secret, f"{protected}.{payload}".encode(), hashlib.sha256).digest()
+    return {"protected": protected, "payload": payload, "signature": b64url(mac)}
+
+
+def problem(response: httpx.Response) -> str:
+    assert response.headers["Content-Type"] == "application/problem+json", response.text
+    assert "Replay-Nonce" in response.headers  # so the client can retry
+    document = response.json()
+    assert document["status"] == response.status_code
+    return str(document["type"]).removeprefix("urn:ietf:params:acme:error:")
+
+
+def acme_code(call: Any) -> str:
+    with pytest.raises(messages.Error) as raised:
+        call()
+    return str(raised.value.code)
+
+
+def test_refusals_carry_the_rfc_8555_problem_types(server: RunningServer, peers) -> None:  # type: ignore[no-untyped-def]
+    raw = RawAcme(server)
+    eab = eab_create(server.ca, GATEWAY, LOOPBACK_IP)
+    key = ec.generate_private_key(ec.SECP256R1())
+    created = raw.post(raw.directory["newAccount"], {"termsOfServiceAgreed": True,
+                       "externalAccountBinding": eab_binding(eab, raw.directory["newAccount"], key)}, key)
+    assert created.status_code == 201, created.text
+    account = created.headers["Location"]
+    assert raw.post(account, None, key, kid=account).json()["status"] == "valid"
+
+    # a replayed nonce
+    nonce = raw.nonce()
+    assert raw.post(account, None, key, kid=account, nonce=nonce).status_code == 200
+    assert problem(raw.post(account, None, key, kid=account, nonce=nonce)) == "badNonce"
+    assert problem(raw.post(account, None, key, kid=account, nonce="made-up")) == "badNonce"
+    # a JWS signed by the wrong key for this account
+    intruder = ec.generate_private_key(ec.SECP256R1())
+    wrong = raw.post(account, None, intruder, kid=account)
+    assert (problem(wrong), wrong.status_code) == ("malformed", 400) and "signature" in wrong.json()["detail"]
+    # an unknown account: by kid, and by key with onlyReturnExisting
+    assert problem(raw.post(raw.directory["newOrder"], {"identifiers": [{"type": "dns", "value": GATEWAY}]},
+                            key, kid=f"{raw.base}/acct/no-such-account")) == "accountDoesNotExist"
+    assert problem(raw.post(raw.directory["newAccount"], {"onlyReturnExisting": True}, intruder)) == \
+        "accountDoesNotExist"
+    # algorithms: none, HMAC, and a key that does not fit the algorithm
+    for alg in ("none", "HS256", "RS1"):
+        response = raw.post(account, None, key, kid=account, header={"alg": alg})
+        assert problem(response) == "badSignatureAlgorithm" and "ES256" in response.json()["algorithms"]
+    assert problem(raw.post(account, None, key, kid=account, header={"alg": "ES384"})) == "badSignatureAlgorithm"
+    # the JWS url must be the URL posted to
+    assert problem(raw.send(account, signed(f"{account}x", None, key, kid=account, nonce=raw.nonce()))) == \
+        "unauthorized"
+    # external account binding: missing, reused, forged
+    fresh = ec.generate_private_key(ec.SECP256R1())
+    assert problem(raw.post(raw.directory["newAccount"], {"termsOfServiceAgreed": True}, fresh)) == \
+        "externalAccountRequired"
+    assert problem(raw.post(raw.directory["newAccount"], {
+        "externalAccountBinding": eab_binding(eab, raw.directory["newAccount"], fresh)}, fresh)) == "unauthorized"
+    forged = {**eab_create(server.ca, GATEWAY), "hmac_key": b64url(b"k" * 32)}
+    assert problem(raw.post(raw.directory["newAccount"], {
+        "externalAccountBinding": eab_binding(forged, raw.directory["newAccount"], fresh)}, fresh)) == "unauthorized"
+    # identifiers: one this account may not have, one outside the CA's policy, a wildcard, an unknown type
+    for identifiers, expected in (
+        ([{"type": "dns", "value": "other.example.com"}], "rejectedIdentifier"),
+        ([{"type": "dns", "value": "vpn.example.org"}], "rejectedIdentifier"),
+        ([{"type": "dns", "value": "*.example.com"}], "rejectedIdentifier"),
+        ([{"type": "email", "value": "a@example.com"}], "unsupportedIdentifier"),
+        ([], "malformed"),
+    ):
+        assert problem(raw.post(raw.directory["newOrder"], {"identifiers": identifiers}, key, kid=account)) == expected
+    # bad bodies: not JSON, wrong media type, too large, not a flattened JWS
+    assert problem(raw.send(account, "not json")) == "malformed"
+    assert raw.send(account, "{}", content_type="application/json").status_code == 415
+    oversized = raw.send(account, "x" * (1024 * 1024))
+    assert (problem(oversized), oversized.status_code) == ("malformed", 413)
+    assert problem(raw.send(account, json.dumps({"protected": "!!", "payload": "", "signature": ""}))) == "malformed"
+    assert raw.http.get(raw.directory["newOrder"].replace("new-order", "directory")).status_code == 200
+
+
+def test_order_refusals_with_the_acme_library(server: RunningServer, peers) -> None:  # type: ignore[no-untyped-def]
+    acme = register(server, account_key(), eab_create(server.ca, GATEWAY, LOOPBACK_IP, "other.example.com"))
+    # an identifier the account may not have
+    assert acme_code(lambda: acme.new_order(new_csr(["forbidden.example.com"])[1])) == "rejectedIdentifier"
+    # finalize before the authorizations are valid
+    order = acme.new_order(new_csr([GATEWAY])[1])
+    assert acme_code(lambda: acme.begin_finalization(order)) == "orderNotReady"
+    # a CSR that differs from the order: other names, then an extra one; the order stays ready
+    answer(acme, order, peers)
+    order = acme.poll_authorizations(order, deadline())
+    assert acme_code(lambda: acme.begin_finalization(order.update(csr_pem=new_csr(["other.example.com"])[1]))) \
+        == "badCSR"
+    assert acme_code(lambda: acme.begin_finalization(
+        order.update(csr_pem=new_csr([GATEWAY], [LOOPBACK_IP])[1]))) == "badCSR"
+    chain_verifies(server, acme.finalize_order(order, deadline()).fullchain_pem, server.ca.home)
+    # a wrong http-01 answer: the challenge and the authorization fail, and so does the order
+    failing = acme.new_order(new_csr(["other.example.com"])[1])
+    answer(acme, failing, peers, wrong=True)
+    with pytest.raises(errors.ValidationError) as failed:
+        acme.poll_authorizations(failing, deadline())
+    challenge_errors = [c.error for a in failed.value.failed_authzrs for c in a.body.challenges if c.error]
+    assert [e.code for e in challenge_errors] == ["incorrectResponse"]
+    assert acme_code(lambda: acme.begin_finalization(failing)) == "orderNotReady"
+    # nothing half-written: only the one good certificate, and every ACME refusal was logged
+    certificates = [c for c in server.ca.store.list_certificates() if c.protocol == "acme"]
+    assert [c.status for c in certificates] == ["valid"]
+    log = server.log.read_text()
+    assert '"problem":"badCSR"' in log and '"problem":"orderNotReady"' in log
+
+
+def test_key_rollover_algorithms_and_deactivation(server: RunningServer, peers) -> None:  # type: ignore[no-untyped-def]
+    raw = RawAcme(server)
+    old, new = ec.generate_private_key(ec.SECP256R1()), ed25519.Ed25519PrivateKey.generate()
+    eab = eab_create(server.ca, GATEWAY)
+    account = raw.post(raw.directory["newAccount"], {
+        "externalAccountBinding": eab_binding(eab, raw.directory["newAccount"], old)}, old).headers["Location"]
+    # keyChange: the inner JWS, signed by the new (Ed25519) key, names the account and the old key
+    url = raw.directory["keyChange"]
+    inner = json.loads(signed(url, {"account": account, "oldKey": public_jwk(old)}, new))
+    rolled = raw.post(url, inner, old, kid=account)
+    assert rolled.status_code == 200, rolled.text
+    # the old key no longer works: the account key is Ed25519 now, so ES256 does not even fit it
+    assert problem(raw.post(account, None, old, kid=account)) == "badSignatureAlgorithm"
+    assert raw.post(account, None, new, kid=account).status_code == 200  # EdDSA
+    found = raw.post(raw.directory["newAccount"], {"onlyReturnExisting": True}, new)
+    assert (found.status_code, found.headers["Location"]) == (200, account)
+    # a key another account holds is refused with 409 and that account's URL
+    other_key = rsa.generate_private_key(65537, 3072)
+    other = raw.post(raw.directory["newAccount"], {
+        "externalAccountBinding": eab_binding(eab_create(server.ca, GATEWAY), raw.directory["newAccount"],
+                                              other_key)}, other_key).headers["Location"]  # RS256
+    clash = raw.post(url, json.loads(signed(url, {"account": account, "oldKey": public_jwk(new)}, other_key)),
+                     new, kid=account)
+    assert (clash.status_code, clash.headers["Location"]) == (409, other)
+    # an inner JWS for another account, or with the wrong old key
+    assert problem(raw.post(url, json.loads(signed(url, {"account": other, "oldKey": public_jwk(new)},
+                                                   ec.generate_private_key(ec.SECP256R1()))), new, kid=account)) \
+        == "unauthorized"
+    # authorization deactivation, then account deactivation: the account can do nothing more
+    order = raw.post(raw.directory["newOrder"], {"identifiers": [{"type": "dns", "value": GATEWAY}]}, new,
+                     kid=account)
+    assert order.status_code == 201, order.text
+    authz_url = order.json()["authorizations"][0]
+    assert raw.post(authz_url, {"status": "deactivated"}, new, kid=account).json()["status"] == "deactivated"
+    assert raw.post(order.headers["Location"], None, new, kid=account).json()["status"] == "invalid"
+    deactivated = raw.post(account, {"status": "deactivated"}, new, kid=account)
+    assert deactivated.json()["status"] == "deactivated"
+    assert problem(raw.post(raw.directory["newOrder"], {"identifiers": [{"type": "dns", "value": GATEWAY}]},
+                            new, kid=account)) == "unauthorized"
+    assert problem(raw.post(other, None, new, kid=account)) == "unauthorized"
+    actions = [e.action for e in server.ca.store.audit_entries()]
+    assert "acme-key-change" in actions and "acme-account-update" in actions

@@ -1,0 +1,109 @@
+"""JWS/JWK handling of the ACME server, against RFC vectors and hand-broken input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from enrollment.acme import jose
+from enrollment.acme.problems import AcmeProblem
+from enrollment.acme.service import parse_identifiers
+from enrollment.acme.validation import Identifier, resolver_address
+from vpnca.errors import ConfigError
+
+# RFC 7638 section 3.1: the example RSA key and its SHA-256 thumbprint
+RFC7638_JWK = {
+    "kty": "RSA", "e": "AQAB", "alg": "RS256", "kid": "2011-04-29",
+    "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZC"
+         "iFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9"
+         "c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF"
+         "44-csFCur-kEgU8awapJzKnqDKgw",
+}
+
+
+def jws_for(key: ec.EllipticCurvePrivateKey, protected: dict[str, object], payload: bytes = b"{}") -> dict[str, str]:
+    protected_b64 = jose.b64url(json.dumps(protected).encode())
+    payload_b64 = jose.b64url(payload)
+    r, s = decode_dss_signature(key.sign(f"{protected_b64}.{payload_b64}".encode(), ec.ECDSA(hashes.SHA256())))
+    return {"protected": protected_b64, "payload": payload_b64,
+            "signature": jose.b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))}
+
+
+def ec_jwk(key: ec.EllipticCurvePrivateKey, size: int = 32) -> dict[str, str]:
+    numbers = key.public_key().public_numbers()
+    return {"kty": "EC", "crv": "P-256" if size == 32 else "P-384",
+            "x": jose.b64url(numbers.x.to_bytes(size, "big")), "y": jose.b64url(numbers.y.to_bytes(size, "big"))}
+
+
+def problem_type(call: object) -> str:
+    with pytest.raises(AcmeProblem) as raised:
+        call()  # type: ignore[operator]
+    return raised.value.type
+
+
+def test_thumbprint_matches_rfc_7638() -> None:
+    assert jose.thumbprint(RFC7638_JWK) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def test_a_good_es256_jws_verifies_and_a_tampered_one_does_not() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    document = jws_for(key, {"alg": "ES256", "jwk": ec_jwk(key), "nonce": "n", "url": "https://ca/acme/x"},
+                       b'{"a":1}')
+    parsed = jose.parse_jws(json.dumps(document).encode())
+    jose.verify(parsed, jose.public_key(parsed.jwk))
+    assert parsed.json_payload() == {"a": 1}
+    tampered = {**document, "payload": jose.b64url(b'{"a":2}')}
+    parsed = jose.parse_jws(json.dumps(tampered).encode())
+    assert problem_type(lambda: jose.verify(parsed, jose.public_key(parsed.jwk))) == "malformed"
+    other = ec.generate_private_key(ec.SECP384R1())
+    assert problem_type(lambda: jose.verify(parsed, other.public_key())) == "badSignatureAlgorithm"
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b"\x00\xff", "malformed"),
+    (b"[]", "malformed"),
+    (json.dumps({"protected": "e30", "payload": "", "signature": "", "header": {}}).encode(), "malformed"),
+    (json.dumps({"protected": "e30=", "payload": "", "signature": ""}).encode(), "malformed"),  # padded
+    (json.dumps({"protected": jose.b64url(b'{"alg":"none","kid":"k","url":"u"}'), "payload": "",
+                 "signature": ""}).encode(), "badSignatureAlgorithm"),
+    (json.dumps({"protected": jose.b64url(b'{"alg":"ES256","kid":"k","jwk":{},"url":"u"}'), "payload": "",
+                 "signature": ""}).encode(), "malformed"),
+    (json.dumps({"protected": jose.b64url(b'{"alg":"ES256","kid":"k"}'), "payload": "",
+                 "signature": ""}).encode(), "malformed"),
+])
+def test_malformed_jws_is_refused_with_its_problem_type(body: bytes, expected: str) -> None:
+    assert problem_type(lambda: jose.parse_jws(body)) == expected
+
+
+def test_weak_unknown_and_private_keys_are_refused() -> None:
+    small = rsa.generate_private_key(65537, 1024).public_key().public_numbers()
+    weak = {"kty": "RSA", "n": jose.b64url(small.n.to_bytes(128, "big")), "e": "AQAB"}
+    assert problem_type(lambda: jose.public_key(weak)) == "badPublicKey"
+    assert problem_type(lambda: jose.public_key({"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"})) == "badPublicKey"
+    key = ec.generate_private_key(ec.SECP256R1())
+    off_curve = {**ec_jwk(key), "y": jose.b64url((5).to_bytes(32, "big"))}
+    assert problem_type(lambda: jose.public_key(off_curve)) == "badPublicKey"
+    assert problem_type(lambda: jose.public_key({**ec_jwk(key), "d": "AA"})) == "malformed"
+    assert problem_type(lambda: jose.public_key({"kty": "oct", "k": "AA"})) == "badPublicKey"
+
+
+def test_identifiers_are_canonical_and_typed() -> None:
+    parsed = parse_identifiers([{"type": "dns", "value": "VPN.Example.COM."}, {"type": "dns", "value": "vpn.example.com"},
+                                {"type": "ip", "value": "2001:DB8::1"}])
+    assert parsed == [Identifier("dns", "vpn.example.com"), Identifier("ip", "2001:db8::1")]
+    assert problem_type(lambda: parse_identifiers([{"type": "dns", "value": "10.0.0.1"}])) == "rejectedIdentifier"
+    assert problem_type(lambda: parse_identifiers([{"type": "ip", "value": "vpn.example.com"}])) == "malformed"
+    assert problem_type(lambda: parse_identifiers([{"type": "dns", "value": "*.example.com"}])) == "rejectedIdentifier"
+    assert problem_type(lambda: parse_identifiers([{"type": "dns"}])) == "malformed"
+
+
+def test_resolver_addresses() -> None:
+    assert resolver_address("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert resolver_address("[2001:db8::53]:53") == ("2001:db8::53", 53)
+    assert resolver_address("2001:db8::53") == ("2001:db8::53", 53)
+    with pytest.raises(ConfigError):
+        resolver_address("dns.example.com")
