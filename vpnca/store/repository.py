@@ -19,12 +19,14 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, select, text, update
+from sqlalchemy import (Connection, Dialect, Engine, bindparam, create_engine, delete, event, func, insert, select,
+                        text, update)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from vpnca.audit import GENESIS_HASH, canonical_details, entry_hash
 from vpnca.errors import Conflict, NotAuthenticated, NotFound
+from vpnca.store.prepared import Prepared
 from vpnca.store.models import (
     AuditEntry,
     Base,
@@ -39,6 +41,40 @@ from vpnca.store.models import (
 )
 
 AUDIT_LOCK_KEY = 0x7670_6E63  # "vpnc": the advisory lock serialising audit appends on PostgreSQL
+
+
+def _audit_row(head: Any, actor: str, action: str, details: dict[str, Any]) -> dict[str, Any]:
+    """The next link of the chain after `head` (seq, entry_hash), or the first one."""
+    seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
+    created_at = utcnow().isoformat()
+    body = canonical_details(details)
+    return {"seq": seq, "created_at": created_at, "actor": actor, "action": action, "details": body,
+            "prev_hash": prev, "entry_hash": entry_hash(prev, seq, created_at, actor, action, body)}
+
+
+def _result(column: Any, value: Any, dialect: Dialect) -> Any:
+    processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
+    return processor(value) if processor is not None else value
+
+
+class HotStatements:
+    """The statements of the issuance hot path, compiled once for the engine's dialect."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        certs, tokens, audit = CertificateRecord.__table__, EnrollmentToken.__table__, AuditEntry.__table__
+        self.spend_token = Prepared(
+            update(tokens).where(tokens.c.token_id == bindparam("token_id_p"), tokens.c.used_at.is_(None),
+                                 tokens.c.expires_at > bindparam("now_p"))
+            .values(used_at=bindparam("now_p"), used_for_serial=bindparam("serial_p")), dialect)
+        self.reserve = Prepared(insert(certs), dialect)
+        self.complete = Prepared(
+            update(certs).where(certs.c.serial == bindparam("serial_p"), certs.c.status == CertStatus.ISSUING.value)
+            .values(der=bindparam("der_p"), status=CertStatus.VALID.value), dialect)
+        self.audit_head = Prepared(select(audit.c.seq, audit.c.entry_hash).order_by(audit.c.seq.desc()).limit(1),
+                                   dialect)
+        self.audit_insert = Prepared(insert(audit), dialect)
+        self.audit_lock = Prepared(select(func.pg_advisory_xact_lock(bindparam("key"))), dialect)
+        self.token = Prepared(select(tokens).where(tokens.c.token_id == bindparam("token_id_p")), dialect)
 
 
 class SerialCollision(Exception):
@@ -102,11 +138,11 @@ class GroupCommitter:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._queue: queue.Queue[tuple[Callable[[Connection], Any], Future[Any]]] = queue.Queue()
+        self._queue: queue.Queue[tuple[Callable[[Any], Any], Future[Any]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
 
-    def run(self, operation: Callable[[Connection], Any]) -> Any:
+    def run(self, operation: Callable[[Any], Any]) -> Any:
         with self._start_lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="vpnca-group-commit", daemon=True)
@@ -126,14 +162,16 @@ class GroupCommitter:
             outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
             try:
                 with self._store.write_core() as conn:
+                    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
                     for operation, future in batch:
-                        savepoint = conn.begin_nested()
+                        cursor.execute("SAVEPOINT hot_write")
                         try:
-                            result = operation(conn)
-                            savepoint.commit()
+                            result = operation(cursor)
+                            cursor.execute("RELEASE SAVEPOINT hot_write")
                             outcomes.append((future, result, None))
                         except Exception as exc:  # noqa: BLE001 - handed to that caller alone
-                            savepoint.rollback()
+                            cursor.execute("ROLLBACK TO SAVEPOINT hot_write")
+                            cursor.execute("RELEASE SAVEPOINT hot_write")
                             outcomes.append((future, None, exc))
             except Exception as exc:  # noqa: BLE001 - the commit failed: nothing of the batch is durable
                 for _, future in batch:
@@ -158,13 +196,16 @@ class Store:
         self._writer = WriterLock(f"{database}.writelock") if self.engine.dialect.name == "sqlite" and \
             database and database != ":memory:" else None
         self._group = GroupCommitter(self) if self._writer is not None else None
+        self._hot = HotStatements(self.engine.dialect)
+        self._integrity_error: type[Exception] = self.engine.dialect.loaded_dbapi.IntegrityError
 
-    def _hot_write(self, operation: Callable[[Connection], Any]) -> Any:
-        """A short write on the issuance path: group-committed on SQLite, a plain transaction elsewhere."""
+    def _hot_write(self, operation: Callable[[Any], Any]) -> Any:
+        """A short write on the issuance path, run on a DBAPI cursor with prepared statements:
+        group-committed on SQLite, a plain transaction elsewhere."""
         if self._group is not None:
             return self._group.run(operation)
         with self.write_core() as conn:
-            return operation(conn)
+            return operation(conn.connection.dbapi_connection.cursor())  # type: ignore[union-attr]
 
     def create_schema(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -206,17 +247,16 @@ class Store:
         head = session.execute(
             select(AuditEntry.seq, AuditEntry.entry_hash).order_by(AuditEntry.seq.desc()).limit(1)
         ).first()
-        seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
-        created_at = utcnow().isoformat()
-        body = canonical_details(details)
-        entry = AuditEntry(
-            seq=seq, created_at=created_at, actor=actor, action=action, details=body,
-            prev_hash=prev, entry_hash=entry_hash(prev, seq, created_at, actor, action, body),
-        )
-        session.execute(insert(AuditEntry.__table__), {
-            "seq": seq, "created_at": created_at, "actor": actor, "action": action, "details": body,
-            "prev_hash": prev, "entry_hash": entry.entry_hash})
-        return entry
+        row = _audit_row(head, actor, action, details)
+        session.execute(insert(AuditEntry.__table__), row)
+        return AuditEntry(**row)
+
+    def _append_audit_hot(self, cursor: Any, actor: str, action: str, details: dict[str, Any]) -> None:
+        """`_append_audit` on the hot path's cursor."""
+        if self.is_postgres:
+            self._hot.audit_lock.run(cursor, key=AUDIT_LOCK_KEY)
+        head = self._hot.audit_head.run(cursor).fetchone()
+        self._hot.audit_insert.run(cursor, **_audit_row(head, actor, action, details))
 
     def audit(self, actor: str, action: str, details: dict[str, Any]) -> AuditEntry:
         """Append one audit entry in its own transaction."""
@@ -241,33 +281,27 @@ class Store:
         already spent or expired (then nothing is written)."""
         values = {column.key: getattr(record, column.key) for column in CertificateRecord.__table__.columns}
 
-        def reserve(conn: Connection) -> None:
+        def reserve(cursor: Any) -> None:
             if spend_token is not None:
-                spent = conn.execute(
-                    update(EnrollmentToken)
-                    .where(EnrollmentToken.token_id == spend_token, EnrollmentToken.used_at.is_(None),
-                           EnrollmentToken.expires_at > record.created_at)
-                    .values(used_at=record.created_at, used_for_serial=record.serial))
+                spent = self._hot.spend_token.run(cursor, token_id_p=spend_token, now_p=record.created_at,
+                                                  serial_p=record.serial)
                 if not spent.rowcount:
                     raise NotAuthenticated(f"token {spend_token} was already used or has expired")
-            conn.execute(insert(CertificateRecord.__table__), values)
+            self._hot.reserve.run(cursor, **values)
 
         try:
             self._hot_write(reserve)
-        except IntegrityError as exc:
+        except self._integrity_error as exc:
             raise SerialCollision(record.serial) from exc
 
     def complete_issuance(self, serial: str, der: bytes, actor: str, details: dict[str, Any]) -> None:
         """Store the signed certificate and its audit entry in one transaction."""
 
-        def complete(conn: Connection) -> None:
-            done = conn.execute(
-                update(CertificateRecord.__table__)
-                .where(CertificateRecord.serial == serial, CertificateRecord.status == CertStatus.ISSUING)
-                .values(der=der, status=CertStatus.VALID))
+        def complete(cursor: Any) -> None:
+            done = self._hot.complete.run(cursor, serial_p=serial, der_p=der)
             if not done.rowcount:
                 raise Conflict(f"serial {serial} is not being issued")
-            self._append_audit(conn, actor, "issue", details)
+            self._append_audit_hot(cursor, actor, "issue", details)
 
         self._hot_write(complete)
 
@@ -392,11 +426,19 @@ class Store:
             })
 
     def get_enrollment_token(self, token_id: str) -> EnrollmentToken | None:
-        with self.engine.connect() as conn:  # Core: this read is on every token-authenticated enrollment
-            row = conn.execute(select(EnrollmentToken.__table__).where(EnrollmentToken.token_id == token_id)).first()
+        raw = self.engine.raw_connection()  # a prepared read: this is on every token-authenticated enrollment
+        try:
+            cursor = raw.cursor()
+            row = self._hot.token.run(cursor, token_id_p=token_id).fetchone()
+            names = [d[0] for d in cursor.description]
+            raw.commit()  # ends the read transaction PostgreSQL opened
+        finally:
+            raw.close()
         if row is None:
             return None
-        return EnrollmentToken(**row._mapping)
+        columns = EnrollmentToken.__table__.columns
+        return EnrollmentToken(**{name: _result(columns[name], value, self.engine.dialect)
+                                  for name, value in zip(names, row)})
 
     # -- pending requests ----------------------------------------------------------------------
 
