@@ -8,19 +8,23 @@ configured reverse proxy only, from a header.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
 import secrets
 import urllib.parse
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from asn1crypto import core
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
-from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
 
 from enrollment.auth import Requester, check_token, requester_from_certificate
 from enrollment.service import Enrollment, enroll
@@ -33,6 +37,8 @@ from vpnca.x509util import load_csr
 
 log = logging.getLogger("vpnca.est")
 
+EST_PREFIX = "/.well-known/est/"
+ENROLL_OPERATIONS = ("simpleenroll", "simplereenroll", "serverkeygen")
 PKCS7_CERTS = "application/pkcs7-mime; smime-type=certs-only"
 PROFILES = ("device", "gateway")
 SERVER_KEY_ALGORITHM = {"device": "ec-p256", "gateway": "ec-p384"}
@@ -127,10 +133,12 @@ def decode_csr(body: bytes) -> x509.CertificateSigningRequest:
     return load_csr(der)
 
 
-def make_router(ctx: EstContext) -> APIRouter:
+def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[None]]:
+    """The EST endpoints as a plain ASGI app under /.well-known/est/ (no framework routing: this is
+    the enrollment hot path); issuance runs on this app's own thread pool."""
     settings = ctx.authority.settings
-    router = APIRouter()
     audit_actor = "est"
+    executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="est")
 
     def client_certificate(request: Request) -> x509.Certificate | None:
         tls = request.scope.get("extensions", {}).get("tls", {})
@@ -219,10 +227,11 @@ def make_router(ctx: EstContext) -> APIRouter:
             enrollment = Enrollment(csr=csr, profile=profile, protocol="est", client=client,
                                     renewal=operation == "simplereenroll",
                                     server_public_key=server_key.public_key() if server_key else None)
-            issued: IssuedCertificate = await run_in_threadpool(enroll, ctx.authority, requester, enrollment)
+            issued: IssuedCertificate = await asyncio.get_running_loop().run_in_executor(
+                executor, enroll, ctx.authority, requester, enrollment)
         except (VpncaError, HsmError, EstError) as exc:
             return refuse(request, operation, exc)
-        log.info("EST %s issued serial=%s to %s", operation, issued.serial, requester.name)
+        log.debug("EST %s issued serial=%s to %s", operation, issued.serial, requester.name)
         if server_key is None:
             return certs_only([issued.certificate])
         return serverkeygen_response(server_key.private_bytes(
@@ -231,16 +240,12 @@ def make_router(ctx: EstContext) -> APIRouter:
 
     cacerts_body = certs_only(ctx.chain).body  # the chain changes only with a restart
 
-    @router.get("/.well-known/est/cacerts")
-    @router.get("/.well-known/est/{label}/cacerts")
-    async def cacerts(label: str | None = None) -> Response:
+    def cacerts(label: str | None) -> Response:
         if label is not None and label not in PROFILES:
             return Response(f"unknown EST label {label!r}\n", status_code=404, media_type="text/plain")
         return Response(cacerts_body, media_type=PKCS7_CERTS, headers={"Content-Transfer-Encoding": "base64"})
 
-    @router.get("/.well-known/est/csrattrs")
-    @router.get("/.well-known/est/{label}/csrattrs")
-    async def csrattrs(label: str | None = None) -> Response:
+    def csrattrs(label: str | None) -> Response:
         try:
             profile = profile_for(label)
         except EstError as exc:
@@ -248,15 +253,28 @@ def make_router(ctx: EstContext) -> APIRouter:
         return Response(_b64(csr_attributes(profile)), media_type="application/csrattrs",
                         headers={"Content-Transfer-Encoding": "base64"})
 
-    for operation in ("simpleenroll", "simplereenroll", "serverkeygen"):
-        def handler_for(op: str):  # type: ignore[no-untyped-def]
-            async def handler(request: Request, label: str | None = None) -> Response:
-                return await do_enroll(request, label, op)
-            return handler
-        endpoint = handler_for(operation)
-        router.add_api_route(f"/.well-known/est/{operation}", endpoint, methods=["POST"])
-        router.add_api_route(f"/.well-known/est/{{label}}/{operation}", endpoint, methods=["POST"])
-    return router
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """/.well-known/est/[<label>/]<operation>: GET cacerts and csrattrs, POST the enrollments."""
+        parts = scope["path"].removeprefix(EST_PREFIX).split("/")
+        label, operation = (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1]) if len(parts) == 2 \
+            else (None, "")
+        method = scope["method"]
+        response: Response
+        if operation in ("cacerts", "csrattrs"):
+            if method in ("GET", "HEAD"):
+                response = cacerts(label) if operation == "cacerts" else csrattrs(label)
+            else:
+                response = Response("use GET\n", status_code=405, media_type="text/plain", headers={"Allow": "GET"})
+        elif operation in ENROLL_OPERATIONS:
+            if method == "POST":
+                response = await do_enroll(Request(scope, receive), label, operation)
+            else:
+                response = Response("use POST\n", status_code=405, media_type="text/plain", headers={"Allow": "POST"})
+        else:
+            response = Response("no such EST operation\n", status_code=404, media_type="text/plain")
+        await response(scope, receive, send)
+
+    return app
 
 
 def serverkeygen_response(key_der: bytes, certificate: x509.Certificate) -> Response:

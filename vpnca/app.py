@@ -15,7 +15,8 @@ from starlette.concurrency import run_in_threadpool
 from enrollment.acme.routes import make_router as acme_router
 from enrollment.acme.service import AcmeService
 from enrollment.est import EstContext
-from enrollment.est import make_router as est_router
+from enrollment.est import EST_PREFIX
+from enrollment.est import make_app as est_app
 from enrollment.scep import ScepContext
 from enrollment.scep import make_router as scep_router
 from ocsp.app import revocation_app
@@ -31,7 +32,7 @@ from vpnca.store import Store
 
 @dataclass
 class Apps:
-    https: FastAPI
+    https: Any  # ASGI: EST's own app in front of FastAPI (ACME)
     http: Any  # ASGI: the lean OCSP/CRL front over the FastAPI app
 
 
@@ -58,10 +59,16 @@ def scep_context(settings: Settings, store: Store, authority: Authority) -> Scep
 
 
 def create_apps(settings: Settings, store: Store, authority: Authority, ocsp: OcspService) -> Apps:
-    https = FastAPI(title="vpnca", docs_url=None, redoc_url=None, openapi_url=None)
-    https.include_router(est_router(EstContext(authority, load_bootstrap_cas(settings.est.bootstrap_ca_files))))
+    est = est_app(EstContext(authority, load_bootstrap_cas(settings.est.bootstrap_ca_files)))
+    https_api = FastAPI(title="vpnca", docs_url=None, redoc_url=None, openapi_url=None)
     if settings.acme.enabled:
-        https.include_router(acme_router(AcmeService(authority, Publisher(authority, ocsp))))
+        https_api.include_router(acme_router(AcmeService(authority, Publisher(authority, ocsp))))
+
+    async def https(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(EST_PREFIX):
+            await est(scope, receive, send)
+        else:
+            await https_api(scope, receive, send)
 
     http = FastAPI(title="vpnca-http", docs_url=None, redoc_url=None, openapi_url=None)
     scep = scep_context(settings, store, authority)

@@ -22,7 +22,7 @@ import uvicorn
 import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hsm import generate_software_key
 from ocsp.httpserver import Responder, serve_forever
@@ -42,9 +42,86 @@ from vpnca.x509util import to_pem
 
 log = logging.getLogger("vpnca.server")
 
+ACCEPT_RECHECK_SECONDS = 0.005
+TLS_HANDSHAKE_TIMEOUT = 30.0
 
-class TlsClientCertProtocol(H11Protocol):
-    """h11 protocol that hands the verified TLS client certificate to the app."""
+
+class AcceptBalance:
+    """Least-connections accepting across worker processes that share one listening socket.
+
+    asyncio accepts every pending connection on each wake-up, so with long-lived (keep-alive)
+    clients one worker could end up with most of them while another idles. Each worker publishes
+    its open connections in a shared array and takes new ones only while it is among the least
+    loaded; the others leave them in the kernel's queue.
+    """
+
+    def __init__(self, counts: Any, index: int) -> None:
+        self.counts = counts  # multiprocessing.Array("i", workers): lock-free reads and writes
+        self.index = index
+
+    def may_accept(self, open_connections: int) -> bool:
+        self.counts[self.index] = open_connections
+        return open_connections <= min(self.counts)
+
+
+class BalancedServer(uvicorn.Server):
+    """uvicorn.Server whose listening socket is served by an accept loop that keeps the workers'
+    connection counts even (AcceptBalance) instead of asyncio's greedy accept."""
+
+    def __init__(self, config: uvicorn.Config, balance: AcceptBalance) -> None:
+        super().__init__(config)
+        self.balance = balance
+        self._handshaking = 0
+        self._accepting: list[asyncio.Task[None]] = []
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            raise SystemExit(3)
+        config = self.config
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state, _loop=_loop)
+
+        self.servers = []
+        self._accepting = [asyncio.create_task(self._accept_loop(sock, create_protocol)) for sock in sockets or []]
+        self.started = True
+
+    async def _accept_loop(self, sock: socket.socket, create_protocol: Callable[[], asyncio.Protocol]) -> None:
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        while True:
+            if not self.balance.may_accept(len(self.server_state.connections) + self._handshaking):
+                await asyncio.sleep(ACCEPT_RECHECK_SECONDS)
+                continue
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:  # EMFILE and the like: back off, keep serving
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            self._handshaking += 1
+            loop.create_task(self._start_connection(conn, create_protocol))
+
+    async def _start_connection(self, conn: socket.socket, create_protocol: Callable[[], asyncio.Protocol]) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                create_protocol, conn, ssl=self.config.ssl, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+            log.debug("TLS handshake failed: %s", exc)
+            conn.close()
+        finally:
+            self._handshaking -= 1
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for task in self._accepting:
+            task.cancel()
+        await super().shutdown(sockets)
+
+
+class TlsClientCertProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, handing the verified TLS client certificate to the app."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -115,7 +192,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def _serve(home: Path, https_sock: socket.socket, http_sock: socket.socket, log_level: str,
-           run_scheduler: bool) -> None:
+           run_scheduler: bool, balance: AcceptBalance) -> None:
     """One worker: its own store, token session and event loop over the shared sockets."""
     settings = load_settings(home)
     configure_for(settings, verbose=log_level == "info")
@@ -132,11 +209,12 @@ def _serve(home: Path, https_sock: socket.socket, http_sock: socket.socket, log_
         ssl_certfile=str(files["cert"]), ssl_keyfile=str(files["key"]),
         ssl_ca_certs=str(files["client_cas"]), ssl_cert_reqs=ssl.CERT_OPTIONAL, timeout_keep_alive=30,
     )
-    plain = uvicorn.Config(apps.http, http="h11", log_level=log_level, access_log=False, timeout_keep_alive=30)
+    plain = uvicorn.Config(apps.http, http="httptools", log_level=log_level, access_log=False,
+                           timeout_keep_alive=30)
 
     async def main() -> None:
         await asyncio.gather(
-            uvicorn.Server(https).serve(sockets=[https_sock]),
+            BalancedServer(https, balance).serve(sockets=[https_sock]),
             uvicorn.Server(plain).serve(sockets=[http_sock]),
         )
 
@@ -201,4 +279,6 @@ def serve(settings: Settings, *, host: str, https_port: int, http_port: int, wor
     log.info("serving EST on https://%s:%d and HTTP on http://%s:%d with %d worker(s)",
              host, https_port, host, http_port, workers)
     # the scheduler runs once, in the first worker; the others only serve
-    run_workers(_serve, lambda i: (settings.home, https_sock, http_sock, log_level, i == 0), workers)
+    counts = multiprocessing.get_context("spawn").Array("i", max(workers, 1), lock=False)
+    run_workers(_serve, lambda i: (settings.home, https_sock, http_sock, log_level, i == 0,
+                                   AcceptBalance(counts, i)), workers)

@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from collections.abc import Iterator, Sequence
@@ -135,6 +136,7 @@ class GroupCommitter:
     and one fsync; every caller gets its own result (or exception) only after the batch is durable."""
 
     MAX_BATCH = 64
+    LINGER_SECONDS = 0.002  # how long a batch waits for issuances that are on their way to it
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -154,9 +156,19 @@ class GroupCommitter:
     def _loop(self) -> None:
         while True:
             batch = [self._queue.get()]
+            deadline = time.monotonic() + self.LINGER_SECONDS
             while len(batch) < self.MAX_BATCH:
                 try:
                     batch.append(self._queue.get_nowait())
+                    continue
+                except queue.Empty:
+                    pass
+                # more issuances are being signed: wait a moment so their writes share this commit
+                remaining = deadline - time.monotonic()
+                if len(self._store.issuing) <= len(batch) or remaining <= 0:
+                    break
+                try:
+                    batch.append(self._queue.get(timeout=remaining))
                 except queue.Empty:
                     break
             outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
@@ -197,6 +209,7 @@ class Store:
             database and database != ":memory:" else None
         self._group = GroupCommitter(self) if self._writer is not None else None
         self._hot = HotStatements(self.engine.dialect)
+        self.issuing: set[str] = set()  # serials reserved and being signed in this process
         self._integrity_error: type[Exception] = self.engine.dialect.loaded_dbapi.IntegrityError
 
     def _hot_write(self, operation: Callable[[Any], Any]) -> Any:
@@ -293,6 +306,7 @@ class Store:
             self._hot_write(reserve)
         except self._integrity_error as exc:
             raise SerialCollision(record.serial) from exc
+        self.issuing.add(record.serial)
 
     def complete_issuance(self, serial: str, der: bytes, actor: str, details: dict[str, Any]) -> None:
         """Store the signed certificate and its audit entry in one transaction."""
@@ -303,9 +317,13 @@ class Store:
                 raise Conflict(f"serial {serial} is not being issued")
             self._append_audit_hot(cursor, actor, "issue", details)
 
-        self._hot_write(complete)
+        try:
+            self._hot_write(complete)
+        finally:
+            self.issuing.discard(serial)
 
     def fail_issuance(self, serial: str, error: str, actor: str) -> None:
+        self.issuing.discard(serial)
         with self.write() as session:
             record = session.get(CertificateRecord, serial)
             if record is not None and record.status == CertStatus.ISSUING:
