@@ -138,7 +138,7 @@ def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[
     the enrollment hot path); issuance runs on this app's own thread pool."""
     settings = ctx.authority.settings
     audit_actor = "est"
-    executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="est")
+    executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="est")
 
     def client_certificate(request: Request) -> x509.Certificate | None:
         tls = request.scope.get("extensions", {}).get("tls", {})

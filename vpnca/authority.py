@@ -96,6 +96,19 @@ class Authority:
         self.store = store
         self.certificate = certificate
         self.key = key
+        # the same in every leaf: AKI, where the CRL is (CDP), where OCSP and the CA certificate are (AIA)
+        self._issuer_extensions: tuple[x509.ExtensionType, ...] = (
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+            x509.CRLDistributionPoints([x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(settings.crl_url)],
+                relative_name=None, reasons=None, crl_issuer=None)]),
+            x509.AuthorityInformationAccess([
+                x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
+                                       x509.UniformResourceIdentifier(settings.ocsp_url)),
+                x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
+                                       x509.UniformResourceIdentifier(settings.ca_issuers_url)),
+            ]),
+        )
 
     @classmethod
     def open(cls, settings: Settings, store: Store) -> Authority:
@@ -189,7 +202,6 @@ class Authority:
         self, request: IssueRequest, profile: Profile, serial: int, subject: x509.Name,
         not_before: datetime, not_after: datetime,
     ) -> x509.Certificate:
-        settings = self.settings
         sans = [i.general_name() for i in request.identities if i.kind != "dn"]
         builder = (
             x509.CertificateBuilder()
@@ -203,31 +215,9 @@ class Authority:
             .add_extension(profile.key_usage(request.public_key), critical=True)
             .add_extension(x509.ExtendedKeyUsage(list(profile.extended_key_usages)), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(request.public_key), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                critical=False,
-            )
-            .add_extension(
-                x509.CRLDistributionPoints([x509.DistributionPoint(
-                    full_name=[x509.UniformResourceIdentifier(settings.crl_url)],
-                    relative_name=None, reasons=None, crl_issuer=None,
-                )]),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityInformationAccess([
-                    x509.AccessDescription(
-                        AuthorityInformationAccessOID.OCSP,
-                        x509.UniformResourceIdentifier(settings.ocsp_url),
-                    ),
-                    x509.AccessDescription(
-                        AuthorityInformationAccessOID.CA_ISSUERS,
-                        x509.UniformResourceIdentifier(settings.ca_issuers_url),
-                    ),
-                ]),
-                critical=False,
-            )
         )
+        for extension in self._issuer_extensions:
+            builder = builder.add_extension(extension, critical=False)
         if sans:
             # RFC 5280 4.2.1.6: critical when the subject is empty (never here, so non-critical)
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)

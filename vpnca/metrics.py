@@ -5,6 +5,7 @@ state (CRL age, certificates expiring) are read from the database at scrape time
 from __future__ import annotations
 
 import os
+import threading
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -17,8 +18,18 @@ from prometheus_client import values as prom_values
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
-@cache
+_REGISTERING = threading.Lock()
+
+
 def _metrics() -> dict[str, Any]:
+    """The metric objects, registered once per process (the first issuances race here from several
+    threads; registering twice raises)."""
+    with _REGISTERING:
+        return _registered()
+
+
+@cache
+def _registered() -> dict[str, Any]:
     return {
         "issued": prom.Counter("vpnca_certificates_issued_total", "Certificates issued",
                                ["protocol", "profile", "kind"]),

@@ -53,11 +53,6 @@ def _audit_row(head: Any, actor: str, action: str, details: dict[str, Any]) -> d
             "prev_hash": prev, "entry_hash": entry_hash(prev, seq, created_at, actor, action, body)}
 
 
-def _result(column: Any, value: Any, dialect: Dialect) -> Any:
-    processor = column.type.dialect_impl(dialect).result_processor(dialect, None)
-    return processor(value) if processor is not None else value
-
-
 class HotStatements:
     """The statements of the issuance hot path, compiled once for the engine's dialect."""
 
@@ -76,6 +71,8 @@ class HotStatements:
         self.audit_insert = Prepared(insert(audit), dialect)
         self.audit_lock = Prepared(select(func.pg_advisory_xact_lock(bindparam("key"))), dialect)
         self.token = Prepared(select(tokens).where(tokens.c.token_id == bindparam("token_id_p")), dialect)
+        self.token_results = {column.name: column.type.dialect_impl(dialect).result_processor(dialect, None)
+                              for column in tokens.columns}  # name -> the type's conversion (or None)
 
 
 class SerialCollision(Exception):
@@ -454,8 +451,8 @@ class Store:
             raw.close()
         if row is None:
             return None
-        columns = EnrollmentToken.__table__.columns
-        return EnrollmentToken(**{name: _result(columns[name], value, self.engine.dialect)
+        convert = self._hot.token_results
+        return EnrollmentToken(**{name: convert[name](value) if convert[name] else value  # type: ignore[misc]
                                   for name, value in zip(names, row)})
 
     # -- pending requests ----------------------------------------------------------------------
