@@ -98,7 +98,7 @@ class Authority:
         self.key = key
         # the same in every leaf: AKI, where the CRL is (CDP), where OCSP and the CA certificate are (AIA)
         self._issuer_extensions: tuple[x509.ExtensionType, ...] = (
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()),
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(certificate.public_key()),  # type: ignore[arg-type]
             x509.CRLDistributionPoints([x509.DistributionPoint(
                 full_name=[x509.UniformResourceIdentifier(settings.crl_url)],
                 relative_name=None, reasons=None, crl_issuer=None)]),
