@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from enrollment.auth import Requester, check_token, requester_from_certificate
+from enrollment.http import BodyTooLarge, read_limited_body
 from enrollment.service import Enrollment, enroll
 from hsm import HsmError, generate_software_key
 from vpnca import metrics
@@ -109,16 +110,10 @@ def csr_attributes(profile: str) -> bytes:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise EstError(413, f"request body larger than {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise EstError(413, f"request body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        return await read_limited_body(request, limit)
+    except BodyTooLarge as exc:
+        raise EstError(413, str(exc)) from exc
 
 
 def decode_csr(body: bytes) -> x509.CertificateSigningRequest:

@@ -31,6 +31,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from enrollment.auth import check_token, requester_for_token, requester_from_certificate
+from enrollment.http import BodyTooLarge, read_limited_body
 from enrollment.service import Enrollment, enroll
 from hsm import HsmError
 from vpnca.authority import Authority
@@ -411,11 +412,10 @@ def make_router(ctx: ScepContext) -> APIRouter:
     async def scep_post(request: Request) -> Response:
         if request.query_params.get("operation") != "PKIOperation":
             return Response("POST is for PKIOperation\n", status_code=400, media_type="text/plain")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_MESSAGE:
-                return Response("pkiMessage too large\n", status_code=413, media_type="text/plain")
+        try:
+            body = await read_limited_body(request, MAX_MESSAGE)
+        except BodyTooLarge:
+            return Response("pkiMessage too large\n", status_code=413, media_type="text/plain")
         return await operation(body, request)
 
     return router

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from enrollment.acme.problems import PROBLEM_JSON, AcmeProblem, malformed, not_found, unauthorized
 from enrollment.acme.service import AcmeService, Reply, Urls
+from enrollment.http import BodyTooLarge, read_limited_body
 from hsm import HsmError
 from vpnca import metrics
 from vpnca.errors import BadRequest, Conflict, NotAuthorized, NotFound, PolicyViolation, VpncaError
@@ -75,7 +76,10 @@ def make_router(service: AcmeService) -> APIRouter:
         try:
             if request.headers.get("content-type", "").split(";")[0].strip().lower() != JOSE_JSON:
                 raise malformed(f"Content-Type must be {JOSE_JSON}", 415)
-            body = await _read_body(request, limit)
+            try:
+                body = await read_limited_body(request, limit)
+            except BodyTooLarge as exc:
+                raise malformed(str(exc), 413) from exc
             url = str(request.url.replace(query=""))
             client = request.client.host if request.client else None
             reply: Reply = await run_in_threadpool(service.handle, path, body, url, urls, client)
@@ -95,19 +99,6 @@ def make_router(service: AcmeService) -> APIRouter:
         return Response(content, status_code=reply.status, media_type=reply.content_type, headers=headers)
 
     return router
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise malformed(f"request body larger than {limit} bytes", 413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise malformed(f"request body larger than {limit} bytes", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 __all__ = ["make_router", "problem_for"]
