@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,17 +52,27 @@ class AcceptBalance:
 
     asyncio accepts every pending connection on each wake-up, so with long-lived (keep-alive)
     clients one worker could end up with most of them while another idles. Each worker publishes
-    its open connections in a shared array and takes new ones only while it is among the least
-    loaded; the others leave them in the kernel's queue.
+    its open connections and a heartbeat in shared arrays and takes new connections only while it is
+    among the least loaded of the live workers; the others leave them in the kernel's queue. A
+    worker that has not started, has died or is stuck stops beating and no longer counts.
     """
 
-    def __init__(self, counts: Any, index: int) -> None:
-        self.counts = counts  # multiprocessing.Array("i", workers): lock-free reads and writes
+    STALE_SECONDS = 1.0
+
+    def __init__(self, counts: Any, beats: Any, index: int) -> None:
+        self.counts = counts  # multiprocessing.Array("i", workers), lock-free
+        self.beats = beats  # multiprocessing.Array("d", workers): time.monotonic() of each worker's last beat
         self.index = index
+
+    def beat(self) -> None:
+        self.beats[self.index] = time.monotonic()
 
     def may_accept(self, open_connections: int) -> bool:
         self.counts[self.index] = open_connections
-        return open_connections <= min(self.counts)
+        self.beat()
+        now = time.monotonic()
+        live = [count for count, beat in zip(self.counts, self.beats) if now - beat < self.STALE_SECONDS]
+        return open_connections <= min(live)
 
 
 class BalancedServer(uvicorn.Server):
@@ -86,7 +97,13 @@ class BalancedServer(uvicorn.Server):
 
         self.servers = []
         self._accepting = [asyncio.create_task(self._accept_loop(sock, create_protocol)) for sock in sockets or []]
+        self._accepting.append(asyncio.create_task(self._heartbeat()))
         self.started = True
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self.balance.beat()
+            await asyncio.sleep(self.balance.STALE_SECONDS / 4)
 
     async def _accept_loop(self, sock: socket.socket, create_protocol: Callable[[], asyncio.Protocol]) -> None:
         loop = asyncio.get_running_loop()
@@ -279,6 +296,7 @@ def serve(settings: Settings, *, host: str, https_port: int, http_port: int, wor
     log.info("serving EST on https://%s:%d and HTTP on http://%s:%d with %d worker(s)",
              host, https_port, host, http_port, workers)
     # the scheduler runs once, in the first worker; the others only serve
-    counts = multiprocessing.get_context("spawn").Array("i", max(workers, 1), lock=False)
+    spawn = multiprocessing.get_context("spawn")
+    counts, beats = spawn.Array("i", max(workers, 1), lock=False), spawn.Array("d", max(workers, 1), lock=False)
     run_workers(_serve, lambda i: (settings.home, https_sock, http_sock, log_level, i == 0,
-                                   AcceptBalance(counts, i)), workers)
+                                   AcceptBalance(counts, beats, i)), workers)
