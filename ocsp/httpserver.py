@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import socket
 import time
 import urllib.parse
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from ocsp.app import CrlCache, not_modified
 from ocsp.responses import error_response
 from ocsp.service import OcspAnswer, OcspService
 from vpnca import metrics
+from vpnca.balance import AcceptBalance, accept_balanced
 
 log = logging.getLogger("vpnca.ocsp.http")
 MAX_HEAD = 16 * 1024
@@ -104,8 +106,10 @@ class Responder:
 
 
 class HttpProtocol(asyncio.Protocol):
-    def __init__(self, responder: Responder) -> None:
+    def __init__(self, responder: Responder, open_connections: set[HttpProtocol]) -> None:
         self.responder = responder
+        self.open_connections = open_connections
+        open_connections.add(self)  # from accept on, so the balance sees it at once
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.waiting: asyncio.Future[Reply] | None = None
@@ -182,10 +186,27 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.open_connections.discard(self)
 
 
-async def serve_forever(responder: Responder, sock: object) -> None:
+async def serve_forever(responder: Responder, sock: socket.socket, balance: AcceptBalance) -> None:
+    """Serve `sock`, taking connections least-connections first across the workers."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: HttpProtocol(responder), sock=sock)  # type: ignore[arg-type]
-    async with server:
-        await server.serve_forever()
+    open_connections: set[HttpProtocol] = set()
+
+    async def connect(conn: socket.socket) -> None:
+        protocol = HttpProtocol(responder, open_connections)
+        try:
+            await loop.connect_accepted_socket(lambda: protocol, conn)
+        except OSError:
+            open_connections.discard(protocol)
+            conn.close()
+
+    def start(conn: socket.socket) -> None:
+        loop.create_task(connect(conn))
+
+    beating = loop.create_task(balance.keep_beating())
+    try:
+        await accept_balanced(sock, balance, lambda: len(open_connections), start)
+    finally:
+        beating.cancel()

@@ -13,7 +13,6 @@ import logging
 import multiprocessing
 import socket
 import ssl
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +30,7 @@ from ocsp.service import load_ocsp_service
 from vpnca import metrics
 from vpnca.app import create_apps, load_bootstrap_cas
 from vpnca.authority import Authority, IssueRequest
+from vpnca.balance import AcceptBalance, accept_balanced, shared_balance
 from vpnca.ca import load_ca_certificate
 from vpnca.config import Settings, load_settings
 from vpnca.events import configure_for
@@ -43,36 +43,7 @@ from vpnca.x509util import to_pem
 
 log = logging.getLogger("vpnca.server")
 
-ACCEPT_RECHECK_SECONDS = 0.005
 TLS_HANDSHAKE_TIMEOUT = 30.0
-
-
-class AcceptBalance:
-    """Least-connections accepting across worker processes that share one listening socket.
-
-    asyncio accepts every pending connection on each wake-up, so with long-lived (keep-alive)
-    clients one worker could end up with most of them while another idles. Each worker publishes
-    its open connections and a heartbeat in shared arrays and takes new connections only while it is
-    among the least loaded of the live workers; the others leave them in the kernel's queue. A
-    worker that has not started, has died or is stuck stops beating and no longer counts.
-    """
-
-    STALE_SECONDS = 1.0
-
-    def __init__(self, counts: Any, beats: Any, index: int) -> None:
-        self.counts = counts  # multiprocessing.Array("i", workers), lock-free
-        self.beats = beats  # multiprocessing.Array("d", workers): time.monotonic() of each worker's last beat
-        self.index = index
-
-    def beat(self) -> None:
-        self.beats[self.index] = time.monotonic()
-
-    def may_accept(self, open_connections: int) -> bool:
-        self.counts[self.index] = open_connections
-        self.beat()
-        now = time.monotonic()
-        live = [count for count, beat in zip(self.counts, self.beats) if now - beat < self.STALE_SECONDS]
-        return open_connections <= min(live)
 
 
 class BalancedServer(uvicorn.Server):
@@ -97,29 +68,16 @@ class BalancedServer(uvicorn.Server):
 
         self.servers = []
         self._accepting = [asyncio.create_task(self._accept_loop(sock, create_protocol)) for sock in sockets or []]
-        self._accepting.append(asyncio.create_task(self._heartbeat()))
+        self._accepting.append(asyncio.create_task(self.balance.keep_beating()))
         self.started = True
 
-    async def _heartbeat(self) -> None:
-        while True:
-            self.balance.beat()
-            await asyncio.sleep(self.balance.STALE_SECONDS / 4)
-
     async def _accept_loop(self, sock: socket.socket, create_protocol: Callable[[], asyncio.Protocol]) -> None:
-        loop = asyncio.get_running_loop()
-        sock.setblocking(False)
-        while True:
-            if not self.balance.may_accept(len(self.server_state.connections) + self._handshaking):
-                await asyncio.sleep(ACCEPT_RECHECK_SECONDS)
-                continue
-            try:
-                conn, _ = await loop.sock_accept(sock)
-            except OSError as exc:  # EMFILE and the like: back off, keep serving
-                log.warning("accept failed: %s", exc)
-                await asyncio.sleep(0.1)
-                continue
+        def start(conn: socket.socket) -> None:
             self._handshaking += 1
-            loop.create_task(self._start_connection(conn, create_protocol))
+            asyncio.get_running_loop().create_task(self._start_connection(conn, create_protocol))
+
+        await accept_balanced(sock, self.balance, lambda: len(self.server_state.connections) + self._handshaking,
+                              start)
 
     async def _start_connection(self, conn: socket.socket, create_protocol: Callable[[], asyncio.Protocol]) -> None:
         try:
@@ -249,10 +207,12 @@ def serve_ocsp(settings: Settings, *, host: str, port: int, workers: int = 1, lo
     if workers > 1:
         metrics.prepare_multiprocess(settings.home / f"metrics-ocsp-{port}")
     log.info("serving OCSP/CRL on http://%s:%d with %d worker(s)", host, port, workers)
-    run_workers(_serve_ocsp, lambda _: (settings.home, sock, log_level, with_signer), workers)
+    balance = shared_balance(workers)
+    run_workers(_serve_ocsp, lambda i: (settings.home, sock, log_level, with_signer, balance(i)), workers)
 
 
-def _serve_ocsp(home: Path, sock: socket.socket, log_level: str, with_signer: bool) -> None:
+def _serve_ocsp(home: Path, sock: socket.socket, log_level: str, with_signer: bool,
+                balance: AcceptBalance) -> None:
     settings = load_settings(home)
     configure_for(settings, verbose=log_level == "info")
     store = Store(settings.database_url)
@@ -260,7 +220,7 @@ def _serve_ocsp(home: Path, sock: socket.socket, log_level: str, with_signer: bo
     issuer = load_ca_certificate(store, "sub")[0].public_bytes(serialization.Encoding.DER)
     responder = Responder(service, {f"/ca/{settings.ca.name}.cer".encode(): (b"application/pkix-cert", issuer),
                                     b"/healthz": (b"application/json", b'{"status":"ok"}')})
-    uvloop.run(serve_forever(responder, sock))
+    uvloop.run(serve_forever(responder, sock, balance))
 
 
 def run_workers(target: Any, args_for: Callable[[int], tuple[Any, ...]], workers: int) -> None:
@@ -296,7 +256,5 @@ def serve(settings: Settings, *, host: str, https_port: int, http_port: int, wor
     log.info("serving EST on https://%s:%d and HTTP on http://%s:%d with %d worker(s)",
              host, https_port, host, http_port, workers)
     # the scheduler runs once, in the first worker; the others only serve
-    spawn = multiprocessing.get_context("spawn")
-    counts, beats = spawn.Array("i", max(workers, 1), lock=False), spawn.Array("d", max(workers, 1), lock=False)
-    run_workers(_serve, lambda i: (settings.home, https_sock, http_sock, log_level, i == 0,
-                                   AcceptBalance(counts, beats, i)), workers)
+    balance = shared_balance(workers)
+    run_workers(_serve, lambda i: (settings.home, https_sock, http_sock, log_level, i == 0, balance(i)), workers)

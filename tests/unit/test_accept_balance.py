@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from vpnca.server import AcceptBalance
+from vpnca.balance import AcceptBalance
 
 
 def test_only_the_least_loaded_live_workers_accept() -> None:

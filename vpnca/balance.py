@@ -1,0 +1,76 @@
+"""Least-connections accepting across worker processes that share one listening socket.
+
+asyncio accepts every pending connection on each wake-up, so with long-lived (keep-alive) clients
+one worker could end up with most of them while another idles. Each worker publishes its open
+connections and a heartbeat in shared arrays and takes new connections only while it is among the
+least loaded of the live workers; the others leave them in the kernel's queue. A worker that has
+not started, has died or is stuck stops beating and no longer counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("vpnca.server")
+
+RECHECK_SECONDS = 0.005
+
+
+class AcceptBalance:
+    """One worker's view of the shared connection counts and heartbeats."""
+
+    STALE_SECONDS = 1.0
+
+    def __init__(self, counts: Any, beats: Any, index: int) -> None:
+        self.counts = counts  # multiprocessing.Array("i", workers), lock-free
+        self.beats = beats  # multiprocessing.Array("d", workers): time.monotonic() of each worker's last beat
+        self.index = index
+
+    def beat(self) -> None:
+        self.beats[self.index] = time.monotonic()
+
+    async def keep_beating(self) -> None:
+        while True:
+            self.beat()
+            await asyncio.sleep(self.STALE_SECONDS / 4)
+
+    def may_accept(self, open_connections: int) -> bool:
+        self.counts[self.index] = open_connections
+        self.beat()
+        now = time.monotonic()
+        live = [count for count, beat in zip(self.counts, self.beats) if now - beat < self.STALE_SECONDS]
+        return open_connections <= min(live)
+
+
+def shared_balance(workers: int) -> Callable[[int], AcceptBalance]:
+    """Shared arrays for `workers` processes (spawned); returns worker i's AcceptBalance."""
+    spawn = multiprocessing.get_context("spawn")
+    counts, beats = spawn.Array("i", max(workers, 1), lock=False), spawn.Array("d", max(workers, 1), lock=False)
+    return lambda index: AcceptBalance(counts, beats, index)
+
+
+async def accept_balanced(sock: socket.socket, balance: AcceptBalance, open_connections: Callable[[], int],
+                          start: Callable[[socket.socket], Any]) -> None:
+    """Accept on `sock` whenever this worker is among the least loaded; hand each connection to `start`."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    while True:
+        if not balance.may_accept(open_connections()):
+            await asyncio.sleep(RECHECK_SECONDS)
+            continue
+        try:
+            conn, _ = await loop.sock_accept(sock)
+        except OSError as exc:  # EMFILE and the like: back off, keep serving
+            log.warning("accept failed: %s", exc)
+            await asyncio.sleep(0.1)
+            continue
+        start(conn)
+
+
+__all__ = ["AcceptBalance", "accept_balanced", "shared_balance"]
