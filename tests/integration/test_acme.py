@@ -238,13 +238,13 @@ def public_jwk(key: Any) -> dict[str, str]:
 
 def signed(url: str, payload: dict[str, Any] | None, key: Any, *, kid: str | None = None, nonce: str | None = None,
            header: dict[str, Any] | None = None) -> str:
-    """A flattened JWS: ES256 for P-256 keys, EdDSA for Ed25519, RS256 for RSA."""
+    """A flattened JWS: ES256/ES384 for P-256/P-384 keys, EdDSA for Ed25519, RS256 for RSA."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
     alg = "EdDSA" if isinstance(key, ed25519.Ed25519PrivateKey) else "RS256" if isinstance(key, rsa.RSAPrivateKey) \
-        else "ES256"
+        else "ES384" if key.curve.name == "secp384r1" else "ES256"
     protected: dict[str, Any] = {"alg": alg, "url": url, **({"nonce": nonce} if nonce else {})}
     protected.update({"kid": kid} if kid else {"jwk": public_jwk(key)})
     protected.update(header or {})
@@ -254,8 +254,9 @@ def signed(url: str, payload: dict[str, Any] | None, key: Any, *, kid: str | Non
     elif alg == "RS256":
         signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
     else:
-        r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
-        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        size, digest = (48, hashes.SHA384()) if alg == "ES384" else (32, hashes.SHA256())
+        r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(digest)))
+        signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
     protected_b64, payload_b64 = signing_input.split(".")
     return json.dumps({"protected": protected_b64, "payload": payload_b64, "signature": b64url(signature)})
 
@@ -359,7 +360,7 @@ def test_order_refusals_with_the_acme_library(server: RunningServer, peers) -> N
         == "badCSR"
     assert acme_code(lambda: acme.begin_finalization(
         order.update(csr_pem=new_csr([GATEWAY], [LOOPBACK_IP])[1]))) == "badCSR"
-    chain_verifies(server, acme.finalize_order(order, deadline()).fullchain_pem, server.ca.home)
+    issued = chain_verifies(server, acme.finalize_order(order, deadline()).fullchain_pem, server.ca.home)
     # a wrong http-01 answer: the challenge and the authorization fail, and so does the order
     failing = acme.new_order(new_csr(["other.example.com"])[1])
     answer(acme, failing, peers, wrong=True)
@@ -373,6 +374,31 @@ def test_order_refusals_with_the_acme_library(server: RunningServer, peers) -> N
     assert [c.status for c in certificates] == ["valid"]
     log = server.log.read_text()
     assert '"problem":"badCSR"' in log and '"problem":"orderNotReady"' in log
+    assert issued.serial_number == int(certificates[0].serial, 16)
+
+
+def test_revocation_by_the_certificate_key(server: RunningServer, peers) -> None:  # type: ignore[no-untyped-def]
+    """RFC 8555 7.6: whoever holds the certificate's private key may revoke it, without an account."""
+    acme = register(server, account_key(), eab_create(server.ca, GATEWAY))
+    key_pem, csr = new_csr([GATEWAY])
+    order = acme.new_order(csr)
+    answer(acme, order, peers)
+    cert = chain_verifies(server, acme.poll_and_finalize(order, deadline()).fullchain_pem, server.ca.home)
+    raw = RawAcme(server)
+    payload = {"certificate": b64url(cert.public_bytes(serialization.Encoding.DER)), "reason": 1}
+    stranger = ec.generate_private_key(ec.SECP384R1())
+    assert problem(raw.post(raw.directory["revokeCert"], payload, stranger)) == "unauthorized"
+    assert problem(raw.post(raw.directory["revokeCert"], {**payload, "reason": 6},
+                            serialization.load_pem_private_key(key_pem, None))) == "badRevocationReason"
+    revoked = raw.post(raw.directory["revokeCert"], payload, serialization.load_pem_private_key(key_pem, None))
+    assert revoked.status_code == 200, revoked.text
+    record = server.ca.store.get_certificate(f"{cert.serial_number:x}")
+    assert record is not None and (record.status, record.revocation_reason) == ("revoked", "keyCompromise")
+    assert problem(raw.post(raw.directory["revokeCert"], payload,
+                            serialization.load_pem_private_key(key_pem, None))) == "alreadyRevoked"
+    leaf = server.ca.home / "revoked-by-key.pem"
+    leaf.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    assert "revoked" in ocsp_status(server, leaf)
 
 
 def test_key_rollover_algorithms_and_deactivation(server: RunningServer, peers) -> None:  # type: ignore[no-untyped-def]
