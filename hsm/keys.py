@@ -13,8 +13,8 @@ from asn1crypto.core import OctetString
 from asn1crypto.keys import ECDomainParameters
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import MGF, Attribute, Mechanism
-from pkcs11.util.ec import encode_ecdsa_signature
 
 from hsm.errors import HsmError
 from hsm.token import Token
@@ -67,8 +67,9 @@ class TokenEcPrivateKey(ec.EllipticCurvePrivateKey):
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise HsmError(f"unsupported EC signature algorithm {signature_algorithm!r}")
         digest, _ = _digest(data, signature_algorithm.algorithm)
-        raw = self._token.sign(self._private, digest, Mechanism.ECDSA)
-        return bytes(encode_ecdsa_signature(raw))
+        raw = self._token.sign(self._private, self.label, digest, Mechanism.ECDSA)
+        half = len(raw) // 2  # PKCS#11 gives r || s; X.509 wants the DER SEQUENCE
+        return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
         return self._public
@@ -118,7 +119,7 @@ class TokenRsaPrivateKey(rsa.RSAPrivateKey):
             raise HsmError(f"unsupported RSA digest {name}")
         if isinstance(padding_, padding.PKCS1v15):
             return self._token.sign(
-                self._private, DIGEST_INFO_PREFIX[name] + digest, Mechanism.RSA_PKCS
+                self._private, self.label, DIGEST_INFO_PREFIX[name] + digest, Mechanism.RSA_PKCS
             )
         if isinstance(padding_, padding.PSS):
             salt = padding_._salt_length
@@ -126,7 +127,7 @@ class TokenRsaPrivateKey(rsa.RSAPrivateKey):
                 salt = len(digest)
             hash_mech, mgf = PSS_PARAMS[name]
             return self._token.sign(
-                self._private, digest, Mechanism.RSA_PKCS_PSS, mechanism_param=(hash_mech, mgf, salt)
+                self._private, self.label, digest, Mechanism.RSA_PKCS_PSS, mechanism_param=(hash_mech, mgf, salt)
             )
         raise HsmError(f"unsupported RSA padding {padding_.name}")
 

@@ -122,12 +122,12 @@ class Token:
             except pkcs11.exceptions.NoSuchKey as exc:
                 raise KeyNotFound(f"no key labelled {label!r} on token {self.label}") from exc
 
-    def sign(self, key: pkcs11.PrivateKey, data: bytes, mechanism: Mechanism, **kw: Any) -> bytes:
-        with self.lock:  # the label is read from the token too: never outside the lock
+    def sign(self, key: pkcs11.PrivateKey, label: str, data: bytes, mechanism: Mechanism, **kw: Any) -> bytes:
+        """Sign with `key` (labelled `label`: given, as reading it is one more token call)."""
+        with self.lock:
             started = time.perf_counter()
             signature = bytes(self.call(key.sign, data, mechanism=mechanism, **kw))
             elapsed = time.perf_counter() - started
-            label = key.label if self.sign_observers else ""
         for observe in self.sign_observers:
             observe(label, elapsed)
         return signature
