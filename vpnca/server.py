@@ -9,8 +9,11 @@ sockets; each opens its own token session (signing scales with processes).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
+import os
+import signal
 import socket
 import ssl
 from collections.abc import Callable
@@ -225,12 +228,15 @@ def _serve_ocsp(home: Path, sock: socket.socket, log_level: str, with_signer: bo
 
 def run_workers(target: Any, args_for: Callable[[int], tuple[Any, ...]], workers: int) -> None:
     """Run `target(*args_for(0))` here, or worker i as `target(*args_for(i))` in `workers` spawned
-    processes (spawned, not forked: each starts PKCS#11 afresh)."""
+    processes (spawned, not forked: each starts PKCS#11 afresh). The workers go when this process
+    goes: on SIGTERM it stops them, and each worker also asks the kernel for SIGTERM when its parent
+    dies (however it dies), so no worker is left serving on its own."""
     if workers <= 1:
         target(*args_for(0))
         return
     context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=target, args=args_for(i), daemon=True) for i in range(workers)]
+    procs = [context.Process(target=_worker, args=(target, args_for(i)), daemon=True) for i in range(workers)]
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     for proc in procs:
         proc.start()
     try:
@@ -241,6 +247,26 @@ def run_workers(target: Any, args_for: Callable[[int], tuple[Any, ...]], workers
     finally:
         for proc in procs:
             proc.terminate()
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _worker(target: Any, args: tuple[Any, ...]) -> None:
+    PR_SET_PDEATHSIG = 1  # linux/prctl.h
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the parent's SIGTERM handler still stops us
+        pass
+    if os.getppid() == 1:  # the parent went before the request took effect
+        return
+    target(*args)
 
 
 def serve(settings: Settings, *, host: str, https_port: int, http_port: int, workers: int = 1,

@@ -23,6 +23,7 @@ from vpnca.store import EnrollmentToken
 SECONDS = int(os.environ.get("VPNCA_BENCH_SECONDS", "8"))
 CLIENTS = (1, 4, 16)
 WORKERS = int(os.environ.get("VPNCA_BENCH_WORKERS", "2"))
+REPEATS = int(os.environ.get("VPNCA_BENCH_REPEATS", "3"))
 
 
 def raw_sign_rate(key: ec.EllipticCurvePrivateKey, seconds: float = 3.0) -> float:
@@ -76,7 +77,7 @@ end
 
 def test_est_enrollment_rate(tmp_path: Path, softhsm) -> None:  # type: ignore[no-untyped-def]
     ca = make_ca_home(tmp_path / "home", softhsm)
-    sign_rate = raw_sign_rate(ca.authority.key)  # type: ignore[arg-type]
+    sign_before = raw_sign_rate(ca.authority.key)  # type: ignore[arg-type]
     csr = openssl_csr(tmp_path, subject="/CN=bench.example.com", sans=["DNS:bench.example.com"])
     der = tmp_path / "req.der"
     run([require_tool("openssl"), "req", "-in", str(csr), "-outform", "DER", "-out", str(der)])
@@ -88,25 +89,32 @@ def test_est_enrollment_rate(tmp_path: Path, softhsm) -> None:  # type: ignore[n
         for clients in CLIENTS:
             ceiling = wrk(f"{url}/cacerts", connections=clients, seconds=SECONDS)
             threads = min(clients, 2)
-            credentials = make_tokens(ca, 30_000, prefix=f"c{clients}-")
-            script = wrk_script(tmp_path / f"est{clients}.lua", credentials, body, threads)
-            enroll = wrk(f"{url}/simpleenroll", connections=clients, seconds=SECONDS, script=script,
-                         threads=threads)
-            issued = sum(1 for _ in ca.store.list_certificates(status="valid"))
+            runs = []
+            for repeat in range(REPEATS):  # this shared machine drifts: the median of a few runs
+                credentials = make_tokens(ca, 30_000, prefix=f"c{clients}r{repeat}-")
+                script = wrk_script(tmp_path / f"est{clients}-{repeat}.lua", credentials, body, threads)
+                runs.append(wrk(f"{url}/simpleenroll", connections=clients, seconds=SECONDS, script=script,
+                                threads=threads))
+            enroll = sorted(runs, key=lambda r: r["requests_per_second"])[len(runs) // 2]
             rows.append({
                 "clients": clients,
                 "enroll_per_s": round(enroll["requests_per_second"], 1),
                 "enroll_p50_ms": round(enroll["p50_ms"], 2), "enroll_p99_ms": round(enroll["p99_ms"], 2),
-                "enroll_errors": enroll["non_2xx"],
+                "enroll_runs_per_s": [round(r["requests_per_second"], 1) for r in runs],
+                "enroll_errors": sum(r["non_2xx"] for r in runs),
                 "https_ceiling_per_s": round(ceiling["requests_per_second"], 1),
                 "ceiling_p50_ms": round(ceiling["p50_ms"], 2), "ceiling_p99_ms": round(ceiling["p99_ms"], 2),
-                "raw_sign_per_s": round(sign_rate, 1),
-                "enroll_vs_ceiling": round(enroll["requests_per_second"] / ceiling["requests_per_second"], 3),
-                "enroll_vs_raw_sign": round(enroll["requests_per_second"] / sign_rate, 3),
-                "issued_total": issued,
             })
     finally:
         stop_server(server)
-    save("est", {"workers": WORKERS, "seconds": SECONDS, "database": "sqlite", "rows": rows})
-    table("EST enrollment over HTTPS (wrk, keep-alive)", rows, list(rows[0]))
+    sign_rate = (sign_before + raw_sign_rate(ca.authority.key)) / 2  # type: ignore[arg-type]
+    for row in rows:
+        row["raw_sign_per_s"] = round(sign_rate, 1)
+        row["enroll_vs_ceiling"] = round(row["enroll_per_s"] / row["https_ceiling_per_s"], 3)  # type: ignore[operator]
+        row["enroll_vs_raw_sign"] = round(row["enroll_per_s"] / sign_rate, 3)  # type: ignore[operator]
+    row_count = sum(1 for _ in ca.store.list_certificates(status="valid"))
+    save("est", {"workers": WORKERS, "seconds": SECONDS, "repeats": REPEATS, "database": "sqlite",
+                 "issued_total": row_count, "rows": rows})
+    table("EST enrollment over HTTPS (wrk, keep-alive; median of the runs)", rows,
+          [c for c in rows[0] if c != "enroll_runs_per_s"] + ["enroll_runs_per_s"])
     assert all(r["enroll_errors"] == 0 for r in rows)
