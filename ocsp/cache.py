@@ -1,8 +1,8 @@
 """Pre-signed answers held in memory by each responder process, kept in step with the database.
 
 On SQLite, `PRAGMA data_version` on a dedicated connection changes whenever another connection has
-committed, so every lookup checks it (a few microseconds) and re-reads the answers signed since the
-last check: a revocation is visible on the very next request. Other databases are polled for
+committed, so lookups check it (a few microseconds; at most once a millisecond) and re-read the
+answers signed since the last check: a revocation is visible within a millisecond. Other databases are polled for
 changed answers once a second.
 """
 
@@ -20,6 +20,7 @@ from vpnca.store import Store
 _CHANGED = text("SELECT serial, hash_algorithm, der, next_update FROM ocsp_responses WHERE this_update >= :since")
 _ONE = text("SELECT der, next_update FROM ocsp_responses WHERE serial = :serial AND hash_algorithm = :alg")
 Entry = tuple[bytes, datetime]
+SQLITE_CHECK_SECONDS = 0.001
 
 
 def _aware(value: Any) -> datetime:
@@ -38,6 +39,7 @@ class PresignedCache:
         self._changed: Callable[[], bool]
         if store.engine.dialect.name == "sqlite":
             self._raw = store.engine.raw_connection()
+            self._checked = 0.0
             self._version = self._data_version()
             self._changed = self._sqlite_changed
         else:
@@ -52,6 +54,10 @@ class PresignedCache:
         return version
 
     def _sqlite_changed(self) -> bool:
+        now = time.monotonic()
+        if now - self._checked < SQLITE_CHECK_SECONDS:
+            return False
+        self._checked = now
         version = self._data_version()
         if version == self._version:
             return False
