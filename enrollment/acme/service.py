@@ -24,7 +24,7 @@ from enrollment.acme import jose
 from enrollment.acme.problems import AcmeProblem, malformed, not_found, unauthorized
 from enrollment.acme.validation import Identifier, Validator
 from vpnca.authority import Authority, IssueRequest
-from vpnca.errors import BadRequest, Conflict, NotAuthorized, NotFound, PolicyViolation, VpncaError
+from vpnca.errors import BadRequest, Conflict, NotAuthorized, PolicyViolation
 from vpnca.events import emit
 from vpnca.identities import IkeIdentity
 from vpnca.policy import check_csr_signature, check_identities, check_public_key

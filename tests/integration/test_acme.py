@@ -11,7 +11,6 @@ import shutil
 import ssl
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
