@@ -9,7 +9,6 @@ import os
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,20 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 
 _REGISTERING = threading.Lock()
+_REGISTERED: dict[str, Any] = {}
 
 
 def _metrics() -> dict[str, Any]:
     """The metric objects, registered once per process (the first issuances race here from several
-    threads; registering twice raises)."""
-    with _REGISTERING:
-        return _registered()
+    threads; registering twice raises, so the first registration holds a lock)."""
+    if not _REGISTERED:
+        with _REGISTERING:
+            if not _REGISTERED:
+                _REGISTERED.update(_register())
+    return _REGISTERED
 
 
-@cache
-def _registered() -> dict[str, Any]:
+def _register() -> dict[str, Any]:
     return {
         "issued": prom.Counter("vpnca_certificates_issued_total", "Certificates issued",
                                ["protocol", "profile", "kind"]),

@@ -25,6 +25,7 @@ import uvicorn
 import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from hsm import generate_software_key
@@ -62,7 +63,7 @@ class BalancedServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await self.lifespan.startup()
         if self.lifespan.should_exit:
-            raise SystemExit(3)
+            raise SystemExit(STARTUP_FAILURE)
         config = self.config
 
         def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:

@@ -10,7 +10,7 @@ import logging
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from enrollment.acme.problems import PROBLEM_JSON, AcmeProblem, malformed, not_found, unauthorized
+from enrollment.acme.problems import PROBLEM_JSON, AcmeProblem, malformed, unauthorized
 from enrollment.acme.service import AcmeService, Reply, Urls
 from enrollment.http import BodyTooLarge, read_limited_body
 from hsm import HsmError
@@ -28,7 +28,7 @@ def problem_for(exc: Exception) -> AcmeProblem:
     if isinstance(exc, AcmeProblem):
         return exc
     if isinstance(exc, NotFound):
-        return not_found(str(exc))
+        return malformed(str(exc), 404)
     if isinstance(exc, NotAuthorized):
         return unauthorized(str(exc))
     if isinstance(exc, PolicyViolation):
@@ -58,7 +58,11 @@ def make_router(service: AcmeService) -> APIRouter:
         emit("acme.refused", level, problem=problem.type, detail=problem.detail, path=path,
              client=request.client.host if request.client else None)
         metrics.refused("acme", problem.type)
-        headers = {**await nonce_headers(urls), **problem.headers}
+        try:
+            headers = {**await nonce_headers(urls), **problem.headers}
+        except Exception:  # noqa: BLE001 - the store is down: the problem still goes out, without a nonce
+            log.exception("no nonce for an ACME problem response")
+            headers = {"Cache-Control": "no-store", **problem.headers}
         return Response(problem.to_json(), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
 
     @router.get("/directory")
@@ -67,8 +71,20 @@ def make_router(service: AcmeService) -> APIRouter:
 
     @router.api_route("/new-nonce", methods=["HEAD", "GET"])
     async def new_nonce(request: Request) -> Response:
-        return Response(status_code=200 if request.method == "HEAD" else 204,
-                        headers=await nonce_headers(urls_for(request)))
+        urls = urls_for(request)
+        try:
+            headers = await nonce_headers(urls)
+        except Exception as exc:  # noqa: BLE001 - a problem document, never a bare 500
+            log.exception("making a nonce failed")
+            return await problem_response(problem_for(exc), urls, request, "new-nonce")
+        return Response(status_code=200 if request.method == "HEAD" else 204, headers=headers)
+
+    @router.api_route("/{path:path}", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH"])
+    async def not_post(request: Request, path: str) -> Response:
+        """RFC 8555 6.3: resources are read with POST-as-GET; anything else is a problem document."""
+        problem = malformed(f"{request.method} is not supported here: use POST (POST-as-GET to read)", 405)
+        problem.headers["Allow"] = "POST"
+        return await problem_response(problem, urls_for(request), request, path)
 
     @router.post("/{path:path}")
     async def post(request: Request, path: str) -> Response:

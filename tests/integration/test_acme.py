@@ -342,6 +342,9 @@ def test_refusals_carry_the_rfc_8555_problem_types(server: RunningServer, peers)
     oversized = raw.send(account, "x" * (1024 * 1024))
     assert (problem(oversized), oversized.status_code) == ("malformed", 413)
     assert problem(raw.send(account, json.dumps({"protected": "!!", "payload": "", "signature": ""}))) == "malformed"
+    # resources are read with POST-as-GET: a plain GET is a problem document too, never a bare 404/405
+    got = raw.http.get(account)
+    assert (problem(got), got.status_code, got.headers["Allow"]) == ("malformed", 405, "POST")
     assert raw.http.get(raw.directory["newOrder"].replace("new-order", "directory")).status_code == 200
 
 
