@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Install the Debian packages vpnca and its tests need (as root on Debian 12). Quick when present.
+# Install the Debian packages vpnca and its tests need (as root on Debian 12). Quick when present, safe to
+# re-run. The list lives in scripts/debian-packages.txt (tests/integration/test_install_manifest.py checks
+# it against what the code and tests really run). Python packages are not installed here: `make venv` does.
 set -euo pipefail
-packages=(
-  softhsm2 opensc openssl curl postgresql
-  strongswan-charon strongswan-swanctl strongswan-pki libcharon-extra-plugins libstrongswan-extra-plugins
-  iproute2 wrk hey nginx-light python3-venv certbot
-)
+manifest="$(dirname "$0")/debian-packages.txt"
+packages=()
+while IFS= read -r line || [ -n "$line" ]; do
+  line="${line%%#*}"
+  for p in $line; do packages+=("$p"); done
+done <"$manifest"
+if [ "${#packages[@]}" -eq 0 ]; then
+  echo "no packages in $manifest" >&2
+  exit 1
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
