@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -26,9 +27,10 @@ class Requester:
     name: str
     method: str  # token | client-cert | bootstrap-cert
     allowed_identities: frozenset[IkeIdentity] | None
-    profile: str | None = None  # a token is bound to one profile
+    profile: str | None = None  # the one profile this credential may enroll for
     token_id: str | None = None
     current: CertificateRecord | None = None  # the certificate being renewed
+    issued_serial: str | None = None  # a token already used: the certificate it was used for
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,25 @@ class NewToken:
     token_id: str
     secret: str
     expires_at: datetime
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def option_safe_key(nbytes: int) -> tuple[bytes, str]:
+    """`nbytes` random bytes and their base64url text, which never begins with '-': clients take these
+    values as `--eab-hmac-key VALUE`, `-u ID:SECRET`, and an option parser reads '-...' as an option."""
+    while True:
+        key = secrets.token_bytes(nbytes)
+        text = _b64url(key)
+        if not text.startswith("-"):
+            return key, text
+
+
+def option_safe_token(nbytes: int) -> str:
+    """Like `secrets.token_urlsafe(nbytes)`, never beginning with '-' (see `option_safe_key`)."""
+    return option_safe_key(nbytes)[1]
 
 
 def _secret_hash(secret: str) -> str:
@@ -48,7 +69,7 @@ def create_token(
 ) -> NewToken:
     """A single-use credential bound to `identities` and `profile`; only its hash is stored."""
     now = datetime.now(UTC)
-    token = NewToken(secrets.token_hex(8), secrets.token_urlsafe(24), now + ttl)
+    token = NewToken(secrets.token_hex(8), option_safe_token(24), now + ttl)  # hex id: never '-'
     store.add_enrollment_token(EnrollmentToken(
         token_id=token.token_id, secret_sha256=_secret_hash(token.secret),
         identities=json.dumps([[i.kind, i.value] for i in identities]), profile=profile, protocol=protocol,
@@ -64,13 +85,15 @@ def check_token(store: Store, token_id: str, secret: str, *, protocol: str) -> R
         raise NotAuthenticated("unknown enrollment token or wrong secret")
     if record.protocol != protocol:
         raise NotAuthorized(f"token {token_id} is for {record.protocol}, not {protocol}")
-    if record.used_at is not None:
-        raise NotAuthenticated(f"token {token_id} was already used")
     if record.expires_at <= datetime.now(UTC):
         raise NotAuthenticated(f"token {token_id} expired at {record.expires_at.isoformat()}")
+    if record.used_at is not None and record.used_for_serial is None:
+        raise NotAuthenticated(f"token {token_id} was already used")
     identities = frozenset(IkeIdentity(kind, value) for kind, value in json.loads(record.identities))
+    # a used token is still accepted to deliver again the certificate it was used for (same CSR key)
     return Requester(name=f"token:{token_id}", method="token", allowed_identities=identities,
-                     profile=record.profile, token_id=token_id)
+                     profile=record.profile, token_id=None if record.used_at else token_id,
+                     issued_serial=record.used_for_serial if record.used_at else None)
 
 
 def requester_for_token(store: Store, token_id: str) -> Requester:
@@ -118,7 +141,8 @@ def requester_from_certificate(
         if _issued_by(cert, bootstrap) and _valid_now(bootstrap):
             return Requester(name=f"bootstrap:{bootstrap.subject.rfc4514_string()}:{cert.serial_number:x}",
                              method="bootstrap-cert",
-                             allowed_identities=frozenset(identities_of_certificate(cert)))
+                             allowed_identities=frozenset(identities_of_certificate(cert)),
+                             profile=settings.est.bootstrap_profile)
     raise NotAuthorized("client certificate is not from this CA or a configured bootstrap CA")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import ipaddress
 import logging
 import secrets
 import urllib.parse
@@ -32,8 +33,11 @@ from enrollment.service import Enrollment, enroll
 from hsm import HsmError, generate_software_key
 from vpnca import metrics
 from vpnca.authority import Authority, IssuedCertificate
-from vpnca.errors import BadRequest, NotAuthenticated, NotAuthorized, Pending, PolicyViolation, VpncaError
+from vpnca.config import Settings
+from vpnca.errors import (BadRequest, ConfigError, NotAuthenticated, NotAuthorized, Pending, PolicyViolation,
+                          StoreUnavailable, VpncaError)
 from vpnca.events import emit
+from vpnca.outage import OUTAGES
 from vpnca.x509util import load_csr
 
 log = logging.getLogger("vpnca.est")
@@ -128,11 +132,36 @@ def decode_csr(body: bytes) -> x509.CertificateSigningRequest:
     return load_csr(der)
 
 
+def check_proxy_listener(settings: Settings, host: str) -> None:
+    """The client-certificate header is believed only from a reverse proxy on this machine: with
+    `est.trusted_proxies` set, the HTTPS listener must be bound to loopback, so that nothing else
+    can reach it and present somebody's certificate in the header."""
+    if not settings.est.trusted_proxies:
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ConfigError(f"est.trusted_proxies is set, so the HTTPS listener must be bound to loopback "
+                          f"(127.0.0.1 or ::1) behind the proxy, not {host}: see deploy/nginx-est.conf")
+    outside = [p for p in settings.est.trusted_proxies if not _is_loopback(p)]
+    if outside:
+        raise ConfigError(f"est.trusted_proxies may name loopback addresses only (the proxy on this machine), "
+                          f"not {', '.join(outside)}")
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[None]]:
     """The EST endpoints as a plain ASGI app under /.well-known/est/ (no framework routing: this is
     the enrollment hot path); issuance runs on this app's own thread pool."""
     settings = ctx.authority.settings
-    audit_actor = "est"
     executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="est")
 
     def client_certificate(request: Request) -> x509.Certificate | None:
@@ -180,6 +209,7 @@ def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[
         return profile
 
     def refuse(request: Request, operation: str, exc: Exception) -> Response:
+        """The RFC 7030 answer to a refusal; logged, and counted unless the core counted it."""
         if isinstance(exc, EstError):
             status, reason, headers = exc.status, exc.reason, exc.headers
         elif isinstance(exc, Pending):
@@ -192,30 +222,37 @@ def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[
         elif isinstance(exc, BadRequest):
             status, reason, headers = 400, str(exc), {}
         elif isinstance(exc, HsmError):
+            OUTAGES.down("token", exc)
             status, reason, headers = 503, "signing is unavailable; try again later", {"Retry-After": "30"}
+        elif isinstance(exc, StoreUnavailable):
+            OUTAGES.down("database", exc.__cause__ or exc)
+            status, reason, headers = 503, "the CA is unavailable; try again later", {
+                "Retry-After": str(settings.est.retry_after_seconds)}
         else:
             status, reason, headers = 500, "internal error", {}
         client = request.client.host if request.client else "-"
-        if status != 202:
-            kind = {401: "authentication", 403: "authorization", 400: "bad_request", 413: "too_large"}.get(
-                status, "error")
+        if status == 503:  # said once by the outage log, not once per request
+            metrics.refused("est", "unavailable")
+        elif status != 202:  # logged and counted; the audit chain is for what changed, not for refusals
+            kind = {401: "authentication", 403: "authorization", 400: "bad_request", 413: "too_large",
+                    415: "media_type"}.get(status, "error")
             emit("authentication.failed" if status == 401 else "enrollment.refused", logging.WARNING,
                  protocol="est", operation=operation, client=client, status=status, reason=reason[:300])
-            if status in (401, 400, 413):  # policy refusals were counted by the core already
+            if not (isinstance(exc, VpncaError) and exc.counted):
                 metrics.refused("est", kind)
-            try:
-                ctx.authority.store.audit(audit_actor, "enroll-refused", {
-                    "protocol": "est", "operation": operation, "client": client, "status": status,
-                    "reason": reason[:300]})
-            except Exception:  # noqa: BLE001 - the refusal is answered even if auditing it fails
-                log.exception("could not audit a refused EST request")
         return Response(reason + "\n", status_code=status, media_type="text/plain", headers=headers)
 
     async def do_enroll(request: Request, label: str | None, operation: str) -> Response:
         try:
             profile = profile_for(label)
             requester = authenticate(request, renewal=operation == "simplereenroll")
+            media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if media_type != "application/pkcs10":
+                raise EstError(415, "Content-Type must be application/pkcs10 (RFC 7030 4.2.1)")
             csr = decode_csr(await read_body(request, settings.est.max_body_bytes))
+        except (VpncaError, HsmError, EstError) as exc:
+            return refuse(request, operation, exc)
+        try:
             server_key = generate_software_key(SERVER_KEY_ALGORITHM[profile]) if operation == "serverkeygen" \
                 else None
             client = request.client.host if request.client else "-"
@@ -226,6 +263,8 @@ def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[
                 executor, enroll, ctx.authority, requester, enrollment)
         except (VpncaError, HsmError, EstError) as exc:
             return refuse(request, operation, exc)
+        OUTAGES.up("database")
+        OUTAGES.up("token")
         log.debug("EST %s issued serial=%s to %s", operation, issued.serial, requester.name)
         if server_key is None:
             return certs_only([issued.certificate])

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import ClientDisconnect, Request
+
+log = logging.getLogger("vpnca.http")
+
+Asgi = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 
 class BodyTooLarge(Exception):
@@ -26,4 +34,18 @@ async def read_limited_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-__all__ = ["BodyTooLarge", "read_limited_body"]
+def quiet_on_client_disconnect(app: Asgi) -> Asgi:
+    """An aborted upload is the client's doing: one INFO line, no traceback, no answer to send."""
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await app(scope, receive, send)
+        except ClientDisconnect:
+            client = scope.get("client") or ("-", 0)
+            log.info("client %s closed the connection during %s %s", client[0], scope.get("method"),
+                     scope.get("path"))
+
+    return wrapped
+
+
+__all__ = ["BodyTooLarge", "quiet_on_client_disconnect", "read_limited_body"]

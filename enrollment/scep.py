@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,10 +22,11 @@ from asn1crypto import algos, cms, core
 from asn1crypto import crl as acrl
 from asn1crypto import x509 as ax509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, padding as sym_padding, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import padding as sym_padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.serialization import pkcs7
 from fastapi import APIRouter, Request, Response
@@ -34,9 +36,23 @@ from enrollment.auth import check_token, requester_for_token, requester_from_cer
 from enrollment.http import BodyTooLarge, read_limited_body
 from enrollment.service import Enrollment, enroll
 from hsm import HsmError
-from vpnca.authority import Authority
-from vpnca.errors import BadRequest, NotAuthorized, Pending, PolicyViolation
+from vpnca import metrics
+from vpnca.authority import Authority, IssuedCertificate
+from vpnca.errors import (
+    BadRequest,
+    Conflict,
+    NotAuthenticated,
+    NotAuthorized,
+    NotFound,
+    Pending,
+    PolicyViolation,
+    StoreUnavailable,
+    VpncaError,
+)
 from vpnca.events import emit
+from vpnca.identities import identities_of_certificate
+from vpnca.outage import OUTAGES
+from vpnca.store import PendingRequest
 from vpnca.x509util import load_csr
 
 log = logging.getLogger("vpnca.scep")
@@ -53,29 +69,59 @@ CERT_REP, RENEWAL_REQ, PKCS_REQ, CERT_POLL, GET_CERT, GET_CRL = 3, 17, 19, 20, 2
 SUCCESS, FAILURE, PENDING = "0", "2", "3"
 BAD_ALG, BAD_MESSAGE_CHECK, BAD_REQUEST, BAD_TIME, BAD_CERT_ID = "0", "1", "2", "3", "4"
 CAPS = b"POSTPKIOperation\nSHA-256\nSHA-384\nSHA-512\nAES\nSCEPStandard\nRenewal\n"
-DIGESTS = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+DIGESTS: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
+    "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 CIPHERS = {"aes128_cbc": 16, "aes192_cbc": 24, "aes256_cbc": 32, "tripledes_3key": 24}
 DES3 = "tripledes_3key"  # refused unless scep.legacy_des3_profiles names the requester's profile
 MAX_MESSAGE = 64 * 1024
 MAX_CLOCK_SKEW = 600  # seconds
+MAX_TRANSACTION_ID = 128  # characters, as pending_requests.transaction_id holds them
+RETRY_AFTER_SECONDS = 30  # when the RA key on the token cannot sign even a failure
 
 
 class ScepFailure(Exception):
-    """A request answered with CertRep FAILURE and this failInfo."""
+    """A request answered with CertRep FAILURE and this failInfo (the reason goes to the log only)."""
 
     def __init__(self, fail_info: str, reason: str) -> None:
         super().__init__(reason)
         self.fail_info = fail_info
 
 
-@dataclass
-class PkiMessage:
-    message_type: int
+class UnreadableMessage(ValueError):
+    """Not even the attributes a CertRep needs can be read: the answer is HTTP 400."""
+
+
+@dataclass(frozen=True)
+class Transaction:
+    """What every CertRep needs, read first so that any later failure is answered with one."""
+
+    message_type: int  # 0 when unreadable: answered badRequest
     transaction_id: str
     sender_nonce: bytes
+
+
+@dataclass
+class PkiMessage:
+    transaction: Transaction
     signer: x509.Certificate
     content: bytes | None = None
     cipher: str = "aes256_cbc"  # of the request's envelope; the reply uses the same
+
+    @property
+    def message_type(self) -> int:
+        return self.transaction.message_type
+
+    @property
+    def transaction_id(self) -> str:
+        return self.transaction.transaction_id
+
+    @property
+    def sender_nonce(self) -> bytes:
+        return self.transaction.sender_nonce
+
+
+# what asn1crypto and cryptography raise on bytes that are not the structure asked for
+_PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, AttributeError)
 
 
 def _attr(value: core.Asn1Value) -> core.Any:
@@ -100,68 +146,102 @@ def _decrypt(name: str, key: bytes, iv: bytes, data: bytes) -> bytes:
     return unpadder.update(padded) + unpadder.finalize()
 
 
-def parse_pki_message(der: bytes, ra_key: rsa.RSAPrivateKey, *, allow_des3: bool = False) -> PkiMessage:
-    """Verify the signature, read the SCEP attributes and decrypt the envelope.
-
-    Raises ValueError when not even the outer structure can be read (no CertRep is possible), and
-    ScepFailure (with the attributes read so far in its `message`) for everything else."""
-    info = cms.ContentInfo.load(der, strict=True)
-    if info["content_type"].native != "signed_data":
-        raise ValueError("not CMS SignedData")
-    signed = info["content"]
-    signer_info = signed["signer_infos"][0]
-    attrs = _attributes(signer_info)
-    message = PkiMessage(
-        message_type=int(core.PrintableString.load(attrs[OID_MESSAGE_TYPE]).native),
-        transaction_id=core.PrintableString.load(attrs[OID_TRANSACTION_ID]).native,
-        sender_nonce=core.OctetString.load(attrs[OID_SENDER_NONCE]).native,
-        signer=_signer_certificate(signed, signer_info),
-    )
+def read_transaction(der: bytes) -> tuple[Transaction, cms.SignedData, cms.SignerInfo]:
+    """The outer SignedData and the SCEP attributes a CertRep echoes; UnreadableMessage if not there."""
     try:
-        _check_signature(signer_info, message.signer, signed["encap_content_info"]["content"].native or b"")
-        content = signed["encap_content_info"]["content"].native
-        if content:
-            message.content, message.cipher = open_envelope(content, ra_key, allow_des3=allow_des3)
-    except ScepFailure as failure:
-        failure.message = message  # type: ignore[attr-defined]
-        raise
+        info = cms.ContentInfo.load(der, strict=True)
+        if info["content_type"].native != "signed_data":
+            raise UnreadableMessage("not CMS SignedData")
+        signed = info["content"]
+        signer_info = signed["signer_infos"][0]
+        attrs = _attributes(signer_info)
+        transaction_id = core.PrintableString.load(attrs[OID_TRANSACTION_ID]).native
+        sender_nonce = core.OctetString.load(attrs[OID_SENDER_NONCE]).native
+    except _PARSE_ERRORS as exc:
+        raise UnreadableMessage(f"{type(exc).__name__}: {exc}"[:200]) from exc
+    if not isinstance(transaction_id, str) or not transaction_id or not isinstance(sender_nonce, bytes):
+        raise UnreadableMessage("no transactionID or senderNonce")
+    try:
+        message_type = int(core.PrintableString.load(attrs[OID_MESSAGE_TYPE]).native)
+    except _PARSE_ERRORS:
+        message_type = 0
+    return Transaction(message_type, transaction_id, sender_nonce), signed, signer_info
+
+
+def open_pki_message(transaction: Transaction, signed: cms.SignedData, signer_info: cms.SignerInfo,
+                     ra_key: rsa.RSAPrivateKey, *, allow_des3: bool = False) -> PkiMessage:
+    """Verify the signature and decrypt the envelope; ScepFailure (or a core/token error) if not."""
+    if len(transaction.transaction_id) > MAX_TRANSACTION_ID:
+        raise ScepFailure(BAD_REQUEST, f"transactionID longer than {MAX_TRANSACTION_ID} characters")
+    try:
+        signer = _signer_certificate(signed, signer_info)
+        encapsulated = signed["encap_content_info"]["content"].native
+    except _PARSE_ERRORS as exc:
+        raise ScepFailure(BAD_MESSAGE_CHECK, f"unreadable signer or content: {type(exc).__name__}") from exc
+    if encapsulated is not None and not isinstance(encapsulated, bytes):
+        raise ScepFailure(BAD_MESSAGE_CHECK, "the encapsulated content is not an OCTET STRING")
+    message = PkiMessage(transaction, signer)
+    _check_signature(signer_info, signer, encapsulated or b"")
+    if encapsulated:
+        message.content, message.cipher = open_envelope(encapsulated, ra_key, allow_des3=allow_des3)
     return message
 
 
 def _signer_certificate(signed: cms.SignedData, signer_info: cms.SignerInfo) -> x509.Certificate:
     sid = signer_info["sid"]
+    if sid.name != "issuer_and_serial_number":
+        raise ScepFailure(BAD_MESSAGE_CHECK, "the signer is not identified by issuer and serial number")
     for choice in signed["certificates"] or []:
         cert = choice.chosen
-        if sid.name == "issuer_and_serial_number" and \
-                cert.issuer == sid.chosen["issuer"] and cert.serial_number == sid.chosen["serial_number"].native:
+        if cert.issuer == sid.chosen["issuer"] and cert.serial_number == sid.chosen["serial_number"].native:
             return x509.load_der_x509_certificate(cert.dump())
-    raise ValueError("the signer's certificate is not in the message")
+    raise ScepFailure(BAD_MESSAGE_CHECK, "the signer's certificate is not in the message")
+
+
+def _public_key(cert: x509.Certificate) -> rsa.RSAPublicKey:
+    """The RSA key of a requester's (self-signed or vpnca) certificate: badAlg for any other key."""
+    try:
+        key = cert.public_key()
+    except ValueError as exc:
+        raise ScepFailure(BAD_MESSAGE_CHECK, f"the signer's public key cannot be read: {exc}") from exc
+    # UnsupportedAlgorithm (an unknown key OID) goes to the error map: badAlg
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ScepFailure(BAD_ALG, "SCEP requests are signed with RSA keys")
+    return key
 
 
 def _check_signature(signer_info: cms.SignerInfo, signer: x509.Certificate, content: bytes) -> None:
-    digest_name = signer_info["digest_algorithm"]["algorithm"].native
+    try:
+        digest_name = signer_info["digest_algorithm"]["algorithm"].native
+        attrs = _attributes(signer_info)
+        signing_time = cms.Time.load(attrs["1.2.840.113549.1.9.5"]).native \
+            if "1.2.840.113549.1.9.5" in attrs else None  # signingTime, when the client sends one
+        message_digest = core.OctetString.load(attrs.get("1.2.840.113549.1.9.4", b"\x04\x00")).native
+        signed_attrs = bytearray(signer_info["signed_attrs"].dump())
+        signature = signer_info["signature"].native
+    except _PARSE_ERRORS as exc:
+        raise ScepFailure(BAD_MESSAGE_CHECK, f"unreadable signerInfo: {type(exc).__name__}") from exc
     if digest_name not in DIGESTS:
         raise ScepFailure(BAD_ALG, f"digest {digest_name} refused")
-    attrs = _attributes(signer_info)
-    if "1.2.840.113549.1.9.5" in attrs:  # signingTime, when the client sends one
-        signing_time = cms.Time.load(attrs["1.2.840.113549.1.9.5"]).native
+    if signing_time is not None:
+        if not isinstance(signing_time, datetime):
+            raise ScepFailure(BAD_TIME, "signingTime is not a time")
+        if signing_time.tzinfo is None:
+            signing_time = signing_time.replace(tzinfo=UTC)
         if abs((signing_time - datetime.now(UTC)).total_seconds()) > MAX_CLOCK_SKEW:
             raise ScepFailure(BAD_TIME, f"signingTime {signing_time.isoformat()} is too far from now")
-    digest = hashlib.new(digest_name, content).digest()
-    if core.OctetString.load(attrs.get("1.2.840.113549.1.9.4", b"\x04\x00")).native != digest:
+    if message_digest != hashlib.new(digest_name, content).digest():
         raise ScepFailure(BAD_MESSAGE_CHECK, "messageDigest does not match the content")
-    signed_attrs = bytearray(signer_info["signed_attrs"].dump())
     signed_attrs[0] = 0x31  # signed over as a SET, sent as [0] IMPLICIT
-    key = signer.public_key()
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ScepFailure(BAD_ALG, "SCEP requests are signed with RSA keys")
+    key = _public_key(signer)
     try:
-        key.verify(signer_info["signature"].native, bytes(signed_attrs), padding.PKCS1v15(), DIGESTS[digest_name]())
-    except InvalidSignature as exc:
+        key.verify(signature, bytes(signed_attrs), padding.PKCS1v15(), DIGESTS[digest_name]())
+    except (InvalidSignature, TypeError, ValueError) as exc:
         raise ScepFailure(BAD_MESSAGE_CHECK, "the pkiMessage signature does not verify") from exc
 
 
-def open_envelope(content: bytes, ra_key: rsa.RSAPrivateKey, *, allow_des3: bool = False) -> tuple[bytes, str]:
+def open_envelope(content: bytes, ra_key: rsa.RSAPrivateKey, *,
+                  allow_des3: bool = False) -> tuple[bytes, str]:
     """Decrypt CMS EnvelopedData with the RA key: (content, cipher name)."""
     try:
         envelope = cms.ContentInfo.load(content)["content"]
@@ -169,16 +249,31 @@ def open_envelope(content: bytes, ra_key: rsa.RSAPrivateKey, *, allow_des3: bool
         encrypted = envelope["encrypted_content_info"]
         algorithm = encrypted["content_encryption_algorithm"]
         name = algorithm["algorithm"].native
-    except (ValueError, KeyError, TypeError) as exc:
+    except _PARSE_ERRORS as exc:
         raise ScepFailure(BAD_MESSAGE_CHECK, f"unreadable envelope: {exc}") from exc
     if name not in CIPHERS or (name == DES3 and not allow_des3):
         raise ScepFailure(BAD_ALG, f"content encryption {name} refused (AES only)")
     try:
-        key = ra_key.decrypt(recipient["encrypted_key"].native, padding.PKCS1v15())
+        encrypted_key, iv = recipient["encrypted_key"].native, algorithm["parameters"].native
+        ciphertext = encrypted["encrypted_content"].native
+    except _PARSE_ERRORS as exc:
+        raise ScepFailure(BAD_MESSAGE_CHECK, f"unreadable envelope: {exc}") from exc
+    modulus = ra_key.public_key().public_numbers().n
+    if not isinstance(encrypted_key, bytes) or len(encrypted_key) != (modulus.bit_length() + 7) // 8 \
+            or int.from_bytes(encrypted_key, "big") >= modulus:  # refused here, not by the token
+        raise ScepFailure(BAD_MESSAGE_CHECK, "the wrapped content key does not fit the RA key")
+    try:
+        key = ra_key.decrypt(encrypted_key, padding.PKCS1v15())
+    except HsmError as exc:
+        # SoftHSM answers a bad PKCS#1 block with CKR_GENERAL_ERROR, as it would a failing token: call
+        # it the client's fault. If the token is really away, the CertRep cannot be signed either and
+        # the answer is 503 (handle), so an outage is not reported to the client as its fault.
+        raise ScepFailure(BAD_MESSAGE_CHECK, f"the RA cannot unwrap the content key: {exc}") from exc
+    try:
         if len(key) != CIPHERS[name]:
             raise ValueError("content key of the wrong length")
-        return _decrypt(name, key, algorithm["parameters"].native, encrypted["encrypted_content"].native), name
-    except (ValueError, HsmError) as exc:
+        return _decrypt(name, key, iv, ciphertext), name
+    except (ValueError, TypeError) as exc:
         raise ScepFailure(BAD_MESSAGE_CHECK, f"cannot decrypt the envelope: {exc}") from exc
 
 
@@ -206,7 +301,8 @@ def envelope(data: bytes, recipient: x509.Certificate, cipher: str = "aes256_cbc
         "recipient_infos": [cms.RecipientInfo(name="ktri", value=ktri)],
         "encrypted_content_info": {
             "content_type": "data",
-            "content_encryption_algorithm": algos.EncryptionAlgorithm({"algorithm": cipher, "parameters": iv}),
+            "content_encryption_algorithm": algos.EncryptionAlgorithm({"algorithm": cipher,
+                                                                       "parameters": iv}),
             "encrypted_content": ciphertext,
         },
     })
@@ -250,8 +346,8 @@ def signed_message(signer_cert: x509.Certificate, signer_key: rsa.RSAPrivateKey,
     return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
 
 
-def cert_rep(ra_cert: x509.Certificate, ra_key: rsa.RSAPrivateKey, *, transaction_id: str, recipient_nonce: bytes,
-             status: str, fail_info: str | None = None, payload: bytes | None = None,
+def cert_rep(ra_cert: x509.Certificate, ra_key: rsa.RSAPrivateKey, *, transaction_id: str,
+             recipient_nonce: bytes, status: str, fail_info: str | None = None, payload: bytes | None = None,
              recipient: x509.Certificate | None = None, cipher: str = "aes256_cbc") -> bytes:
     """A CertRep signed by the RA over (on SUCCESS) the payload enveloped to the requester."""
     content = envelope(payload, recipient, cipher) if payload is not None and recipient is not None else None
@@ -265,9 +361,9 @@ def cert_rep(ra_cert: x509.Certificate, ra_key: rsa.RSAPrivateKey, *, transactio
 
 def degenerate_crl(crl_der: bytes) -> bytes:
     """A certificate-less SignedData carrying one CRL (the GetCRL answer)."""
-    signed = cms.SignedData({"version": "v1", "digest_algorithms": [], "encap_content_info": {"content_type": "data"},
-                             "crls": [cms.RevocationInfoChoice(name="crl", value=acrl.CertificateList.load(crl_der))],
-                             "signer_infos": []})
+    crl = cms.RevocationInfoChoice(name="crl", value=acrl.CertificateList.load(crl_der))
+    signed = cms.SignedData({"version": "v1", "digest_algorithms": [], "crls": [crl], "signer_infos": [],
+                             "encap_content_info": {"content_type": "data"}})
     return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
 
 
@@ -287,46 +383,114 @@ class ScepContext:
     chain: list[x509.Certificate]
 
 
-def handle(ctx: ScepContext, der: bytes, client: str) -> bytes | None:
-    """One PKIOperation; None when the message cannot be answered with a CertRep at all."""
+@dataclass(frozen=True)
+class ScepReply:
+    """What a PKIOperation answers over HTTP: a CertRep, or (when none can be made) a short text."""
+
+    status: int
+    body: bytes
+    media_type: str = "application/x-pki-message"
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def text(cls, status: int, text: str, **headers: str) -> ScepReply:
+        return cls(status, f"{text}\n".encode(), "text/plain", dict(headers))
+
+
+# The one error map of SCEP: exception -> (failInfo, how the refusal is logged and counted). The first
+# match wins, so subclasses come before their bases. ScepFailure carries its own failInfo; anything not
+# here is unexpected: logged with its traceback and answered badRequest. RFC 8894 has no failInfo for
+# "try later", so the CA's own troubles (token, database) are badRequest too.
+FAIL_INFO: tuple[tuple[type[BaseException], str, str], ...] = (
+    (UnsupportedAlgorithm, BAD_ALG, "algorithm"),
+    (InvalidSignature, BAD_MESSAGE_CHECK, "signature"),
+    (NotAuthenticated, BAD_REQUEST, "authentication"),
+    (NotAuthorized, BAD_REQUEST, "not_authorized"),
+    (PolicyViolation, BAD_REQUEST, "policy"),
+    (BadRequest, BAD_REQUEST, "bad_request"),
+    (NotFound, BAD_CERT_ID, "not_found"),
+    (Conflict, BAD_REQUEST, "conflict"),
+    (StoreUnavailable, BAD_REQUEST, "unavailable"),
+    (VpncaError, BAD_REQUEST, "error"),
+    (HsmError, BAD_REQUEST, "unavailable"),
+)
+_FAIL_INFO_KIND = {BAD_ALG: "bad_alg", BAD_MESSAGE_CHECK: "bad_message_check", BAD_REQUEST: "bad_request",
+                   BAD_TIME: "bad_time", BAD_CERT_ID: "bad_cert_id"}
+
+
+def fail_info_for(exc: BaseException) -> tuple[str, str] | None:
+    """(failInfo, refusal kind) for an exception; None when it is unexpected."""
+    if isinstance(exc, ScepFailure):
+        return exc.fail_info, _FAIL_INFO_KIND.get(exc.fail_info, "bad_request")
+    return next(((info, kind) for kind_type, info, kind in FAIL_INFO if isinstance(exc, kind_type)), None)
+
+
+def handle(ctx: ScepContext, der: bytes, client: str) -> ScepReply:
+    """One PKIOperation: a CertRep whenever the message names its transaction, else HTTP 400; HTTP 503
+    when the RA key cannot sign even a failure."""
     try:
-        message = parse_pki_message(der, ctx.ra_key,
-                                    allow_des3=bool(ctx.authority.settings.scep.legacy_des3_profiles))
-    except ScepFailure as failure:
-        partial: PkiMessage | None = getattr(failure, "message", None)
-        if partial is None:
-            return None
-        return _fail(ctx, partial, failure, client)
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
-        log.warning("unreadable SCEP message from %s: %s", client, exc)
-        return None
-    if message.message_type == GET_CRL:
-        crl = ctx.authority.store.latest_crl(ctx.authority.settings.ca.name)
-        if crl is None:
-            return _fail(ctx, message, ScepFailure(BAD_CERT_ID, "no CRL published yet"), client)
-        return cert_rep(ctx.ra_cert, ctx.ra_key, transaction_id=message.transaction_id,
-                        recipient_nonce=message.sender_nonce, status=SUCCESS, payload=degenerate_crl(crl.der),
-                        recipient=message.signer, cipher=message.cipher)
+        transaction, signed, signer_info = read_transaction(der)
+    except UnreadableMessage as exc:
+        emit("enrollment.refused", logging.WARNING, protocol="scep", client=client, reason="unreadable",
+             detail=str(exc))
+        metrics.refused("scep", "malformed")
+        return ScepReply.text(400, "malformed pkiMessage")
     try:
-        certificate = _operation(ctx, message)
-    except ScepFailure as failure:
-        return _fail(ctx, message, failure, client)
+        try:
+            answer = _answer(ctx, transaction, signed, signer_info, client)
+        except Exception as exc:  # noqa: BLE001 - every refusal is a CertRep FAILURE, mapped once
+            answer = _cert_rep(ctx, transaction, FAILURE, fail_info=_refusal(exc, transaction, client))
+    except Exception as exc:  # noqa: BLE001 - no CertRep can be signed: the RA key is unavailable
+        if isinstance(exc, HsmError):
+            OUTAGES.down("token", exc)
+        else:
+            log.exception("SCEP: signing a CertRep for transaction %s failed", transaction.transaction_id)
+        metrics.refused("scep", "unavailable")
+        return ScepReply.text(503, "the SCEP RA cannot sign now; try again later",
+                              **{"Retry-After": str(RETRY_AFTER_SECONDS)})
+    OUTAGES.up("token")
+    return ScepReply(200, answer)
+
+
+def _refusal(exc: Exception, transaction: Transaction, client: str) -> str:
+    """The failInfo for `exc`, the refusal logged and counted once (unless the core did already)."""
+    mapped = fail_info_for(exc)
+    if mapped is None:  # a bug: its traceback goes to the log, the client gets badRequest
+        log.exception("SCEP message type %s, transaction %s from %s failed unexpectedly",
+                      transaction.message_type, transaction.transaction_id, client)
+        metrics.refused("scep", "error")
+        return BAD_REQUEST
+    fail_info, kind = mapped
+    if kind == "unavailable":  # said once per outage, not once per request
+        OUTAGES.down("token" if isinstance(exc, HsmError) else "database", exc)
+        metrics.refused("scep", kind)
+    elif not (isinstance(exc, VpncaError) and exc.counted):
+        emit("enrollment.refused", logging.WARNING, protocol="scep", client=client, fail_info=fail_info,
+             reason=kind, detail=str(exc)[:300], message_type=transaction.message_type,
+             transaction_id=transaction.transaction_id)
+        metrics.refused("scep", kind)
+    return fail_info
+
+
+def _cert_rep(ctx: ScepContext, transaction: Transaction, status: str, *, fail_info: str | None = None,
+              payload: bytes | None = None, message: PkiMessage | None = None) -> bytes:
+    return cert_rep(ctx.ra_cert, ctx.ra_key, transaction_id=transaction.transaction_id,
+                    recipient_nonce=transaction.sender_nonce, status=status, fail_info=fail_info,
+                    payload=payload,
+                    recipient=message.signer if message else None,
+                    cipher=message.cipher if message else "aes256_cbc")
+
+
+def _answer(ctx: ScepContext, transaction: Transaction, signed: cms.SignedData, signer_info: cms.SignerInfo,
+            client: str) -> bytes:
+    """The CertRep for a message that names its transaction: SUCCESS or PENDING; raises on refusal."""
+    message = open_pki_message(transaction, signed, signer_info, ctx.ra_key,
+                               allow_des3=bool(ctx.authority.settings.scep.legacy_des3_profiles))
+    try:
+        payload = _operation(ctx, message, client)
     except Pending:
-        return cert_rep(ctx.ra_cert, ctx.ra_key, transaction_id=message.transaction_id,
-                        recipient_nonce=message.sender_nonce, status=PENDING)
-    except (NotAuthorized, PolicyViolation, BadRequest) as exc:
-        return _fail(ctx, message, ScepFailure(BAD_REQUEST, str(exc)), client)
-    payload = pkcs7.serialize_certificates([certificate], serialization.Encoding.DER)
-    return cert_rep(ctx.ra_cert, ctx.ra_key, transaction_id=message.transaction_id,
-                    recipient_nonce=message.sender_nonce, status=SUCCESS, payload=payload, recipient=message.signer,
-                    cipher=message.cipher)
-
-
-def _fail(ctx: ScepContext, message: PkiMessage, failure: ScepFailure, client: str) -> bytes:
-    emit("enrollment.refused", logging.WARNING, protocol="scep", client=client, fail_info=failure.fail_info,
-         reason=str(failure)[:300], transaction_id=message.transaction_id)
-    return cert_rep(ctx.ra_cert, ctx.ra_key, transaction_id=message.transaction_id,
-                    recipient_nonce=message.sender_nonce, status=FAILURE, fail_info=failure.fail_info)
+        return _cert_rep(ctx, transaction, PENDING)
+    return _cert_rep(ctx, transaction, SUCCESS, payload=payload, message=message)
 
 
 def _check_cipher(authority: Authority, message: PkiMessage, profile: str) -> None:
@@ -334,51 +498,108 @@ def _check_cipher(authority: Authority, message: PkiMessage, profile: str) -> No
         raise ScepFailure(BAD_ALG, f"3DES is not allowed for profile {profile}")
 
 
-def _operation(ctx: ScepContext, message: PkiMessage) -> x509.Certificate:
-    authority = ctx.authority
+def _certificates(certificate: x509.Certificate) -> bytes:
+    return pkcs7.serialize_certificates([certificate], serialization.Encoding.DER)
+
+
+def _operation(ctx: ScepContext, message: PkiMessage, client: str) -> bytes:
+    """The payload of a SUCCESS CertRep (a degenerate PKCS#7 with the certificate or the CRL)."""
     if message.message_type in (PKCS_REQ, RENEWAL_REQ):
-        if message.content is None:
-            raise ScepFailure(BAD_REQUEST, "no request in the envelope")
-        try:
-            csr = load_csr(message.content)
-        except BadRequest as exc:
-            raise ScepFailure(BAD_REQUEST, str(exc)) from exc
-        if message.message_type == PKCS_REQ:
-            if message.signer.public_key() != csr.public_key():
-                raise ScepFailure(BAD_MESSAGE_CHECK, "the message is not signed by the requested key")
-            token_id, _, secret = _challenge(csr).partition(":")
-            requester = check_token(authority.store, token_id, secret, protocol="scep")
-            profile = requester.profile or "device"
-            _check_cipher(authority, message, profile)
-            enrollment = Enrollment(csr=csr, profile=profile, protocol="scep", transaction_id=message.transaction_id)
-        else:
-            requester = requester_from_certificate(authority.store, authority.settings, authority.certificate,
-                                                   message.signer, [])
-            _check_cipher(authority, message, requester.profile or "device")
-            enrollment = Enrollment(csr=csr, profile=requester.profile or "device", protocol="scep", renewal=True)
-        return enroll(authority, requester, enrollment).certificate
+        return _certificates(_enroll(ctx, message, client))
     if message.message_type == CERT_POLL:
-        pending = authority.store.pending_by_transaction(message.transaction_id)
-        if pending is None or pending.csr_der is None:
-            raise ScepFailure(BAD_CERT_ID, f"no pending request for transaction {message.transaction_id}")
-        csr = load_csr(pending.csr_der)
-        if message.signer.public_key() != csr.public_key():
-            raise ScepFailure(BAD_MESSAGE_CHECK, "the poll is not signed by the requested key")
-        if pending.status == "issued" and pending.serial:
-            record = authority.store.get_certificate(pending.serial)
-            if record is not None and record.der is not None:
-                return x509.load_der_x509_certificate(record.der)
-        token_id = pending.requester.removeprefix("token:")
-        requester = requester_for_token(authority.store, token_id)
-        return enroll(authority, requester, Enrollment(csr=csr, profile=pending.profile, protocol="scep",
-                                                       transaction_id=message.transaction_id)).certificate
+        return _certificates(_poll(ctx, message, client))
     if message.message_type == GET_CERT and message.content is not None:
-        serial = cms.IssuerAndSerialNumber.load(message.content)["serial_number"].native
-        record = authority.store.get_certificate(format(serial, "x"))
-        if record is None or record.der is None:
-            raise ScepFailure(BAD_CERT_ID, f"no certificate {serial:x}")
-        return x509.load_der_x509_certificate(record.der)
+        return _certificates(_get_cert(ctx, message.content))
+    if message.message_type == GET_CRL:
+        crl = ctx.authority.store.latest_crl(ctx.authority.settings.ca.name)
+        if crl is None:
+            raise ScepFailure(BAD_CERT_ID, "no CRL published yet")
+        return degenerate_crl(crl.der)
     raise ScepFailure(BAD_REQUEST, f"message type {message.message_type} is not supported")
+
+
+def _enroll(ctx: ScepContext, message: PkiMessage, client: str) -> x509.Certificate:
+    """PKCSReq (a challenge password) or RenewalReq (signed by the current certificate). A PKCSReq sent
+    again with the same token and key gets the certificate its first sending was issued (enroll())."""
+    authority = ctx.authority
+    if message.content is None:
+        raise ScepFailure(BAD_REQUEST, "no request in the envelope")
+    csr = load_csr(message.content)
+    if message.message_type == RENEWAL_REQ:
+        requester = requester_from_certificate(authority.store, authority.settings, authority.certificate,
+                                               message.signer, [])
+        _check_cipher(authority, message, requester.profile or "device")
+        renewal = Enrollment(csr=csr, profile=requester.profile or "device", protocol="scep", renewal=True,
+                             client=client)
+        return enroll(authority, requester, renewal).certificate
+    if _public_key(message.signer) != csr.public_key():
+        raise ScepFailure(BAD_MESSAGE_CHECK, "the message is not signed by the requested key")
+    token_id, _, secret = _challenge(csr).partition(":")
+    requester = check_token(authority.store, token_id, secret, protocol="scep")
+    profile = requester.profile or "device"
+    _check_cipher(authority, message, profile)
+    issued = enroll(authority, requester, Enrollment(csr=csr, profile=profile, protocol="scep", client=client,
+                                                     transaction_id=message.transaction_id))
+    if not authority.settings.profiles[profile].approval:  # an approved request has its record already
+        _record_transaction(authority, message.transaction_id, requester.name, profile, csr, issued)
+    return issued.certificate
+
+
+def _record_transaction(authority: Authority, transaction_id: str, requester: str, profile: str,
+                        csr: x509.CertificateSigningRequest, issued: IssuedCertificate) -> None:
+    """Remember which certificate a transaction was issued, so that a CertPoll for it (a client that
+    lost the CertRep) finds it as it finds an approved one: a pending_requests row, status issued."""
+    store = authority.store
+    try:
+        if store.pending_by_transaction(transaction_id) is not None:
+            return  # the PKCSReq was sent again and delivered again
+        identities = identities_of_certificate(issued.certificate)
+        csr_der = csr.public_bytes(serialization.Encoding.DER)
+        store.add_pending_request(PendingRequest(
+            request_id=hashlib.sha256(csr_der).hexdigest(), profile=profile,
+            identities=json.dumps([[i.kind, i.value] for i in identities]), requester=requester,
+            protocol="scep", status="issued", created_at=datetime.now(UTC), serial=issued.serial,
+            csr_der=csr_der, transaction_id=transaction_id))
+    except StoreUnavailable as exc:  # the certificate is issued: deliver it; only a later CertPoll would miss it
+        log.warning("SCEP transaction %s (serial %s) not recorded for CertPoll: %s", transaction_id,
+                    issued.serial, type(exc).__name__)
+
+
+def _poll(ctx: ScepContext, message: PkiMessage, client: str) -> x509.Certificate:
+    """CertPoll (GetCertInitial) by transactionID, signed by the requested key: the certificate once an
+    operator approved the request (issued now if need be), or the one already issued for it."""
+    authority = ctx.authority
+    pending = authority.store.pending_by_transaction(message.transaction_id)
+    if pending is None or pending.csr_der is None:
+        raise ScepFailure(BAD_CERT_ID, f"no request for transaction {message.transaction_id}")
+    csr = load_csr(pending.csr_der)
+    if _public_key(message.signer) != csr.public_key():
+        raise ScepFailure(BAD_MESSAGE_CHECK, "the poll is not signed by the requested key")
+    if pending.status == "issued":
+        record = authority.store.get_certificate(pending.serial) if pending.serial else None
+        if record is None or record.der is None:
+            raise ScepFailure(BAD_CERT_ID, f"the certificate of transaction {message.transaction_id} is gone")
+        return x509.load_der_x509_certificate(record.der)
+    requester = requester_for_token(authority.store, pending.requester.removeprefix("token:"))
+    enrollment = Enrollment(csr=csr, profile=pending.profile, protocol="scep", client=client,
+                            transaction_id=message.transaction_id)
+    return enroll(authority, requester, enrollment).certificate
+
+
+def _get_cert(ctx: ScepContext, content: bytes) -> x509.Certificate:
+    """GetCert: the certificate named by an IssuerAndSerialNumber of this CA."""
+    try:
+        query = cms.IssuerAndSerialNumber.load(content, strict=True)
+        issuer, serial = query["issuer"], query["serial_number"].native
+        ours = ax509.Name.load(ctx.authority.certificate.subject.public_bytes()) == issuer
+    except _PARSE_ERRORS as exc:
+        raise ScepFailure(BAD_REQUEST, "GetCert content is not an IssuerAndSerialNumber") from exc
+    if not ours or not isinstance(serial, int) or serial <= 0:
+        raise ScepFailure(BAD_CERT_ID, f"no certificate {serial} from this CA")
+    record = ctx.authority.store.get_certificate(format(serial, "x"))
+    if record is None or record.der is None:
+        raise ScepFailure(BAD_CERT_ID, f"no certificate {serial:x}")
+    return x509.load_der_x509_certificate(record.der)
 
 
 def make_router(ctx: ScepContext) -> APIRouter:
@@ -388,10 +609,9 @@ def make_router(ctx: ScepContext) -> APIRouter:
 
     async def operation(der: bytes, request: Request) -> Response:
         client = request.client.host if request.client else "-"
-        answer = await run_in_threadpool(handle, ctx, der, client)
-        if answer is None:
-            return Response("malformed pkiMessage\n", status_code=400, media_type="text/plain")
-        return Response(answer, media_type="application/x-pki-message")
+        reply = await run_in_threadpool(handle, ctx, der, client)
+        return Response(reply.body, status_code=reply.status, media_type=reply.media_type,
+                        headers=reply.headers)
 
     @router.get("/scep")
     async def scep_get(request: Request) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -12,11 +13,13 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from enrollment.auth import Requester
+from vpnca import metrics
 from vpnca.authority import Authority, IssuedCertificate, IssueRequest
-from vpnca.errors import BadRequest, NotAuthorized, Pending
+from vpnca.errors import BadRequest, NotAuthenticated, NotAuthorized, Pending, PolicyViolation, VpncaError
+from vpnca.events import emit
 from vpnca.identities import IkeIdentity, identities_from_csr, identities_of_certificate
-from vpnca.policy import check_csr_signature
-from vpnca.store import PendingRequest
+from vpnca.policy import check_csr
+from vpnca.store import CertStatus, PendingRequest
 
 
 @dataclass(frozen=True)
@@ -30,12 +33,32 @@ class Enrollment:
     transaction_id: str | None = None  # SCEP: how the client polls a pending request
 
 
+REFUSAL_KINDS: tuple[tuple[type[VpncaError], str], ...] = (
+    (NotAuthenticated, "authentication"), (NotAuthorized, "not_authorized"), (PolicyViolation, "policy"),
+    (BadRequest, "bad_request"))
+
+
 def enroll(authority: Authority, requester: Requester, enrollment: Enrollment) -> IssuedCertificate:
-    """Check the CSR, bind it to the requester, wait for approval if the profile wants it, issue."""
+    """Check the CSR, bind it to the requester, wait for approval if the profile wants it, issue.
+    Every refusal is logged and counted once, here or in the authority."""
+    try:
+        return _enroll(authority, requester, enrollment)
+    except VpncaError as exc:
+        kind = next((k for t, k in REFUSAL_KINDS if isinstance(exc, t)), None)
+        if kind is not None and not exc.counted:
+            emit("issuance.refused", logging.WARNING, requester=requester.name, protocol=enrollment.protocol,
+                 profile=enrollment.profile, reason=kind, detail=str(exc), client=enrollment.client)
+            metrics.refused(enrollment.protocol, kind, enrollment.profile)
+            exc.counted = True
+        raise
+
+
+def _enroll(authority: Authority, requester: Requester, enrollment: Enrollment) -> IssuedCertificate:
     csr = enrollment.csr
-    check_csr_signature(csr)
-    if requester.profile is not None and requester.method == "token" and requester.profile != enrollment.profile:
-        raise NotAuthorized(f"this credential is for profile {requester.profile}, not {enrollment.profile}")
+    check_csr(csr)
+    _check_profile_binding(requester, enrollment)
+    if requester.issued_serial is not None:
+        return _deliver_again(authority, requester, enrollment)
     identities: tuple[IkeIdentity, ...]
     if enrollment.renewal:
         current = requester.current
@@ -60,13 +83,41 @@ def enroll(authority: Authority, requester: Requester, enrollment: Enrollment) -
                                                if enrollment.renewal and requester.current else {})},
         spend_token=requester.token_id,
     )
-    authority.check(request)
     if authority.settings.profiles[profile].approval and not enrollment.renewal:
+        authority.check(request)  # before the request is filed for an operator
         _await_approval(authority, request, csr, enrollment.transaction_id)
     issued = authority.issue(request)
     if authority.settings.profiles[profile].approval and not enrollment.renewal:
         authority.store.mark_pending_issued(_request_id(csr), issued.serial)
     return issued
+
+
+def _deliver_again(authority: Authority, requester: Requester, enrollment: Enrollment) -> IssuedCertificate:
+    """The token was used for a certificate the client may never have received (a crash after the
+    commit, a lost connection): the same token with a CSR for the same key gets the same certificate."""
+    serial = requester.issued_serial
+    record = authority.store.get_certificate(serial) if serial else None
+    if (record is None or record.der is None or record.status != CertStatus.VALID
+            or enrollment.server_public_key is not None):
+        raise NotAuthenticated(f"{requester.name} was already used")
+    certificate = x509.load_der_x509_certificate(record.der)
+    if certificate.public_key() != enrollment.csr.public_key():
+        raise NotAuthenticated(f"{requester.name} was already used")
+    emit("certificate.delivered_again", requester=requester.name, protocol=enrollment.protocol,
+         serial=record.serial, profile=record.profile, client=enrollment.client)
+    return IssuedCertificate(certificate=certificate, serial=record.serial)
+
+
+def _check_profile_binding(requester: Requester, enrollment: Enrollment) -> None:
+    """A credential gets only the profile it is bound to: a token its own, a vpnca certificate the
+    profile it was issued under (and so no device certificate mints a gateway one), a bootstrap
+    certificate the profile configured for bootstrap CAs. Re-enrollment keeps the current profile."""
+    if enrollment.renewal:
+        return
+    if requester.profile is None:
+        raise NotAuthorized(f"{requester.name} is not bound to a profile and may not enroll")
+    if requester.profile != enrollment.profile:
+        raise NotAuthorized(f"this credential is for profile {requester.profile}, not {enrollment.profile}")
 
 
 def _request_id(csr: x509.CertificateSigningRequest) -> str:
@@ -84,6 +135,8 @@ def _await_approval(authority: Authority, request: IssueRequest, csr: x509.Certi
         requester=request.requester, protocol=request.protocol, status="pending", created_at=datetime.now(UTC),
         csr_der=csr.public_bytes(Encoding.DER), transaction_id=transaction_id,
     ))
+    if pending.profile != request.profile or pending.requester != request.requester:
+        raise NotAuthorized(f"request {request_id} was filed by another credential or for another profile")
     if pending.status == "rejected":
         raise NotAuthorized(f"request {request_id} was rejected by {pending.decided_by}")
     if pending.status == "issued":

@@ -2,7 +2,8 @@
 
 cryptography's builders (certificates, CRLs, OCSP responses) call `sign()` on a private-key
 subclass, so everything the CA signs is built by cryptography and signed on the token. The
-private half never leaves the token: the export methods refuse.
+private half never leaves the token: the export methods refuse. A key holds its label, not a PKCS#11
+handle: the token looks the handle up again after it reopened its session.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from asn1crypto.keys import ECDomainParameters
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from pkcs11 import MGF, Attribute, Mechanism
+from pkcs11 import MGF, Attribute, Mechanism, ObjectClass
 
 from hsm.errors import HsmError
 from hsm.token import Token
@@ -56,8 +57,8 @@ class TokenEcPrivateKey(ec.EllipticCurvePrivateKey):
     def __init__(self, token: Token, label: str) -> None:
         self._token = token
         self.label = label
-        self._private = token.private_key(label)
-        attrs = token.attributes(token.public_key(label), [Attribute.EC_PARAMS, Attribute.EC_POINT])
+        token.private_key(label)  # KeyNotFound now rather than at the first signature
+        attrs = token.key_attributes(ObjectClass.PUBLIC_KEY, label, [Attribute.EC_PARAMS, Attribute.EC_POINT])
         curve_oid = ECDomainParameters.load(attrs[Attribute.EC_PARAMS]).chosen.dotted
         self._curve = CURVES[curve_oid]
         point = bytes(OctetString.load(attrs[Attribute.EC_POINT]))
@@ -67,7 +68,7 @@ class TokenEcPrivateKey(ec.EllipticCurvePrivateKey):
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise HsmError(f"unsupported EC signature algorithm {signature_algorithm!r}")
         digest, _ = _digest(data, signature_algorithm.algorithm)
-        raw = self._token.sign(self._private, self.label, digest, Mechanism.ECDSA)
+        raw = self._token.sign(self.label, digest, Mechanism.ECDSA)
         half = len(raw) // 2  # PKCS#11 gives r || s; X.509 wants the DER SEQUENCE
         return encode_dss_signature(int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big"))
 
@@ -99,10 +100,8 @@ class TokenRsaPrivateKey(rsa.RSAPrivateKey):
     def __init__(self, token: Token, label: str) -> None:
         self._token = token
         self.label = label
-        self._private = token.private_key(label)
-        attrs = token.attributes(
-            token.public_key(label), [Attribute.MODULUS, Attribute.PUBLIC_EXPONENT]
-        )
+        token.private_key(label)  # KeyNotFound now rather than at the first signature
+        attrs = token.key_attributes(ObjectClass.PUBLIC_KEY, label, [Attribute.MODULUS, Attribute.PUBLIC_EXPONENT])
         self._public = rsa.RSAPublicNumbers(
             int.from_bytes(attrs[Attribute.PUBLIC_EXPONENT], "big"),
             int.from_bytes(attrs[Attribute.MODULUS], "big"),
@@ -118,16 +117,14 @@ class TokenRsaPrivateKey(rsa.RSAPrivateKey):
         if name not in DIGEST_INFO_PREFIX:
             raise HsmError(f"unsupported RSA digest {name}")
         if isinstance(padding_, padding.PKCS1v15):
-            return self._token.sign(
-                self._private, self.label, DIGEST_INFO_PREFIX[name] + digest, Mechanism.RSA_PKCS
-            )
+            return self._token.sign(self.label, DIGEST_INFO_PREFIX[name] + digest, Mechanism.RSA_PKCS)
         if isinstance(padding_, padding.PSS):
             salt = padding_._salt_length
             if not isinstance(salt, int):
                 salt = len(digest)
             hash_mech, mgf = PSS_PARAMS[name]
             return self._token.sign(
-                self._private, self.label, digest, Mechanism.RSA_PKCS_PSS, mechanism_param=(hash_mech, mgf, salt)
+                self.label, digest, Mechanism.RSA_PKCS_PSS, mechanism_param=(hash_mech, mgf, salt)
             )
         raise HsmError(f"unsupported RSA padding {padding_.name}")
 
@@ -142,7 +139,7 @@ class TokenRsaPrivateKey(rsa.RSAPrivateKey):
         """RSA key transport (SCEP, CMS EnvelopedData): PKCS#1 v1.5 on the token."""
         if not isinstance(padding_, padding.PKCS1v15):
             raise HsmError(f"unsupported RSA decryption padding {padding_.name}")
-        return bytes(self._token.call(self._private.decrypt, ciphertext, mechanism=Mechanism.RSA_PKCS))
+        return self._token.decrypt(self.label, ciphertext, Mechanism.RSA_PKCS)
 
     private_numbers = _refuse_export
     private_bytes = _refuse_export

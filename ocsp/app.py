@@ -72,9 +72,13 @@ def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
     async def answer(der: bytes) -> OcspAnswer:
         """Pre-signed answers inline (an indexed read); signing goes to a worker thread."""
         started = time.perf_counter()
-        fast = service.respond_presigned(der)
-        answer = fast if isinstance(fast, OcspAnswer) else await run_in_threadpool(
-            service.sign_live, fast.requests, fast.nonce)
+        try:
+            fast = service.respond_presigned(der)
+            answer = fast if isinstance(fast, OcspAnswer) else await run_in_threadpool(
+                service.sign_live, fast.requests, fast.nonce)
+        except Exception:  # an OCSP client gets an OCSP answer, never an HTTP 500
+            log.exception("OCSP request failed")
+            answer = OcspAnswer(error_response("internal_error"), kind="internal_error")
         metrics.ocsp_answered(answer.kind, time.perf_counter() - started)
         return answer
 

@@ -3,7 +3,8 @@
 The responder answers small fixed-shape requests from memory, so the cost that matters is HTTP
 framing; a general ASGI stack spends several times the work of the answer itself. This protocol
 speaks just what OCSP and CRL clients send: GET and POST with Content-Length, keep-alive, HTTP/1.0
-and 1.1. Answers that need signing go to a worker thread and are written back in order.
+and 1.1. Answers that need signing go to a worker thread and are written back in order. On stop it
+stops accepting, closes idle connections and answers the requests in flight before it returns.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ocsp.responses import error_response
 from ocsp.service import OcspAnswer, OcspService
 from vpnca import metrics
 from vpnca.balance import AcceptBalance, accept_balanced
+from vpnca.events import emit
 
 log = logging.getLogger("vpnca.ocsp.http")
 MAX_HEAD = 16 * 1024
@@ -114,9 +116,12 @@ class HttpProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiting: asyncio.Future[Reply] | None = None
         self.keep_alive = True
+        self.closing = False  # the server is stopping: close after the request under way
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.closing:  # accepted just before the server began to stop
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -159,6 +164,7 @@ class HttpProtocol(asyncio.Protocol):
             del self.buffer[:end + 4 + length]
             connection = headers.get(b"connection", b"").lower()
             self.keep_alive = connection != b"close" if version == b"HTTP/1.1" else connection == b"keep-alive"
+            self.keep_alive = self.keep_alive and not self.closing
             head_only = method == b"HEAD"
             reply = self.responder.handle(method, target, headers, body)
             if isinstance(reply, asyncio.Future):
@@ -188,9 +194,18 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = None
         self.open_connections.discard(self)
 
+    def shutdown(self) -> None:
+        """The server is stopping: close now when idle, else after answering the request under way
+        (one being signed, or one whose head or body is still arriving)."""
+        self.closing = True
+        if self.transport is not None and self.waiting is None and not self.buffer:
+            self.transport.close()
 
-async def serve_forever(responder: Responder, sock: socket.socket, balance: AcceptBalance) -> None:
-    """Serve `sock`, taking connections least-connections first across the workers."""
+
+async def serve_forever(responder: Responder, sock: socket.socket, balance: AcceptBalance,
+                        stopping: asyncio.Event | None = None, grace: float = 25.0) -> None:
+    """Serve `sock`, taking connections least-connections first across the workers, until `stopping`
+    is set; then drain: no new connections, the requests in flight answered (for up to `grace` s)."""
     loop = asyncio.get_running_loop()
     open_connections: set[HttpProtocol] = set()
 
@@ -206,7 +221,24 @@ async def serve_forever(responder: Responder, sock: socket.socket, balance: Acce
         loop.create_task(connect(conn))
 
     beating = loop.create_task(balance.keep_beating())
+    emit("worker.ready", server="ocsp", index=balance.index)
+    accepting = loop.create_task(accept_balanced(sock, balance, lambda: len(open_connections), start))
+    stop = loop.create_task((stopping or asyncio.Event()).wait())
     try:
-        await accept_balanced(sock, balance, lambda: len(open_connections), start)
+        await asyncio.wait({accepting, stop}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        beating.cancel()
+        for task in (accepting, beating, stop):
+            task.cancel()
+        await asyncio.gather(accepting, beating, stop, return_exceptions=True)
+    error = accepting.exception() if accepting.done() and not accepting.cancelled() else None
+    if error is not None:
+        raise error
+    emit("worker.draining", server="ocsp", index=balance.index, connections=len(open_connections))
+    for protocol in list(open_connections):
+        protocol.shutdown()
+    deadline = loop.time() + grace
+    while open_connections and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    for protocol in list(open_connections):
+        if protocol.transport is not None:
+            protocol.transport.abort()

@@ -26,6 +26,12 @@ REASONS = {
     "privilegeWithdrawn": "privilege_withdrawn", "aACompromise": "aa_compromise",
 }
 MAX_NONCE_OCTETS = 32  # RFC 8954
+# hash algorithm of a CertID, issuerNameHash, issuerKeyHash, serialNumber: what a cached answer is for
+CertIdKey = tuple[str, bytes, bytes, int]
+_HASH_OIDS = {  # the content octets of the AlgorithmIdentifier's OID
+    bytes.fromhex("2b0e03021a"): "sha1", bytes.fromhex("608648016503040201"): "sha256",
+    bytes.fromhex("608648016503040202"): "sha384", bytes.fromhex("608648016503040203"): "sha512",
+}
 
 
 class MalformedRequest(Exception):
@@ -46,10 +52,77 @@ class CertRequest:
     cert_id: aocsp.CertId
 
 
+    @property
+    def key(self) -> CertIdKey:
+        return (self.hash_algorithm, self.issuer_name_hash, self.issuer_key_hash, self.serial)
+
+
 @dataclass(frozen=True)
 class ParsedRequest:
     requests: list[CertRequest]
     nonce: bytes | None  # the DER of the nonce extension's value, echoed as given
+
+
+def _element(der: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """(tag, start of contents, end of contents) of the DER element at `pos`; ValueError if it overruns."""
+    if pos + 2 > end:
+        raise ValueError("truncated")
+    tag, length = der[pos], der[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or pos + count > end:
+            raise ValueError("bad length")
+        length = int.from_bytes(der[pos:pos + count], "big")
+        pos += count
+    if pos + length > end:
+        raise ValueError("overrun")
+    return tag, pos, pos + length
+
+
+def plain_cert_id(der: bytes) -> CertIdKey | None:
+    """The CertID of a plain request (one CertID; no extension, requestor name or signature) read
+    straight from the DER, or None for anything else, which `parse_request` then reads in full.
+
+    This is the hot path of every poller: a few slices, no ASN.1 object tree. The key is semantic, so
+    the same CertID encoded differently (hash parameters NULL or absent) gives the same key.
+    """
+    try:
+        tag, start, end = _element(der, 0, len(der))  # OCSPRequest
+        if tag != 0x30 or end != len(der):
+            return None
+        tag, start, stop = _element(der, start, end)  # tbsRequest
+        if tag != 0x30 or stop != end:  # optionalSignature follows: a signed request
+            return None
+        tag, start, end = _element(der, start, stop)  # requestList (no version, no requestorName)
+        if tag != 0x30 or end != stop:  # requestExtensions follow (a nonce, perhaps)
+            return None
+        tag, start, stop = _element(der, start, end)  # the one Request
+        if tag != 0x30 or stop != end:
+            return None
+        tag, start, end = _element(der, start, stop)  # reqCert
+        if tag != 0x30 or end != stop:  # singleRequestExtensions follow
+            return None
+        tag, oid_start, algorithm_end = _element(der, start, end)  # hashAlgorithm
+        if tag != 0x30:
+            return None
+        tag, oid_start, oid_end = _element(der, oid_start, algorithm_end)
+        algorithm = _HASH_OIDS.get(der[oid_start:oid_end]) if tag == 0x06 else None
+        if algorithm is None or der[oid_end:algorithm_end] not in (b"", b"\x05\x00"):
+            return None
+        tag, name_start, name_end = _element(der, algorithm_end, end)
+        if tag != 0x04:
+            return None
+        tag, key_start, key_end = _element(der, name_end, end)
+        if tag != 0x04:
+            return None
+        tag, serial_start, serial_end = _element(der, key_end, end)
+        if tag != 0x02 or serial_end != end or serial_start == serial_end:
+            return None
+    except ValueError:
+        return None
+    return (algorithm, der[name_start:name_end], der[key_start:key_end],
+            int.from_bytes(der[serial_start:serial_end], "big", signed=True))
 
 
 def parse_request(der: bytes) -> ParsedRequest:
@@ -96,6 +169,14 @@ class IssuerHashes:
 
     def matches(self, request: CertRequest) -> bool:
         return self.by_algorithm.get(request.hash_algorithm) == (request.issuer_name_hash, request.issuer_key_hash)
+
+    def matches_key(self, key: CertIdKey) -> bool:
+        return self.by_algorithm.get(key[0]) == (key[1], key[2])
+
+    def key(self, hash_algorithm: str, serial: int) -> CertIdKey:
+        """The CertID key of our certificate `serial` under `hash_algorithm`."""
+        name_hash, key_hash = self.by_algorithm[hash_algorithm]
+        return (hash_algorithm, name_hash, key_hash, serial)
 
     def cert_id(self, hash_algorithm: str, serial: int) -> aocsp.CertId:
         name_hash, key_hash = self.by_algorithm[hash_algorithm]

@@ -1,4 +1,9 @@
-"""The responder: pre-signed answers on the hot path, live signing only for nonces and misses."""
+"""The responder: pre-signed answers on the hot path, live signing only for nonces and misses.
+
+When the token or the database is away the responder keeps answering: pre-signed answers in memory
+are served as usual, and whatever would need the token or the database is answered tryLater
+(RFC 6960 4.2.1), never an HTTP error.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+
+from hsm import HsmError
 from ocsp.cache import PresignedCache
 from ocsp.responses import (
     CertRequest,
@@ -16,14 +23,18 @@ from ocsp.responses import (
     Status,
     error_response,
     parse_request,
+    plain_cert_id,
     single_response,
 )
 from vpnca.config import Settings
+from vpnca.errors import StoreUnavailable
+from vpnca.outage import OUTAGES
 from vpnca.store import CertificateRecord, CertStatus, OcspResponseRecord, Store
 from vpnca.x509util import serial_hex
 
 log = logging.getLogger("vpnca.ocsp")
 PRESIGNED_HASHES = ("sha1", "sha256")
+TRY_LATER = error_response("try_later")
 
 
 @dataclass(frozen=True)
@@ -48,10 +59,7 @@ class OcspService:
         self.store = store
         self.issuer_hashes = issuer_hashes
         self.signer = signer
-        self.cache = PresignedCache(store)
-        # request DER -> (serial, hash) of requests already found to be plain single-CertID lookups:
-        # repeat pollers (every gateway, every few minutes) skip the ASN.1 parse entirely
-        self._known_requests: dict[bytes, tuple[str, str]] = {}
+        self.cache = PresignedCache(store, issuer_hashes)
 
     def respond(self, der: bytes) -> OcspAnswer:
         """The whole answer, signing live where nothing pre-signed fits."""
@@ -59,40 +67,60 @@ class OcspService:
         return fast if isinstance(fast, OcspAnswer) else self.sign_live(fast.requests, fast.nonce)
 
     def respond_presigned(self, der: bytes) -> OcspAnswer | ParsedRequest:
-        """An answer that needs no signing (pre-signed or an error), or the request to sign live."""
-        known = self._known_requests.get(der)
-        if known is not None:
-            found = self.cache.get(*known)
+        """An answer that needs no signing (pre-signed, tryLater or an error), or the request to sign live."""
+        key = plain_cert_id(der)  # the hot path: most pollers send one plain CertID
+        if key is not None and not self.issuer_hashes.matches_key(key):
+            key = None  # parse_request reads it in full and refuses it
+        request: ParsedRequest | None = None
+        if key is None:
+            try:
+                request = parse_request(der)
+            except MalformedRequest as exc:
+                log.warning("malformed OCSP request: %s", exc)
+                return OcspAnswer(error_response("malformed_request"), kind="malformed_request")
+            if not all(self.issuer_hashes.matches(r) for r in request.requests):
+                log.warning("OCSP request for an issuer we are not")
+                return OcspAnswer(error_response("unauthorized"), kind="unauthorized")
+            # without a signing key the nonce cannot be echoed: answer pre-signed (RFC 8954 lets a responder
+            # omit it); a nonce or several CertIDs are signed live and never cached
+            if len(request.requests) != 1 or (request.nonce is not None and self.signer is not None):
+                return request
+            key = request.requests[0].key
+        if key[0] in PRESIGNED_HASHES:
+            try:
+                found = self.cache.get(key)
+            except StoreUnavailable:
+                return OcspAnswer(TRY_LATER, kind="try_later")
             if found is not None and found[1] > datetime.now(UTC):
                 return OcspAnswer(found[0], found[1])
-        try:
-            request = parse_request(der)
-        except MalformedRequest as exc:
-            log.warning("malformed OCSP request: %s", exc)
-            return OcspAnswer(error_response("malformed_request"), kind="malformed_request")
-        if not all(self.issuer_hashes.matches(r) for r in request.requests):
-            log.warning("OCSP request for an issuer we are not")
-            return OcspAnswer(error_response("unauthorized"), kind="unauthorized")
-        # without a signing key the nonce cannot be echoed: answer pre-signed (RFC 8954 lets a responder omit it)
-        if len(request.requests) == 1 and (request.nonce is None or self.signer is None):
-            item = request.requests[0]
-            if item.hash_algorithm in PRESIGNED_HASHES:
-                key = (serial_hex(item.serial), item.hash_algorithm)
-                found = self.cache.get(*key)
-                if found is not None and found[1] > datetime.now(UTC):
-                    if request.nonce is None and len(self._known_requests) < 200_000:
-                        self._known_requests[der] = key
-                    return OcspAnswer(found[0], found[1])
+        if request is None:  # a plain request that missed: read it in full for live signing
+            try:
+                request = parse_request(der)
+            except MalformedRequest as exc:
+                log.warning("malformed OCSP request: %s", exc)
+                return OcspAnswer(error_response("malformed_request"), kind="malformed_request")
         return request
 
     def sign_live(self, requests: list[CertRequest], nonce: bytes | None) -> OcspAnswer:
+        """Sign an answer now; tryLater while the token or the database is unavailable."""
         if self.signer is None:
-            return OcspAnswer(error_response("try_later"), kind="try_later")
+            return OcspAnswer(TRY_LATER, kind="try_later")
         now = datetime.now(UTC).replace(microsecond=0)  # DER GeneralizedTime: whole seconds
         next_update = now + self.settings.ocsp.validity
-        responses = [single_response(r.cert_id, status_of(self.store.get_certificate(serial_hex(r.serial))),
-                                     now, next_update) for r in requests]
-        return OcspAnswer(self.signer.sign(responses, now, nonce), None if nonce else next_update, kind="live")
+        try:
+            responses = [single_response(r.cert_id, status_of(self.store.get_certificate(serial_hex(r.serial))),
+                                         now, next_update) for r in requests]
+        except StoreUnavailable as exc:
+            OUTAGES.down("database", exc.__cause__ or exc)
+            return OcspAnswer(TRY_LATER, kind="try_later")
+        self.cache.database_is_up()
+        try:
+            body = self.signer.sign(responses, now, nonce)
+        except HsmError as exc:  # the token logs its outage once and reopens itself
+            OUTAGES.down("token", exc)
+            return OcspAnswer(TRY_LATER, kind="try_later")
+        OUTAGES.up("token")
+        return OcspAnswer(body, None if nonce else next_update, kind="live")
 
     def presign(self, records: list[CertificateRecord]) -> int:
         """Sign and store responses for `records` under each pre-signed CertID hash."""

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import pwd
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +13,7 @@ import pytest
 
 from hsm.softhsm import SoftHsmToken, init_softhsm_token
 from tests.helpers import free_port, require_tool, run, stop_process
+from tests.postgres import PostgresCluster
 from vpnca import ca as ca_module
 from vpnca.authority import Authority
 from vpnca.config import Settings, load_settings, render_config
@@ -76,34 +74,14 @@ def ca_home(tmp_path: Path, softhsm: SoftHsmToken) -> Iterator[CaHome]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A private PostgreSQL cluster from the Debian package: initdb + pg_ctl in a temp dir."""
-    bindir = Path("/usr/lib/postgresql")
-    versions = sorted(bindir.glob("*/bin/initdb")) if bindir.exists() else []
-    if not versions:
-        require_tool("initdb")
-    initdb = str(versions[-1]) if versions else require_tool("initdb")
-    pg_ctl = str(Path(initdb).with_name("pg_ctl"))
-    base = Path(tempfile.mkdtemp(prefix="vpnca-pg-"))
-    data, sockets = base / "data", base / "run"
-    sockets.mkdir()
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        user = pwd.getpwnam("postgres")
-        os.chown(base, user.pw_uid, user.pw_gid)
-        os.chown(sockets, user.pw_uid, user.pw_gid)
-        as_user = [require_tool("runuser"), "-u", "postgres", "--"]
-    port = free_port()
-    run([*as_user, initdb, "-A", "trust", "-U", "vpnca", "-D", str(data)])
-    run([*as_user, pg_ctl, "-D", str(data), "-l", str(base / "log"), "-w", "-o",
-         f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=on", "start"])
+def postgres_url() -> Iterator[str]:
+    """A private PostgreSQL cluster from the Debian package, shared by the session's tests."""
+    cluster = PostgresCluster()
+    cluster.start()
     try:
-        url = f"postgresql+psycopg://vpnca@127.0.0.1:{port}/postgres"
-        yield url
+        yield cluster.url
     finally:
-        subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"],
-                       capture_output=True, check=False)
-        shutil.rmtree(base, ignore_errors=True)
+        cluster.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -17,6 +17,7 @@ from enrollment.acme.service import AcmeService
 from enrollment.est import EstContext
 from enrollment.est import EST_PREFIX
 from enrollment.est import make_app as est_app
+from enrollment.http import quiet_on_client_disconnect
 from enrollment.scep import ScepContext
 from enrollment.scep import make_router as scep_router
 from ocsp.app import revocation_app
@@ -91,5 +92,6 @@ def create_apps(settings: Settings, store: Store, authority: Authority, ocsp: Oc
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    return Apps(https=https, http=revocation_app(ocsp, http))
+    return Apps(https=quiet_on_client_disconnect(https),
+                http=quiet_on_client_disconnect(revocation_app(ocsp, http)))
 

@@ -19,7 +19,7 @@ from vpnca.config import Settings
 from vpnca.errors import BadRequest, NotAuthorized, PolicyViolation
 from vpnca.events import emit
 from vpnca.identities import IkeIdentity, identities_from_csr, subject_for
-from vpnca.policy import check_csr_signature, check_identities, check_public_key
+from vpnca.policy import check_csr, check_identities, check_public_key
 from vpnca.profiles import Profile, get_profile
 from vpnca.store import CertificateRecord, CertStatus, Store
 from vpnca.store.repository import SerialCollision
@@ -80,7 +80,7 @@ def request_from_csr(
     The identities are the given ones, or else those the CSR names.
     """
     csr = csr_data if isinstance(csr_data, x509.CertificateSigningRequest) else load_csr(csr_data)
-    check_csr_signature(csr)
+    check_csr(csr)
     wanted = tuple(identities) if identities is not None else identities_from_csr(csr)
     return IssueRequest(
         profile=profile, identities=wanted, public_key=csr.public_key(), requester=requester,
@@ -121,7 +121,21 @@ class Authority:
         return self.settings.ca.name
 
     def check(self, request: IssueRequest) -> Profile:
-        """Everything the policy and the profile decide, before anything is written."""
+        """Everything the policy and the profile decide, before anything is written; a refusal is
+        logged and counted here, once."""
+        try:
+            return self._check(request)
+        except (BadRequest, PolicyViolation, NotAuthorized) as exc:
+            reason = {BadRequest: "bad_request", PolicyViolation: "policy", NotAuthorized: "not_authorized"}
+            kind = next(v for k, v in reason.items() if isinstance(exc, k))
+            emit("issuance.refused", logging.WARNING, requester=request.requester, protocol=request.protocol,
+                 profile=request.profile, identity=[i.value for i in request.identities], reason=kind,
+                 detail=str(exc))
+            metrics.refused(request.protocol, kind, request.profile)
+            exc.counted = True
+            raise
+
+    def _check(self, request: IssueRequest) -> Profile:
         profile = get_profile(self.settings, request.profile)
         check_public_key(request.public_key)
         if not request.identities:
@@ -143,16 +157,7 @@ class Authority:
 
     def issue(self, request: IssueRequest) -> IssuedCertificate:
         """Check, reserve the serial, sign on the token, record the certificate, audit; then return."""
-        try:
-            profile = self.check(request)
-        except (BadRequest, PolicyViolation, NotAuthorized) as exc:
-            reason = {BadRequest: "bad_request", PolicyViolation: "policy", NotAuthorized: "not_authorized"}
-            kind = next(v for k, v in reason.items() if isinstance(exc, k))
-            emit("issuance.refused", logging.WARNING, requester=request.requester, protocol=request.protocol,
-                 profile=request.profile, identity=[i.value for i in request.identities], reason=kind,
-                 detail=str(exc))
-            metrics.refused(request.protocol, kind, request.profile)
-            raise
+        profile = self.check(request)
         now = datetime.now(UTC)
         lifetime = min(request.lifetime or profile.lifetime, profile.lifetime)
         not_before = now - BACKDATE

@@ -4,7 +4,8 @@ asyncio accepts every pending connection on each wake-up, so with long-lived (ke
 one worker could end up with most of them while another idles. Each worker publishes its open
 connections and a heartbeat in shared arrays and takes new connections only while it is among the
 least loaded of the live workers; the others leave them in the kernel's queue. A worker that has
-not started, has died or is stuck stops beating and no longer counts.
+not started, has died or is stuck stops beating and no longer counts; a worker that replaces a dead
+one takes over its index (the supervisor clears the slot first, see AcceptBalance.retire).
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ class AcceptBalance:
 
     def beat(self) -> None:
         self.beats[self.index] = time.monotonic()
+
+    def retire(self) -> None:
+        """The worker at this index has exited (the supervisor says so): it counts no more at once,
+        without waiting for its heartbeat to go stale. Its replacement starts from an empty slot."""
+        self.beats[self.index] = 0.0
+        self.counts[self.index] = 0
 
     async def keep_beating(self) -> None:
         while True:

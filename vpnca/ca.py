@@ -201,7 +201,7 @@ def write_public_files(settings: Settings, hierarchy: Hierarchy) -> None:
 
 def initialise(settings: Settings, store: Store, *, actor: str) -> Hierarchy:
     """Create the root, the token-held sub-CA and the OCSP signer; refuse if a CA exists."""
-    store.create_schema()
+    store.init_schema()  # a new database gets the current schema; an existing one must be current
     if store.current_ca("sub") is not None:
         raise Conflict(f"a CA already exists in {settings.database_url}; refusing to overwrite it")
     token = open_settings_token(settings)

@@ -25,13 +25,12 @@ from vpnca.authority import REVOCATION_REASONS, Authority, IssueRequest, request
 from vpnca.config import CONFIG_NAME, Settings, load_settings, render_config, vpnca_home
 from vpnca.errors import BadRequest, ConfigError, VpncaError
 from vpnca.events import configure_for, configure_logging
-from vpnca.files import write_private
+from vpnca.files import STATE_UMASK, write_private
 from vpnca.identities import IkeIdentity
 from vpnca.store import CertificateRecord, CertStatus, Store
 from vpnca.x509util import parse_serial, to_pem
 
 log = logging.getLogger("vpnca.cli")
-INTERRUPTED_AFTER = timedelta(minutes=2)
 
 
 def actor() -> str:
@@ -42,9 +41,13 @@ def actor() -> str:
     return f"cli:{user}"
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, *, new_ca: bool = False) -> Store:
+    """The store, refused (SchemaOutdated) unless its schema is current; `new_ca`: create it if empty."""
     store = Store(settings.database_url)
-    store.create_schema()
+    if new_ca:
+        store.init_schema()
+    else:
+        store.require_current_schema()
     record_config_change(settings, store)
     return store
 
@@ -116,7 +119,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     elif args.softhsm or args.domain or args.ip_range:
         raise ConfigError(f"{config_path} exists; edit it instead of passing init options")
     settings = load_settings(home)
-    store = open_store(settings)
+    store = open_store(settings, new_ca=True)
     hierarchy = ca_module.initialise(settings, store, actor=actor())
     print(f"root CA   {hierarchy.root.subject.rfc4514_string()}  serial {hierarchy.root.serial_number:x}")
     print(f"sub-CA    {hierarchy.sub.subject.rfc4514_string()}  serial {hierarchy.sub.serial_number:x}")
@@ -242,6 +245,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def status_report(settings: Settings, store: Store) -> dict[str, Any]:
+    from vpnca.health import job_freshness
+
     now = datetime.now(UTC)
     report: dict[str, Any] = {"home": str(settings.home), "database": settings.database_url.split("@")[-1]}
     try:
@@ -256,8 +261,9 @@ def status_report(settings: Settings, store: Store) -> dict[str, Any]:
                     "not_after": cert.not_valid_after_utc.isoformat(), "key_label": record.key_label})
     report["ca_certificates"] = cas
     report["certificates"] = store.count_by_status()
-    stuck = [r for r in store.list_certificates(status=CertStatus.ISSUING)
-             if now - r.created_at > INTERRUPTED_AFTER]
+    # signing takes milliseconds: a reservation still `issuing` is almost surely one a killed process
+    # left behind; shown at once, resolved (failed, token given back) when `vpnca serve` starts
+    stuck = store.list_certificates(status=CertStatus.ISSUING)
     report["interrupted_issuances"] = [
         {"serial": r.serial, "subject": r.subject, "started": r.created_at.isoformat()} for r in stuck
     ]
@@ -267,7 +273,8 @@ def status_report(settings: Settings, store: Store) -> dict[str, Any]:
                      "fresh": crl.next_update > now} if crl else None
     report["jobs"] = [{"job": j.job, "ok": j.ok, "last_run": j.last_run.isoformat(), "message": j.message,
                        "failures": j.failures,
-                       "next_attempt": j.next_attempt.isoformat() if j.next_attempt else None}
+                       "next_attempt": j.next_attempt.isoformat() if j.next_attempt else None,
+                       **job_freshness(settings, j, now)}  # age, interval, stale: has the scheduler stopped?
                       for j in store.job_runs()]
     report["ocsp_presign_backlog"] = store.count_ocsp_backlog(settings.ca.name, now + settings.ocsp.refresh_before)
     chain = verify_chain(store.audit_entries())
@@ -278,6 +285,8 @@ def status_report(settings: Settings, store: Store) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     settings = load_settings()
     report = status_report(settings, open_store(settings))
+    from vpnca.health import job_state
+
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -297,7 +306,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                               f"{'' if crl['fresh'] else ' STALE'}" if crl else "none published"))
     print(f"ocsp backlog  {report['ocsp_presign_backlog']}")
     for job in report["jobs"]:
-        state = "ok" if job["ok"] else f"FAILED x{job['failures']}, retry {str(job['next_attempt'])[:19]}"
+        state = job_state(job)
         print(f"job {job['job']:<10} {state}  {job['last_run'][:19]}  {job['message'][:60]}")
     audit = report["audit"]
     print(f"audit chain   {audit['entries']} entries, {'intact' if audit['ok'] else 'BROKEN'}, head {audit['head'][:16]}")
@@ -318,11 +327,41 @@ def cmd_report_expiring(args: argparse.Namespace) -> int:
     store = open_store(load_settings())
     now = datetime.now(UTC)
     until = now + parse_duration(args.within)
-    rows = [record_dict(r) for r in store.list_certificates(status=CertStatus.VALID)
-            if now <= r.not_after <= until]
-    rows.sort(key=lambda r: r["not_after"])
+    rows = [record_dict(r) for r in store.list_expiring(now, until)]
     print_certificates(rows, ["serial", "profile", "identities", "not_after", "requester"], args.json)
     return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Migrate the database schema to this vpnca's revision (a no-op when it is there already)."""
+    store = Store(load_settings().database_url)
+    try:
+        before = store.schema_state().describe()
+        previous, current = store.upgrade_schema()
+        if previous == current:
+            print(f"database schema at {current}: up to date")
+        else:
+            store.audit(actor(), "schema-upgrade", {"from": previous, "to": current})
+            print(f"database schema upgraded: {before} -> {current}")
+    finally:
+        store.dispose()
+    return 0
+
+
+def cmd_db_current(args: argparse.Namespace) -> int:
+    store = Store(load_settings().database_url)
+    try:
+        state = store.schema_state()
+    finally:
+        store.dispose()
+    problem = state.problem()
+    if args.json:
+        print(json.dumps({"current": state.current, "head": state.head, "up_to_date": state.up_to_date,
+                          "problem": str(problem) if problem else None}, indent=2))
+    else:
+        print(f"current   {state.describe()}\nhead      {state.head}")
+        print("up to date" if problem is None else str(problem))
+    return 0 if problem is None else 1
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
@@ -493,9 +532,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 def cmd_acme_eab_create(args: argparse.Namespace) -> int:
     """An external account binding key: the account that presents it may get only --allow names."""
-    import base64
-    import secrets
-
+    from enrollment.auth import option_safe_key, option_safe_token
     from vpnca.policy import check_identities
     from vpnca.store import AcmeEabKey
     from vpnca.store.acme import AcmeRepository
@@ -509,13 +546,12 @@ def cmd_acme_eab_create(args: argparse.Namespace) -> int:
     profile = args.profile or settings.acme.profile
     if profile not in settings.profiles or profile == "service":
         raise BadRequest(f"no profile {profile!r} for ACME")
-    hmac_key = secrets.token_bytes(32)
+    hmac_key, encoded = option_safe_key(32)  # neither the key nor the kid begins with '-'
     now = datetime.now(UTC)
-    key = AcmeEabKey(kid=secrets.token_urlsafe(12), hmac_key=hmac_key,
+    key = AcmeEabKey(kid=option_safe_token(12), hmac_key=hmac_key,
                      allowed_identities=json.dumps([[i.kind, i.value] for i in identities]), profile=profile,
                      created_by=actor(), created_at=now, expires_at=now + parse_duration(args.ttl))
     AcmeRepository(open_store(settings)).add_eab_key(key)
-    encoded = base64.urlsafe_b64encode(hmac_key).rstrip(b"=").decode()
     if args.json:
         print(json.dumps({"kid": key.kid, "hmac_key": encoded, "profile": profile,
                           "allowed": [i.value for i in identities], "expires_at": key.expires_at.isoformat()}))
@@ -568,6 +604,26 @@ def verify_pack_command(args: argparse.Namespace) -> int:
     result = verify_pack(Path(args.pack), store)
     return report_verification("evidence pack", result.ok, result.entries, result.head_hash, result.problems,
                                args.json)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """Validate vpnca.toml; print the effective settings (defaults filled in, no secrets)."""
+    from vpnca.config import dump_toml, effective_config
+
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        if args.json:
+            print(json.dumps({"config": str(vpnca_home() / CONFIG_NAME), "valid": False, "error": str(exc)}))
+        raise
+    effective = effective_config(settings)
+    if args.json:
+        print(json.dumps({"config": str(settings.config_path), "home": str(settings.home), "valid": True,
+                          "settings": effective}, indent=2))
+    else:
+        print(f"# {settings.config_path} is valid. Effective settings, defaults filled in:")
+        print(dump_toml(effective), end="")
+    return 0
 
 
 # -- parser ---------------------------------------------------------------------------------
@@ -701,6 +757,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory")
     p.set_defaults(func=cmd_audit_export)
 
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    p = db.add_parser("upgrade", help="migrate the database schema to this vpnca's revision")
+    p.set_defaults(func=cmd_db_upgrade)
+    p = db.add_parser("current", help="the schema revision and this vpnca's (exit 1 when not up to date)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_db_current)
+
+    config = sub.add_parser("config", help="vpnca.toml").add_subparsers(dest="config_command", required=True)
+    p = config.add_parser("check", help="validate vpnca.toml and print the effective settings")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_config_check)
+
     report = sub.add_parser("report", help="reports").add_subparsers(dest="report_command", required=True)
     p = report.add_parser("expiring", help="valid certificates expiring within a window")
     p.add_argument("--within", default="14d", help="e.g. 14d, 12h")
@@ -711,6 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    os.umask(STATE_UMASK)  # the database (EAB keys), logs and vpnca.toml: nothing for others
     # the operator reads one-line errors on stderr; the events go to the log file (and syslog)
     configure_logging(verbose=args.verbose, quiet=True)
     home = vpnca_home()

@@ -1,155 +1,349 @@
-"""Typed settings: VPNCA_HOME/vpnca.toml plus VPNCA_* environment overrides."""
+"""Typed settings: VPNCA_HOME/vpnca.toml plus VPNCA_* environment overrides.
+
+Every section of vpnca.toml is a frozen pydantic model that forbids unknown keys and does not coerce
+types (a string is not an integer, "false" is not a boolean). Durations are written in the file as
+`<name>_seconds|_minutes|_hours|_days` (exactly one of them) and held as timedelta; relative paths are
+resolved against VPNCA_HOME. Whatever is wrong in the file becomes one ConfigError that names the file
+and the dotted key (`settings_from_dict` is the only place pydantic's ValidationError is converted).
+"""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
+import math
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from hsm.softhsm import DEFAULT_MODULE
 from vpnca.errors import ConfigError
 
 CONFIG_NAME = "vpnca.toml"
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+DURATION_UNITS = ("seconds", "minutes", "hours", "days")
+_KEY = "toml_key"  # the ctx entry of our own errors that names the key below the error's location
 
 
-@dataclass(frozen=True)
-class TokenSettings:
+# -- value types --------------------------------------------------------------------------------
+
+def _error(kind: str, message: str, **ctx: Any) -> PydanticCustomError:
+    return PydanticCustomError(kind, message, ctx or None)
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _as_path(value: Any, info: ValidationInfo) -> Any:
+    """A string is a path; a relative one is relative to VPNCA_HOME (the validation context's home)."""
+    if isinstance(value, Path):
+        return value
+    if not isinstance(value, str) or not value:
+        raise _error("path_type", "expected a path (a non-empty string)")
+    path = Path(value)
+    home = (info.context or {}).get("home")
+    return home / path if home is not None and not path.is_absolute() else path
+
+
+def _as_optional_path(value: Any, info: ValidationInfo) -> Any:
+    return None if value is None or value == "" else _as_path(value, info)
+
+
+def _as_network(value: Any) -> Any:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        raise _error("network_type", "expected a network in CIDR notation, e.g. \"10.0.0.0/8\"")
+    try:
+        return ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise _error("network_value", "expected a network in CIDR notation: {reason}", reason=str(exc)) from None
+
+
+def _domain(value: str) -> str:
+    return value.lower().strip(".")
+
+
+def _positive(value: float) -> float:
+    if not (value > 0 and math.isfinite(value)):
+        raise _error("not_positive", "expected a positive number")
+    return value
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise _error("port_range", "expected a port number from 1 to 65535")
+    return value
+
+
+def _jitter(value: float) -> float:
+    if not 0 <= value <= 0.5:
+        raise _error("jitter_range", "expected a fraction from 0 to 0.5")
+    return value
+
+
+def _positive_duration(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise _error("not_positive", "expected a positive duration")
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise _error("empty", "expected a non-empty string")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if not re.match(r"https?://[^/\s]+", value):
+        raise _error("url", "expected an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+Name = Annotated[str, AfterValidator(_non_empty)]
+Port = Annotated[int, AfterValidator(_port)]
+PositiveInt = Annotated[int, AfterValidator(_positive)]
+PositiveFloat = Annotated[float, AfterValidator(_positive)]
+Duration = Annotated[timedelta, AfterValidator(_positive_duration)]
+StrTuple = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
+HomePath = Annotated[Path, BeforeValidator(_as_path)]
+OptionalHomePath = Annotated[Path | None, BeforeValidator(_as_optional_path)]
+Network = Annotated[IpNetwork, BeforeValidator(_as_network)]
+
+
+# -- sections ---------------------------------------------------------------------------------
+
+class Section(BaseModel):
+    """A table of vpnca.toml: unknown keys are errors, no type coercion, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @classmethod
+    def duration_fields(cls) -> tuple[str, ...]:
+        return tuple(name for name, f in cls.model_fields.items() if f.annotation is timedelta)
+
+    @classmethod
+    def toml_keys(cls) -> list[str]:
+        """The keys this table accepts in vpnca.toml (a duration as its four unit keys)."""
+        durations = cls.duration_fields()
+        return [key for name in cls.model_fields
+                for key in ([f"{name}_{unit}" for unit in DURATION_UNITS] if name in durations else [name])]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _durations(cls, data: Any) -> Any:
+        """`lifetime_days = 7` in the file becomes `lifetime = timedelta(days=7)`."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in cls.duration_fields():
+            given = [f"{name}_{unit}" for unit in DURATION_UNITS if f"{name}_{unit}" in data]
+            if name in data and not isinstance(data[name], timedelta):
+                raise _error("duration_unit", "expected the unit in the key: one of {keys}",
+                             keys=", ".join(f"{name}_{unit}" for unit in DURATION_UNITS), **{_KEY: name})
+            if len(given) + (name in data) > 1:
+                raise _error("duration_units", "given in several units ({keys}); keep one",
+                             keys=", ".join(given), **{_KEY: name})
+            if not given:
+                continue
+            key = given[0]
+            unit = key.removeprefix(f"{name}_")
+            value = data.pop(key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise _error("duration_type", "expected a number of {unit}, got {value}", unit=unit,
+                             value=repr(value), **{_KEY: key})
+            if not (value > 0 and math.isfinite(value)):
+                raise _error("duration_range", "expected a positive number of {unit}, got {value}", unit=unit,
+                             value=repr(value), **{_KEY: key})
+            try:
+                data[name] = timedelta(**{unit: value})
+            except OverflowError:
+                raise _error("duration_range", "{value} {unit} is too long", unit=unit, value=repr(value),
+                             **{_KEY: key}) from None
+        return data
+
+
+class TokenSettings(Section):
     module: str = DEFAULT_MODULE
-    label: str = "vpnca"
-    pin_file: Path | None = None
-    softhsm_conf: Path | None = None
+    label: Name = "vpnca"
+    pin_file: OptionalHomePath = None
+    softhsm_conf: OptionalHomePath = None
 
 
-@dataclass(frozen=True)
-class CaSettings:
-    name: str = "vpnca-sub"
+class CaSettings(Section):
+    name: Name = "vpnca-sub"
     organization: str = "vpnca"
-    root_common_name: str = "vpnca Root CA"
-    sub_common_name: str = "vpnca Issuing CA"
-    root_key: str = "software"  # "software" (encrypted PKCS#8 under home) or "token"
-    root_lifetime: timedelta = timedelta(days=3650)
-    sub_lifetime: timedelta = timedelta(days=1825)
-    ocsp_signer_lifetime: timedelta = timedelta(days=30)
-    root_crl_lifetime: timedelta = timedelta(days=365)  # the offline root signs its CRL this far ahead
+    root_common_name: Name = "vpnca Root CA"
+    sub_common_name: Name = "vpnca Issuing CA"
+    root_key: Literal["software", "token"] = "software"  # encrypted PKCS#8 under home, or on the token
+    root_lifetime: Duration = timedelta(days=3650)
+    sub_lifetime: Duration = timedelta(days=1825)
+    ocsp_signer_lifetime: Duration = timedelta(days=30)
+    root_crl_lifetime: Duration = timedelta(days=365)  # the offline root signs its CRL this far ahead
     name_constraints: bool = False
 
 
-@dataclass(frozen=True)
-class PolicySettings:
-    allowed_domains: tuple[str, ...] = ()
-    allowed_ip_ranges: tuple[IpNetwork, ...] = ()
+class PolicySettings(Section):
+    allowed_domains: Annotated[tuple[Annotated[str, AfterValidator(_domain)], ...],
+                               BeforeValidator(_as_tuple)] = ()
+    allowed_ip_ranges: Annotated[tuple[Network, ...], BeforeValidator(_as_tuple)] = ()
     allow_dn_identities: bool = True
 
 
-@dataclass(frozen=True)
-class ProfileSettings:
-    lifetime: timedelta
+class ProfileSettings(Section):
+    lifetime: Duration
     approval: bool = False  # enrollments wait for `vpnca approve`
 
 
-@dataclass(frozen=True)
-class ServerSettings:
-    host: str = "127.0.0.1"
-    https_port: int = 8443
-    http_port: int = 8080
-    tls_names: tuple[str, ...] = ("localhost", "127.0.0.1")  # SANs of the HTTPS server certificate
+class ServerSettings(Section):
+    host: Name = "127.0.0.1"
+    https_port: Port = 8443
+    http_port: Port = 8080
+    # SANs of the HTTPS server certificate
+    tls_names: Annotated[StrTuple, Field(min_length=1)] = ("localhost", "127.0.0.1")
 
 
-@dataclass(frozen=True)
-class EstSettings:
-    default_profile: str = "device"
-    bootstrap_ca_files: tuple[Path, ...] = ()  # manufacturer/bootstrap CAs for first enrollment
-    trusted_proxies: tuple[str, ...] = ()  # addresses allowed to pass the client certificate
-    client_cert_header: str = "x-ssl-client-cert"  # URL-encoded PEM, as nginx's $ssl_client_escaped_cert
-    max_body_bytes: int = 16 * 1024
-    retry_after_seconds: int = 60
+class EstSettings(Section):
+    default_profile: Name = "device"
+    # the only profile a TLS client certificate from a bootstrap CA (below) may enroll for
+    bootstrap_profile: Name = "device"
+    # manufacturer/bootstrap CAs for first enrollment
+    bootstrap_ca_files: Annotated[tuple[HomePath, ...], BeforeValidator(_as_tuple)] = ()
+    trusted_proxies: StrTuple = ()  # addresses allowed to pass the client certificate
+    # URL-encoded PEM, as nginx's $ssl_client_escaped_cert
+    client_cert_header: Annotated[Name, AfterValidator(str.lower)] = "x-ssl-client-cert"
+    max_body_bytes: PositiveInt = 16 * 1024
+    retry_after_seconds: PositiveInt = 60
 
 
-@dataclass(frozen=True)
-class CrlSettings:
-    next_update: timedelta = timedelta(hours=24)
-    regenerate_every: timedelta = timedelta(hours=1)
+class CrlSettings(Section):
+    next_update: Duration = timedelta(hours=24)
+    regenerate_every: Duration = timedelta(hours=1)
     delta: bool = False
-    delta_next_update: timedelta = timedelta(hours=1)
+    delta_next_update: Duration = timedelta(hours=1)
 
 
-@dataclass(frozen=True)
-class OcspSettings:
-    validity: timedelta = timedelta(hours=24)  # nextUpdate - thisUpdate of a pre-signed response
-    refresh_before: timedelta = timedelta(hours=12)  # re-sign when less than this is left
-    presign_every: timedelta = timedelta(minutes=1)
-    max_request_bytes: int = 16 * 1024
+class OcspSettings(Section):
+    validity: Duration = timedelta(hours=24)  # nextUpdate - thisUpdate of a pre-signed response
+    refresh_before: Duration = timedelta(hours=12)  # re-sign when less than this is left
+    presign_every: Duration = timedelta(minutes=1)
+    max_request_bytes: PositiveInt = 16 * 1024
 
 
-@dataclass(frozen=True)
-class GatewaySettings:
+class GatewaySettings(Section):
     """The bundled strongSwan gateway vpnca keeps credentials fresh for."""
 
     id: str = ""  # the gateway's IKE identity (its certificate's SAN)
-    vici_socket: str = "unix:///var/run/charon.vici"
-    local_addrs: tuple[str, ...] = ("%any",)
-    local_ts: tuple[str, ...] = ("10.200.1.0/24",)  # the API subnets (and ports: "10.0.1.0/24[tcp/443]")
-    remote_ts: tuple[str, ...] = ("0.0.0.0/0",)
-    ike_proposals: str = "aes256gcm16-prfsha384-ecp384"
-    esp_proposals: str = "aes256gcm16-ecp384"
-    rekey_time: str = "4h"
-    reauth_time: str = "0"
-    child_rekey_time: str = "1h"
-    dpd_delay: str = "30s"
-    renewal_jitter: float = 0.05  # of the lifetime, each way, so renewals don't storm
-    check_every_seconds: float = 60.0  # how often the scheduler checks whether renewal is due
+    vici_socket: Name = "unix:///var/run/charon.vici"
+    local_addrs: StrTuple = ("%any",)
+    local_ts: StrTuple = ("10.200.1.0/24",)  # the API subnets (and ports: "10.0.1.0/24[tcp/443]")
+    remote_ts: StrTuple = ("0.0.0.0/0",)
+    ike_proposals: Name = "aes256gcm16-prfsha384-ecp384"
+    esp_proposals: Name = "aes256gcm16-ecp384"
+    rekey_time: Name = "4h"  # swanctl.conf time values, passed through
+    reauth_time: Name = "0"
+    child_rekey_time: Name = "1h"
+    dpd_delay: Name = "30s"
+    renewal_jitter: Annotated[float, AfterValidator(_jitter)] = 0.05  # of the lifetime, each way
+    check_every_seconds: PositiveFloat = 60.0  # how often the scheduler checks whether renewal is due
 
 
-@dataclass(frozen=True)
-class ScepSettings:
+class ScepSettings(Section):
     # profiles whose (legacy) SCEP clients may use 3DES; empty: AES only, 3DES gets badAlg
-    legacy_des3_profiles: tuple[str, ...] = ()
+    legacy_des3_profiles: StrTuple = ()
 
 
-@dataclass(frozen=True)
-class AcmeSettings:
+class AcmeSettings(Section):
     """RFC 8555 on the HTTPS listener (`/acme/directory`)."""
 
     enabled: bool = True
-    profile: str = "gateway"  # what ACME certificates are issued as
+    profile: Name = "gateway"  # what ACME certificates are issued as
     external_account_required: bool = True  # accounts need `vpnca acme eab create` keys
-    http01_port: int = 80  # where the validator fetches /.well-known/acme-challenge/<token>
+    http01_port: Port = 80  # where the validator fetches /.well-known/acme-challenge/<token>
     dns_resolver: str = ""  # "host[:port]" the validator asks (A/AAAA and TXT); empty: the system's
-    validation_timeout_seconds: float = 10.0
-    nonce_lifetime: timedelta = timedelta(hours=1)
-    order_lifetime: timedelta = timedelta(days=1)  # pending orders and authorizations expire after this
-    authorization_lifetime: timedelta = timedelta(days=7)  # a valid authorization is reused this long
-    max_body_bytes: int = 64 * 1024
+    validation_timeout_seconds: PositiveFloat = 10.0
+    nonce_lifetime: Duration = timedelta(hours=1)
+    order_lifetime: Duration = timedelta(days=1)  # pending orders and authorizations expire after this
+    authorization_lifetime: Duration = timedelta(days=7)  # a valid authorization is reused this long
+    max_body_bytes: PositiveInt = 64 * 1024
 
 
-@dataclass(frozen=True)
-class LoggingSettings:
+def _syslog_ca_file(value: str, info: ValidationInfo) -> str:
+    return str(_as_path(value, info)) if value else ""
+
+
+class LoggingSettings(Section):
     syslog_tls: str = ""  # "host:port" of an RFC 5425 syslog receiver; empty: off
-    syslog_ca_file: str = ""  # CA bundle that verifies the receiver (default: the system's)
+    # CA bundle that verifies the receiver (default: the system's)
+    syslog_ca_file: Annotated[str, AfterValidator(_syslog_ca_file)] = ""
 
 
-@dataclass(frozen=True)
-class Settings:
+class DatabaseSection(Section):
+    url: Name | None = None  # default: SQLite in VPNCA_HOME
+
+
+class UrlsSection(Section):
+    http_base: Annotated[str, AfterValidator(_http_url)] = "http://127.0.0.1:8080"  # CRL, OCSP, AIA
+
+
+DEFAULT_PROFILES = {
+    "device": ProfileSettings(lifetime=timedelta(days=7)),
+    "gateway": ProfileSettings(lifetime=timedelta(days=30)),
+    "service": ProfileSettings(lifetime=timedelta(days=30)),  # vpnca's own HTTPS server
+}
+
+
+# -- the settings the code uses ---------------------------------------------------------------
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
     home: Path
     database_url: str
     http_base_url: str
     token: TokenSettings
     ca: CaSettings
     policy: PolicySettings
-    profiles: dict[str, ProfileSettings] = field(default_factory=dict)
-    server: ServerSettings = field(default_factory=ServerSettings)
-    est: EstSettings = field(default_factory=EstSettings)
-    crl: CrlSettings = field(default_factory=CrlSettings)
-    ocsp: OcspSettings = field(default_factory=OcspSettings)
-    gateway: GatewaySettings = field(default_factory=GatewaySettings)
-    logging: LoggingSettings = field(default_factory=LoggingSettings)
-    scep: ScepSettings = field(default_factory=ScepSettings)
-    acme: AcmeSettings = field(default_factory=AcmeSettings)
+    profiles: dict[str, ProfileSettings] = Field(default_factory=lambda: dict(DEFAULT_PROFILES))
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    est: EstSettings = Field(default_factory=EstSettings)
+    crl: CrlSettings = Field(default_factory=CrlSettings)
+    ocsp: OcspSettings = Field(default_factory=OcspSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    scep: ScepSettings = Field(default_factory=ScepSettings)
+    acme: AcmeSettings = Field(default_factory=AcmeSettings)
+
+    @model_validator(mode="after")
+    def _profile_references(self) -> Settings:
+        references = [("acme.profile", self.acme.profile), ("est.default_profile", self.est.default_profile),
+                      ("est.bootstrap_profile", self.est.bootstrap_profile)]
+        references += [(f"scep.legacy_des3_profiles[{i}]", name)
+                       for i, name in enumerate(self.scep.legacy_des3_profiles)]
+        for key, name in references:
+            if name not in self.profiles:
+                raise _error("unknown_profile", "no profile {name} (profiles: {known})", name=repr(name),
+                             known=", ".join(sorted(self.profiles)), **{_KEY: key})
+        return self
 
     @property
     def config_path(self) -> Path:
@@ -177,34 +371,61 @@ class Settings:
         return f"{self.http_base_url}/ca/{self.ca.name}.cer"
 
 
-DEFAULT_PROFILES = {
-    "device": ProfileSettings(lifetime=timedelta(days=7)),
-    "gateway": ProfileSettings(lifetime=timedelta(days=30)),
-    "service": ProfileSettings(lifetime=timedelta(days=30)),  # vpnca's own HTTPS server
+class ConfigFile(BaseModel):
+    """vpnca.toml as written: its tables and nothing else."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    token: TokenSettings = Field(default_factory=TokenSettings)
+    ca: CaSettings = Field(default_factory=CaSettings)
+    urls: UrlsSection = Field(default_factory=UrlsSection)
+    database: DatabaseSection = Field(default_factory=DatabaseSection)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    profiles: dict[str, ProfileSettings] = Field(default_factory=dict)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    est: EstSettings = Field(default_factory=EstSettings)
+    crl: CrlSettings = Field(default_factory=CrlSettings)
+    ocsp: OcspSettings = Field(default_factory=OcspSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    scep: ScepSettings = Field(default_factory=ScepSettings)
+    acme: AcmeSettings = Field(default_factory=AcmeSettings)
+
+    @field_validator("profiles", mode="before")
+    @classmethod
+    def _inherit_lifetime(cls, value: Any) -> Any:
+        """A profile table without a lifetime keeps the built-in one (a new profile: the device's)."""
+        if not isinstance(value, dict):
+            return value
+        filled = {}
+        lifetime_keys = {"lifetime", *(f"lifetime_{unit}" for unit in DURATION_UNITS)}
+        for name, table in value.items():
+            if isinstance(table, dict) and not lifetime_keys & set(table):
+                table = {"lifetime": DEFAULT_PROFILES.get(name, DEFAULT_PROFILES["device"]).lifetime, **table}
+            filled[name] = table
+        return filled
+
+    def settings(self, home: Path) -> Settings:
+        return Settings(
+            home=home, database_url=self.database.url or f"sqlite:///{home / 'vpnca.db'}",
+            http_base_url=self.urls.http_base, token=self.token, ca=self.ca, policy=self.policy,
+            profiles={**DEFAULT_PROFILES, **self.profiles}, server=self.server, est=self.est, crl=self.crl,
+            ocsp=self.ocsp, gateway=self.gateway, logging=self.logging, scep=self.scep, acme=self.acme,
+        )
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+_ENV_OVERRIDES = {  # variable: (table, key)
+    "VPNCA_DATABASE_URL": ("database", "url"),
+    "VPNCA_PKCS11_MODULE": ("token", "module"),
+    "VPNCA_TOKEN_LABEL": ("token", "label"),
+    "VPNCA_PIN_FILE": ("token", "pin_file"),
 }
 
 
 def vpnca_home() -> Path:
     return Path(os.environ.get("VPNCA_HOME", ".vpnca")).resolve()
-
-
-def _resolve(home: Path, value: str | None) -> Path | None:
-    if not value:
-        return None
-    path = Path(value)
-    return path if path.is_absolute() else home / path
-
-
-def _duration(section: dict[str, Any], key: str, default: timedelta) -> timedelta:
-    if f"{key}_seconds" in section:
-        return timedelta(seconds=float(section[f"{key}_seconds"]))
-    if f"{key}_hours" in section:
-        return timedelta(hours=float(section[f"{key}_hours"]))
-    if f"{key}_minutes" in section:
-        return timedelta(minutes=float(section[f"{key}_minutes"]))
-    if f"{key}_days" in section:
-        return timedelta(days=float(section[f"{key}_days"]))
-    return default
 
 
 def load_settings(home: Path | None = None) -> Settings:
@@ -213,125 +434,174 @@ def load_settings(home: Path | None = None) -> Settings:
     path = home / CONFIG_NAME
     try:
         raw = tomllib.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path} not found: run `vpnca init` first") from exc
+    except FileNotFoundError:
+        raise ConfigError(f"{path} not found: run `vpnca init` first") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+        raise ConfigError(f"{path}: {exc}") from None
     return settings_from_dict(home, raw)
 
 
 def settings_from_dict(home: Path, raw: dict[str, Any]) -> Settings:
-    env = os.environ
-    tok = raw.get("token", {})
-    token = TokenSettings(
-        module=env.get("VPNCA_PKCS11_MODULE") or tok.get("module", DEFAULT_MODULE),
-        label=env.get("VPNCA_TOKEN_LABEL") or tok.get("label", "vpnca"),
-        pin_file=_resolve(home, env.get("VPNCA_PIN_FILE") or tok.get("pin_file")),
-        softhsm_conf=_resolve(home, tok.get("softhsm_conf")),
-    )
-    ca_raw = raw.get("ca", {})
-    defaults = CaSettings()
-    ca = CaSettings(
-        name=ca_raw.get("name", defaults.name),
-        organization=ca_raw.get("organization", defaults.organization),
-        root_common_name=ca_raw.get("root_common_name", defaults.root_common_name),
-        sub_common_name=ca_raw.get("sub_common_name", defaults.sub_common_name),
-        root_key=ca_raw.get("root_key", defaults.root_key),
-        root_lifetime=_duration(ca_raw, "root_lifetime", defaults.root_lifetime),
-        sub_lifetime=_duration(ca_raw, "sub_lifetime", defaults.sub_lifetime),
-        ocsp_signer_lifetime=_duration(
-            ca_raw, "ocsp_signer_lifetime", defaults.ocsp_signer_lifetime
-        ),
-        root_crl_lifetime=_duration(ca_raw, "root_crl_lifetime", defaults.root_crl_lifetime),
-        name_constraints=bool(ca_raw.get("name_constraints", False)),
-    )
-    if ca.root_key not in ("software", "token"):
-        raise ConfigError(f"ca.root_key must be 'software' or 'token', not {ca.root_key!r}")
-    pol = raw.get("policy", {})
+    """The settings of a parsed vpnca.toml under `home`, with the VPNCA_* environment overrides."""
+    raw = dict(raw)
+    for variable, (table, key) in _ENV_OVERRIDES.items():
+        if value := os.environ.get(variable):
+            section = raw.get(table, {})
+            if isinstance(section, dict):
+                raw[table] = {**section, key: value}
     try:
-        ranges = tuple(ipaddress.ip_network(r, strict=True) for r in pol.get("allowed_ip_ranges", []))
-    except ValueError as exc:
-        raise ConfigError(f"policy.allowed_ip_ranges: {exc}") from exc
-    policy = PolicySettings(
-        allowed_domains=tuple(d.lower().strip(".") for d in pol.get("allowed_domains", [])),
-        allowed_ip_ranges=ranges,
-        allow_dn_identities=bool(pol.get("allow_dn_identities", True)),
-    )
-    profiles = dict(DEFAULT_PROFILES)
-    for name, section in raw.get("profiles", {}).items():
-        base = profiles.get(name, DEFAULT_PROFILES["device"])
-        profiles[name] = ProfileSettings(
-            lifetime=_duration(section, "lifetime", base.lifetime),
-            approval=bool(section.get("approval", base.approval)),
-        )
-    db_url = env.get("VPNCA_DATABASE_URL") or raw.get("database", {}).get("url") or (
-        f"sqlite:///{home / 'vpnca.db'}"
-    )
-    http_base = raw.get("urls", {}).get("http_base", "http://127.0.0.1:8080").rstrip("/")
-    srv = raw.get("server", {})
-    server = ServerSettings(
-        host=srv.get("host", "127.0.0.1"),
-        https_port=int(srv.get("https_port", 8443)),
-        http_port=int(srv.get("http_port", 8080)),
-        tls_names=tuple(srv.get("tls_names", ServerSettings.tls_names)),
-    )
-    est_raw = raw.get("est", {})
-    est = EstSettings(
-        default_profile=est_raw.get("default_profile", "device"),
-        bootstrap_ca_files=tuple(
-            p for p in (_resolve(home, f) for f in est_raw.get("bootstrap_ca_files", [])) if p
-        ),
-        trusted_proxies=tuple(est_raw.get("trusted_proxies", [])),
-        client_cert_header=est_raw.get("client_cert_header", "x-ssl-client-cert").lower(),
-        max_body_bytes=int(est_raw.get("max_body_bytes", 16 * 1024)),
-        retry_after_seconds=int(est_raw.get("retry_after_seconds", 60)),
-    )
-    crl_raw, ocsp_raw = raw.get("crl", {}), raw.get("ocsp", {})
-    crl = CrlSettings(
-        next_update=_duration(crl_raw, "next_update", CrlSettings.next_update),
-        regenerate_every=_duration(crl_raw, "regenerate_every", CrlSettings.regenerate_every),
-        delta=bool(crl_raw.get("delta", False)),
-        delta_next_update=_duration(crl_raw, "delta_next_update", CrlSettings.delta_next_update),
-    )
-    ocsp = OcspSettings(
-        validity=_duration(ocsp_raw, "validity", OcspSettings.validity),
-        refresh_before=_duration(ocsp_raw, "refresh_before", OcspSettings.refresh_before),
-        presign_every=_duration(ocsp_raw, "presign_every", OcspSettings.presign_every),
-        max_request_bytes=int(ocsp_raw.get("max_request_bytes", OcspSettings.max_request_bytes)),
-    )
-    gw = raw.get("gateway", {})
-    defaults_gw = GatewaySettings()
-    gateway = GatewaySettings(**{
-        name: tuple(gw[name]) if isinstance(getattr(defaults_gw, name), tuple) else type(getattr(defaults_gw, name))(gw[name])
-        for name in GatewaySettings.__dataclass_fields__ if name in gw
-    })
-    acme_raw = raw.get("acme", {})
-    acme = AcmeSettings(
-        enabled=bool(acme_raw.get("enabled", AcmeSettings.enabled)),
-        profile=str(acme_raw.get("profile", AcmeSettings.profile)),
-        external_account_required=bool(acme_raw.get("external_account_required",
-                                                    AcmeSettings.external_account_required)),
-        http01_port=int(acme_raw.get("http01_port", AcmeSettings.http01_port)),
-        dns_resolver=str(acme_raw.get("dns_resolver", "")),
-        validation_timeout_seconds=float(acme_raw.get("validation_timeout_seconds",
-                                                      AcmeSettings.validation_timeout_seconds)),
-        nonce_lifetime=_duration(acme_raw, "nonce_lifetime", AcmeSettings.nonce_lifetime),
-        order_lifetime=_duration(acme_raw, "order_lifetime", AcmeSettings.order_lifetime),
-        authorization_lifetime=_duration(acme_raw, "authorization_lifetime", AcmeSettings.authorization_lifetime),
-        max_body_bytes=int(acme_raw.get("max_body_bytes", AcmeSettings.max_body_bytes)),
-    )
-    if acme.profile not in profiles:
-        raise ConfigError(f"acme.profile: no profile {acme.profile!r}")
-    return Settings(
-        home=home, database_url=db_url, http_base_url=http_base, token=token, ca=ca,
-        policy=policy, profiles=profiles, server=server, est=est, crl=crl, ocsp=ocsp, gateway=gateway,
-        scep=ScepSettings(legacy_des3_profiles=tuple(raw.get("scep", {}).get("legacy_des3_profiles", []))),
-        acme=acme,
-        logging=LoggingSettings(
-            syslog_tls=str(raw.get("logging", {}).get("syslog_tls", "")),
-            syslog_ca_file=str(_resolve(home, raw.get("logging", {}).get("syslog_ca_file")) or ""),
-        ),
-    )
+        return ConfigFile.model_validate(raw, context={"home": home}).settings(home)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, home / CONFIG_NAME)) from None
+
+
+# -- error messages ---------------------------------------------------------------------------
+
+_EXPECTED = {
+    "int_type": "expected an integer",
+    "float_type": "expected a number",
+    "bool_type": "expected true or false",
+    "string_type": "expected a string",
+    "tuple_type": "expected a list",
+    "list_type": "expected a list",
+    "model_type": "expected a table",
+    "dict_type": "expected a table",
+    "timedelta_type": "expected a duration",
+    "missing": "required, not set",
+}
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _keys_at(table: Sequence[str | int]) -> list[str]:
+    """The keys vpnca.toml accepts in the table at `table` (() is the top level)."""
+    if not table:
+        return list(ConfigFile.model_fields)
+    if table[0] == "profiles":
+        return ProfileSettings.toml_keys() if len(table) == 2 else []
+    field = ConfigFile.model_fields.get(str(table[0]))
+    model = field.annotation if field else None
+    if len(table) == 1 and isinstance(model, type) and issubclass(model, Section):
+        return model.toml_keys()
+    return []
+
+
+def _unknown(loc: Sequence[str | int], value: Any, path: Path) -> str:
+    table, key = loc[:-1], str(loc[-1])
+    what = "section" if not table and isinstance(value, dict) else "key"
+    message = f"unknown {what} {_dotted(loc)} in {path}"
+    valid = _keys_at(table)
+    if close := difflib.get_close_matches(key, valid, n=1):
+        return f"{message}; did you mean {_dotted([*table, close[0]])}?"
+    return f"{message}; valid: {', '.join(valid)}" if valid else message
+
+
+def describe_errors(exc: ValidationError, path: Path) -> str:
+    """One line per problem, each naming the file and the dotted key; no pydantic wording of types."""
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc: list[str | int] = list(err["loc"])
+        ctx = err.get("ctx") or {}
+        if _KEY in ctx:
+            loc += str(ctx[_KEY]).split(".")
+        if err["type"] == "extra_forbidden":
+            lines.append(_unknown(loc, err.get("input"), path))
+            continue
+        expected = _EXPECTED.get(err["type"], err["msg"])
+        value = err.get("input")
+        shown = isinstance(value, str | int | float) and _dotted(loc) != "database.url" and _KEY not in ctx
+        got = f", got {json.dumps(value)[:80]}" if shown else ""
+        if err["type"] == "literal_error":
+            expected = f"expected {ctx.get('expected', '')}"
+        elif err["type"] == "too_short":
+            expected = f"expected at least {ctx.get('min_length', 1)} item(s)"
+        lines.append(f"invalid {_dotted(loc) or 'configuration'} in {path}: {expected}{got}")
+    return "\n".join(lines)
+
+
+# -- writing ----------------------------------------------------------------------------------
+
+def _duration_entry(name: str, value: timedelta) -> tuple[str, int | float]:
+    """The largest unit that states the duration exactly: `lifetime_days = 7`, `presign_every_minutes = 1`."""
+    seconds = value.total_seconds()
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds % size == 0:
+            return f"{name}_{unit}", int(seconds // size)
+    return f"{name}_seconds", int(seconds) if seconds == int(seconds) else seconds
+
+
+def _table(section: Section) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        if isinstance(value, timedelta):
+            key, number = _duration_entry(name, value)
+            out[key] = number
+        elif isinstance(value, tuple):
+            out[name] = [str(v) if isinstance(v, Path | ipaddress.IPv4Network | ipaddress.IPv6Network) else v
+                         for v in value]
+        elif isinstance(value, Path):
+            out[name] = str(value)
+        elif value is not None:
+            out[name] = value
+    return out
+
+
+def _masked_url(url: str) -> str:
+    """The database URL without its password."""
+    return re.sub(r"^([a-zA-Z0-9+.-]+://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def effective_config(settings: Settings) -> dict[str, Any]:
+    """The settings in vpnca.toml's shape, every default filled in (secrets are not part of them)."""
+    sections: dict[str, Any] = {
+        "ca": _table(settings.ca), "token": _table(settings.token),
+        "urls": {"http_base": settings.http_base_url},
+        "database": {"url": _masked_url(settings.database_url)},
+        "policy": _table(settings.policy),
+        "profiles": {name: _table(profile) for name, profile in settings.profiles.items()},
+    }
+    for name in ("server", "est", "crl", "ocsp", "gateway", "logging", "scep", "acme"):
+        sections[name] = _table(getattr(settings, name))
+    return sections
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
+def dump_toml(config: dict[str, Any]) -> str:
+    """TOML text of effective_config() (tables of scalars and lists; `profiles` one level deeper)."""
+    lines: list[str] = []
+
+    def table(header: str, values: dict[str, Any]) -> None:
+        lines.extend(["", f"[{header}]"] if lines else [f"[{header}]"])
+        lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items())
+
+    for name, values in config.items():
+        if name == "profiles":
+            for profile, profile_values in values.items():
+                table(f"profiles.{_toml_key(profile)}", profile_values)
+        else:
+            table(name, values)
+    return "\n".join(lines) + "\n"
 
 
 def render_config(
@@ -359,6 +629,7 @@ def render_config(
         token_lines.append(f'softhsm_conf = "{softhsm_conf}"')
     return "\n".join([
         "# vpnca configuration. Relative paths are relative to VPNCA_HOME.",
+        "# Unknown keys are errors; `vpnca config check` prints the effective settings.",
         "[ca]",
         f'name = "{ca_name}"',
         f'root_key = "{root_key}"',

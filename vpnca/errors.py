@@ -6,6 +6,8 @@ from hsm.errors import HsmUnavailable
 class VpncaError(Exception):
     """Base class of every error the core raises on purpose."""
 
+    counted = False  # set once a refusal has been logged and counted, so no edge counts it again
+
 
 class BadRequest(VpncaError):
     """The input cannot be parsed or is inconsistent (malformed CSR, bad signature)."""
@@ -40,8 +42,21 @@ class Conflict(VpncaError):
     """The request conflicts with the current state (already revoked, CA already exists)."""
 
 
+class StoreUnavailable(VpncaError):
+    """The database cannot be reached (stopped, restarting, locked): try again later."""
+
+
 class ConfigError(VpncaError):
     """vpnca.toml or the environment is missing or wrong."""
+
+
+class SchemaOutdated(VpncaError):
+    """The database schema is not the revision this vpnca needs (behind, empty, or from a newer vpnca)."""
+
+    def __init__(self, message: str, *, current: str | None = None, required: str | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+        self.required = required
 
 
 __all__ = [
@@ -54,5 +69,7 @@ __all__ = [
     "NotFound",
     "Pending",
     "PolicyViolation",
+    "SchemaOutdated",
+    "StoreUnavailable",
     "VpncaError",
 ]

@@ -90,11 +90,41 @@ def job_ran(job: str, ok: bool) -> None:
 
 
 def prepare_multiprocess(directory: Path) -> None:
-    """Before the workers start: a fresh directory for the shared metric files."""
+    """Before the workers start: a fresh directory for the shared metric files. The metrics this
+    process creates from now on (the supervisor's restart counter) are written there too."""
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    # prometheus_client chose its value class when it was imported, before the variable was set
+    prom_values.ValueClass = prom_values.MultiProcessValue()
+
+
+_WORKER_RESTARTS: list[Any] = []
+
+
+def _worker_restarts() -> Any:
+    """The supervisor's counter, created on first use (after prepare_multiprocess, so that its file
+    is in the shared directory the workers' /metrics read), and only in the supervising process."""
+    if not _WORKER_RESTARTS:
+        _WORKER_RESTARTS.append(prom.Counter("vpnca_worker_restarts_total",
+                                             "Worker processes replaced after an unexpected exit", ["server"]))
+    return _WORKER_RESTARTS[0]
+
+
+def worker_restarts_declared(server: str) -> None:
+    """Show the restart count of `server` ("serve" or "ocsp") from the start, at 0."""
+    _worker_restarts().labels(server)
+
+
+def worker_restarted(server: str) -> None:
+    _worker_restarts().labels(server).inc()
+
+
+def worker_gone(pid: int) -> None:
+    """A worker exited: its live gauges no longer count (its counters and histograms still do)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)
 
 
 def render(store: Any, ca_name: str) -> bytes:

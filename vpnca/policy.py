@@ -16,6 +16,12 @@ from vpnca.identities import IkeIdentity
 
 ACCEPTED_CURVES = (ec.SECP256R1, ec.SECP384R1)
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192  # larger keys cost every verifier and are a cheap way to load the CA
+# what a CSR may ask for as critical extensions; anything else critical is refused, not ignored
+KNOWN_CRITICAL_REQUEST_EXTENSIONS = frozenset({
+    x509.oid.ExtensionOID.BASIC_CONSTRAINTS, x509.oid.ExtensionOID.KEY_USAGE,
+    x509.oid.ExtensionOID.EXTENDED_KEY_USAGE, x509.oid.ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+})
 ACCEPTED_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
 
 
@@ -24,6 +30,8 @@ def check_public_key(key: CertificatePublicKeyTypes, *, allow_ed25519: bool = Fa
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             raise PolicyViolation(f"RSA key of {key.key_size} bits refused (minimum {MIN_RSA_BITS})")
+        if key.key_size > MAX_RSA_BITS:
+            raise PolicyViolation(f"RSA key of {key.key_size} bits refused (maximum {MAX_RSA_BITS})")
         return
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ACCEPTED_CURVES):
@@ -36,8 +44,9 @@ def check_public_key(key: CertificatePublicKeyTypes, *, allow_ed25519: bool = Fa
     raise PolicyViolation(f"key type {type(key).__name__} refused")
 
 
-def check_csr_signature(csr: x509.CertificateSigningRequest) -> None:
-    """Check the CSR's signature algorithm against the policy, then its proof of possession."""
+def check_csr(csr: x509.CertificateSigningRequest) -> None:
+    """Check the CSR's signature algorithm against the policy, its proof of possession, and what its
+    extensions ask for (no CA certificate, no critical extension vpnca does not understand)."""
     try:
         algorithm = csr.signature_hash_algorithm
     except UnsupportedAlgorithm as exc:
@@ -52,6 +61,21 @@ def check_csr_signature(csr: x509.CertificateSigningRequest) -> None:
         raise BadRequest(f"CSR signature cannot be checked: {exc}") from exc
     if not valid:
         raise BadRequest("CSR signature does not verify (no proof of possession)")
+    _check_requested_extensions(csr)
+
+
+def _check_requested_extensions(csr: x509.CertificateSigningRequest) -> None:
+    try:
+        extensions = csr.extensions
+    except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+        raise BadRequest(f"CSR extensions cannot be parsed: {exc}") from exc
+    for extension in extensions:
+        if isinstance(extension.value, x509.BasicConstraints) and extension.value.ca:
+            raise PolicyViolation("the CSR asks for a CA certificate (basicConstraints CA:TRUE): "
+                                  "vpnca issues end-entity certificates only")
+        if extension.critical and extension.oid not in KNOWN_CRITICAL_REQUEST_EXTENSIONS:
+            raise PolicyViolation("the CSR has a critical extension vpnca does not know "
+                                  f"({extension.oid.dotted_string})")
 
 
 def check_identities(identities: tuple[IkeIdentity, ...], policy: PolicySettings) -> None:

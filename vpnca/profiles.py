@@ -17,7 +17,9 @@ ID_KP_IPSEC_IKE = ObjectIdentifier("1.3.6.1.5.5.7.3.17")
 IKE_INTERMEDIATE = ObjectIdentifier("1.3.6.1.5.5.8.2.2")
 
 PROFILE_EKUS: dict[str, tuple[ObjectIdentifier, ...]] = {
-    "gateway": (ExtendedKeyUsageOID.SERVER_AUTH, ID_KP_IPSEC_IKE, IKE_INTERMEDIATE),
+    # clientAuth too: a gateway host renews its own certificate over EST with it (mutual TLS)
+    "gateway": (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH, ID_KP_IPSEC_IKE,
+                IKE_INTERMEDIATE),
     "device": (ExtendedKeyUsageOID.CLIENT_AUTH, ID_KP_IPSEC_IKE),
     "service": (ExtendedKeyUsageOID.SERVER_AUTH,),
 }

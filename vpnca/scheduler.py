@@ -1,7 +1,11 @@
 """Scheduled jobs (APScheduler): CRL regeneration, OCSP pre-signing and gateway renewal.
 
-Every run is recorded (`vpnca status` shows the latest per job) and audited; a failed job is retried
-with exponential backoff instead of at every tick.
+Every run is recorded (`vpnca status` shows the latest per job, and flags a job whose last run is
+too old: see vpnca.health) and audited; a failed job is retried with exponential backoff instead of
+at every tick. The jobs live in memory: when the scheduler starts again (a new `vpnca serve`, or the
+replacement of the worker that ran it), each job runs at once if it is due by its last recorded run
+(never ran, or ran an interval ago or more), else when it falls due, so a restart neither skips a
+CRL for a whole interval nor signs one more than needed.
 """
 
 from __future__ import annotations
@@ -9,21 +13,43 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from vpnca import metrics
 from vpnca.revocation import Publisher
 
+if TYPE_CHECKING:
+    from vpnca.config import Settings
+
 log = logging.getLogger("vpnca.scheduler")
 MAX_BACKOFF = timedelta(minutes=30)
+
+
+def job_intervals(settings: Settings) -> dict[str, timedelta]:
+    """How often each scheduled job runs (the gateway renewal check only with a bundled gateway)."""
+    intervals = {"crl": settings.crl.regenerate_every, "ocsp-presign": settings.ocsp.presign_every}
+    if settings.gateway.id:
+        intervals["gateway-renewal"] = timedelta(seconds=settings.gateway.check_every_seconds)
+    return intervals
+
+
+def first_run(previous: Any, interval: timedelta, now: datetime) -> datetime:
+    """When a job should first run in a scheduler that starts now, from its last recorded run."""
+    if previous is None:
+        return now
+    due = previous.next_attempt if not previous.ok and previous.next_attempt else previous.last_run + interval
+    return max(now, due)
 
 
 def build_scheduler(publisher: Publisher, *, gateway_every: timedelta | None = None) -> BackgroundScheduler:
     authority = publisher.authority
     settings, store = authority.settings, authority.store
-    scheduler = BackgroundScheduler(timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1})
+    # a run that starts late (a loaded machine, a slow start) still runs: APScheduler's default would
+    # drop a run more than a second late, and the job would wait a whole interval
+    scheduler = BackgroundScheduler(timezone=UTC, job_defaults={"coalesce": True, "max_instances": 1,
+                                                                "misfire_grace_time": None})
 
     def recorded(name: str, interval: timedelta, job: Callable[[], Any]) -> None:
         def run() -> None:
@@ -44,14 +70,16 @@ def build_scheduler(publisher: Publisher, *, gateway_every: timedelta | None = N
             # None: nothing was due; the check is recorded for `vpnca status` but not audited
             store.record_job(name, ok=True, message=str(result) if result is not None else "nothing due",
                              next_attempt=None, audit=result is not None)
-        scheduler.add_job(run, "interval", seconds=interval.total_seconds(), id=name, next_run_time=datetime.now(UTC))
+        scheduler.add_job(run, "interval", seconds=interval.total_seconds(), id=name,
+                          next_run_time=first_run(store.job_run(name), interval, datetime.now(UTC)))
 
-    recorded("crl", settings.crl.regenerate_every, lambda: f"CRL {publisher.regenerate_crl().number}")
-    recorded("ocsp-presign", settings.ocsp.presign_every,
+    intervals = job_intervals(settings)
+    recorded("crl", intervals["crl"], lambda: f"CRL {publisher.regenerate_crl().number}")
+    recorded("ocsp-presign", intervals["ocsp-presign"],
              lambda: (f"pre-signed {n}" if (n := publisher.presign_backlog()) else None))
-    if settings.gateway.id:
+    if "gateway-renewal" in intervals:
         from vpnca.gateway.renewal import renew_gateway_if_due
 
-        recorded("gateway-renewal", gateway_every or timedelta(seconds=settings.gateway.check_every_seconds),
+        recorded("gateway-renewal", gateway_every or intervals["gateway-renewal"],
                  lambda: renew_gateway_if_due(authority))
     return scheduler

@@ -3,21 +3,20 @@
 Uvicorn does not expose the peer certificate, so the HTTP protocol is subclassed: on each TLS
 connection the verified client certificate is put where the ASGI TLS extension says,
 scope["extensions"]["tls"]["client_cert_chain"] (PEM). Several worker processes share the listening
-sockets; each opens its own token session (signing scales with processes).
+sockets; each opens its own token session (signing scales with processes). The parent supervises them
+(vpnca.runtime.supervision): a worker that dies is replaced at the same index, and SIGTERM drains.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import contextlib
 import logging
-import multiprocessing
-import os
 import signal
 import socket
 import ssl
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from enrollment.est import check_proxy_listener
 from hsm import generate_software_key
 from ocsp.httpserver import Responder, serve_forever
 from ocsp.service import load_ocsp_service
@@ -37,10 +37,11 @@ from vpnca.authority import Authority, IssueRequest
 from vpnca.balance import AcceptBalance, accept_balanced, shared_balance
 from vpnca.ca import load_ca_certificate
 from vpnca.config import Settings, load_settings
-from vpnca.events import configure_for
-from vpnca.files import write_private
+from vpnca.events import configure_for, emit
+from vpnca.files import restrict_state_files, write_private
 from vpnca.identities import IkeIdentity
 from vpnca.revocation import Publisher
+from vpnca.runtime.supervision import DRAIN_SECONDS, run_workers
 from vpnca.scheduler import build_scheduler
 from vpnca.store import Store
 from vpnca.x509util import to_pem
@@ -50,7 +51,17 @@ log = logging.getLogger("vpnca.server")
 TLS_HANDSHAKE_TIMEOUT = 30.0
 
 
-class BalancedServer(uvicorn.Server):
+class Server(uvicorn.Server):
+    """uvicorn.Server that leaves the signals to the worker: uvicorn would catch SIGTERM for the last
+    server started only (and raise it again once that one has stopped), so one handler in the worker
+    stops both listeners together (see `_serve`)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class BalancedServer(Server):
     """uvicorn.Server whose listening socket is served by an accept loop that keeps the workers'
     connection counts even (AcceptBalance) instead of asyncio's greedy accept."""
 
@@ -74,6 +85,7 @@ class BalancedServer(uvicorn.Server):
         self._accepting = [asyncio.create_task(self._accept_loop(sock, create_protocol)) for sock in sockets or []]
         self._accepting.append(asyncio.create_task(self.balance.keep_beating()))
         self.started = True
+        emit("worker.ready", server="serve", index=self.balance.index)
 
     async def _accept_loop(self, sock: socket.socket, create_protocol: Callable[[], asyncio.Protocol]) -> None:
         def start(conn: socket.socket) -> None:
@@ -87,15 +99,23 @@ class BalancedServer(uvicorn.Server):
         try:
             await asyncio.get_running_loop().connect_accepted_socket(
                 create_protocol, conn, ssl=self.config.ssl, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-        except (OSError, ssl.SSLError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
             log.debug("TLS handshake failed: %s", exc)
             conn.close()
         finally:
             self._handshaking -= 1
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop accepting (and beating: the other workers no longer count this one), let the TLS
+        handshakes under way finish, then uvicorn's graceful shutdown: idle connections are closed,
+        requests in flight are answered (up to timeout_graceful_shutdown)."""
         for task in self._accepting:
             task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TLS_HANDSHAKE_TIMEOUT
+        while self._handshaking and loop.time() < deadline:
+            await asyncio.sleep(0.02)
         await super().shutdown(sockets)
 
 
@@ -172,7 +192,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def _serve(home: Path, https_sock: socket.socket, http_sock: socket.socket, log_level: str,
            run_scheduler: bool, balance: AcceptBalance) -> None:
-    """One worker: its own store, token session and event loop over the shared sockets."""
+    """One worker: its own store, token session and event loop over the shared sockets. SIGTERM (or
+    SIGINT) stops both listeners from accepting and returns once the requests in flight are answered."""
     settings = load_settings(home)
     configure_for(settings, verbose=log_level == "info")
     store = Store(settings.database_url)
@@ -187,15 +208,25 @@ def _serve(home: Path, https_sock: socket.socket, http_sock: socket.socket, log_
         apps.https, http=TlsClientCertProtocol, log_level=log_level, access_log=False,
         ssl_certfile=str(files["cert"]), ssl_keyfile=str(files["key"]),
         ssl_ca_certs=str(files["client_cas"]), ssl_cert_reqs=ssl.CERT_OPTIONAL, timeout_keep_alive=30,
+        timeout_graceful_shutdown=DRAIN_SECONDS,
     )
     plain = uvicorn.Config(apps.http, http="httptools", log_level=log_level, access_log=False,
-                           timeout_keep_alive=30)
+                           timeout_keep_alive=30, timeout_graceful_shutdown=DRAIN_SECONDS)
 
     async def main() -> None:
-        await asyncio.gather(
-            BalancedServer(https, balance).serve(sockets=[https_sock]),
-            uvicorn.Server(plain).serve(sockets=[http_sock]),
-        )
+        servers = [BalancedServer(https, balance), Server(plain)]
+
+        def stop(signum: signal.Signals) -> None:
+            if not any(server.should_exit for server in servers):
+                emit("worker.draining", server="serve", index=balance.index, signal=signum.name,
+                     connections=sum(len(server.server_state.connections) for server in servers))
+            for server in servers:
+                server.should_exit = True
+
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop, signum)
+        await asyncio.gather(servers[0].serve(sockets=[https_sock]), servers[1].serve(sockets=[http_sock]))
 
     try:
         asyncio.run(main())
@@ -212,7 +243,8 @@ def serve_ocsp(settings: Settings, *, host: str, port: int, workers: int = 1, lo
         metrics.prepare_multiprocess(settings.home / f"metrics-ocsp-{port}")
     log.info("serving OCSP/CRL on http://%s:%d with %d worker(s)", host, port, workers)
     balance = shared_balance(workers)
-    run_workers(_serve_ocsp, lambda i: (settings.home, sock, log_level, with_signer, balance(i)), workers)
+    run_workers(_serve_ocsp, lambda i: (settings.home, sock, log_level, with_signer, balance(i)), workers,
+                server="ocsp", on_exit=lambda i: balance(i).retire())
 
 
 def _serve_ocsp(home: Path, sock: socket.socket, log_level: str, with_signer: bool,
@@ -224,57 +256,38 @@ def _serve_ocsp(home: Path, sock: socket.socket, log_level: str, with_signer: bo
     issuer = load_ca_certificate(store, "sub")[0].public_bytes(serialization.Encoding.DER)
     responder = Responder(service, {f"/ca/{settings.ca.name}.cer".encode(): (b"application/pkix-cert", issuer),
                                     b"/healthz": (b"application/json", b'{"status":"ok"}')})
-    uvloop.run(serve_forever(responder, sock, balance))
+
+    async def main() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        await serve_forever(responder, sock, balance, stopping=stopping, grace=DRAIN_SECONDS)
+
+    uvloop.run(main())
 
 
-def run_workers(target: Any, args_for: Callable[[int], tuple[Any, ...]], workers: int) -> None:
-    """Run `target(*args_for(0))` here, or worker i as `target(*args_for(i))` in `workers` spawned
-    processes (spawned, not forked: each starts PKCS#11 afresh). The workers go when this process
-    goes: on SIGTERM it stops them, and each worker also asks the kernel for SIGTERM when its parent
-    dies (however it dies), so no worker is left serving on its own."""
-    if workers <= 1:
-        target(*args_for(0))
-        return
-    context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_worker, args=(target, args_for(i)), daemon=True) for i in range(workers)]
-    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    for proc in procs:
-        proc.start()
-    try:
-        for proc in procs:
-            proc.join()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-        signal.signal(signal.SIGTERM, previous)
+INTERRUPTED_AFTER = timedelta(seconds=60)  # on a shared database, older than any signing in progress
 
 
-def _exit_on_sigterm(_signum: int, _frame: Any) -> None:
-    raise SystemExit(0)
-
-
-def _worker(target: Any, args: tuple[Any, ...]) -> None:
-    PR_SET_PDEATHSIG = 1  # linux/prctl.h
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the parent's SIGTERM handler still stops us
-        pass
-    if os.getppid() == 1:  # the parent went before the request took effect
-        return
-    target(*args)
+def resolve_interrupted_issuances(store: Store) -> None:
+    """Reservations a killed process left `issuing` become `failed`, their tokens usable again. On
+    SQLite this machine's service is the only issuer and nothing is in progress before it starts; a
+    shared PostgreSQL may have other instances signing, so only reservations older than a minute."""
+    started_before = datetime.now(UTC) - (INTERRUPTED_AFTER if store.is_postgres else timedelta(0))
+    resolved = store.resolve_interrupted(started_before, "vpnca-serve")
+    if resolved:
+        emit("issuance.interrupted", logging.WARNING, serials=resolved, count=len(resolved))
 
 
 def serve(settings: Settings, *, host: str, https_port: int, http_port: int, workers: int = 1,
           log_level: str = "info") -> None:
     """Prepare the server certificate, bind both listeners, then run `workers` processes."""
+    check_proxy_listener(settings, host)
+    restrict_state_files(settings.home, settings.database_url)
     store = Store(settings.database_url)
-    store.create_schema()
+    store.require_current_schema()  # an outdated schema: `vpnca db upgrade` first
+    resolve_interrupted_issuances(store)
     ensure_server_certificate(settings, Authority.open(settings, store))
     store.dispose()
     https_sock, http_sock = bind(host, https_port), bind(host, http_port)
@@ -282,6 +295,7 @@ def serve(settings: Settings, *, host: str, https_port: int, http_port: int, wor
         metrics.prepare_multiprocess(settings.home / "metrics")
     log.info("serving EST on https://%s:%d and HTTP on http://%s:%d with %d worker(s)",
              host, https_port, host, http_port, workers)
-    # the scheduler runs once, in the first worker; the others only serve
+    # the scheduler runs once, in the first worker (and in its replacement); the others only serve
     balance = shared_balance(workers)
-    run_workers(_serve, lambda i: (settings.home, https_sock, http_sock, log_level, i == 0, balance(i)), workers)
+    run_workers(_serve, lambda i: (settings.home, https_sock, http_sock, log_level, i == 0, balance(i)), workers,
+                server="serve", on_exit=lambda i: balance(i).retire())

@@ -9,6 +9,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +24,15 @@ PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519Public
 
 SIGNATURE_ALGORITHMS = ("ES256", "ES384", "RS256", "EdDSA")
 EAB_ALGORITHMS = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
-_CURVES: dict[str, tuple[ec.EllipticCurve, int]] = {"P-256": (ec.SECP256R1(), 32), "P-384": (ec.SECP384R1(), 48)}
+_CURVES: dict[str, tuple[ec.EllipticCurve, int]] = {"P-256": (ec.SECP256R1(), 32),
+                                                    "P-384": (ec.SECP384R1(), 48)}
 _EC_ALGORITHM = {"ES256": ("P-256", hashes.SHA256()), "ES384": ("P-384", hashes.SHA384())}
 MIN_RSA_BITS = 2048
+MAX_JSON_DEPTH = 32
+# a JSON string (or an unterminated one, up to the end: so the pattern never fails, and stays linear)
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.?)*"?', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST_PAIR = re.compile(r"\[\]|\{\}")
 
 
 def b64url_decode(text: Any, what: str) -> bytes:
@@ -35,7 +42,35 @@ def b64url_decode(text: Any, what: str) -> bytes:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:
-        raise malformed(f"{what} is not base64url: {exc}") from exc
+        raise malformed(f"{what} is not base64url") from exc
+
+
+def load_json(data: bytes | str, what: str) -> Any:
+    """Parse JSON from the client: UTF-8, nested at most MAX_JSON_DEPTH deep, else malformed. Every
+    JSON an ACME request carries (body, protected header, payload, inner JWS) is read here."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise malformed(f"{what} is not UTF-8") from exc
+    if nested_too_deep(text):
+        raise malformed(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise malformed(f"{what} is not JSON") from exc
+
+
+def nested_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True if the arrays and objects of `text` nest deeper than `limit` (or do not pair up), found
+    before parsing and without recursion: strings out, then innermost pairs peeled off `limit` times."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    for _ in range(limit):
+        brackets = _INNERMOST_PAIR.sub("", brackets)
+        if not brackets:
+            return False
+    return True
 
 
 def b64url(data: bytes) -> str:
@@ -80,10 +115,7 @@ class Jws:
         """The payload as a JSON object; POST-as-GET (an empty payload) gives {}."""
         if not self.payload:
             return {}
-        try:
-            value = json.loads(self.payload)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise malformed(f"JWS payload is not JSON: {exc}") from exc
+        value = load_json(self.payload, "JWS payload")
         if not isinstance(value, dict):
             raise malformed("JWS payload is not a JSON object")
         return value
@@ -94,18 +126,12 @@ def parse_jws(body: bytes | dict[str, Any], *, algorithms: tuple[str, ...] = SIG
     if isinstance(body, dict):
         document = body
     else:
-        try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise malformed(f"request body is not JSON: {exc}") from exc
+        document = load_json(body, "request body")
     if not isinstance(document, dict) or set(document) != {"protected", "payload", "signature"}:
         raise malformed("request body must be a flattened JWS with exactly protected, payload and signature")
     protected_b64, payload_b64 = document["protected"], document["payload"]
     header_bytes = b64url_decode(protected_b64, "protected header")
-    try:
-        protected = json.loads(header_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise malformed(f"protected header is not JSON: {exc}") from exc
+    protected = load_json(header_bytes, "protected header")
     if not isinstance(protected, dict):
         raise malformed("protected header is not a JSON object")
     if protected.get("alg") not in algorithms:
@@ -139,7 +165,8 @@ def public_key(jwk: Any) -> PublicKey:
     try:
         if kty == "EC":
             if jwk.get("crv") not in _CURVES:
-                raise AcmeProblem("badPublicKey", f"EC curve {jwk.get('crv')!r} is not accepted (P-256, P-384)")
+                raise AcmeProblem("badPublicKey",
+                                  f"EC curve {jwk.get('crv')!r} is not accepted (P-256, P-384)")
             curve, size = _CURVES[jwk["crv"]]
             return ec.EllipticCurvePublicNumbers(_coordinate(jwk, "x", size), _coordinate(jwk, "y", size),
                                                  curve).public_key()
@@ -148,12 +175,13 @@ def public_key(jwk: Any) -> PublicKey:
             e = int.from_bytes(b64url_decode(jwk.get("e"), "jwk.e"), "big")
             key = rsa.RSAPublicNumbers(e, n).public_key()
             if key.key_size < MIN_RSA_BITS:
-                raise AcmeProblem("badPublicKey", f"RSA keys need at least {MIN_RSA_BITS} bits, not {key.key_size}")
+                raise AcmeProblem("badPublicKey",
+                                  f"RSA keys need at least {MIN_RSA_BITS} bits, not {key.key_size}")
             return key
         if kty == "OKP" and jwk.get("crv") == "Ed25519":
             return ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(jwk.get("x"), "jwk.x"))
-    except ValueError as exc:
-        raise AcmeProblem("badPublicKey", f"jwk is not a valid public key: {exc}") from exc
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise AcmeProblem("badPublicKey", "jwk is not a valid public key") from exc
     raise AcmeProblem("badPublicKey", f"key type {kty!r} / {jwk.get('crv')!r} is not accepted")
 
 
@@ -178,7 +206,8 @@ def verify(jws: Jws, key: PublicKey) -> None:
     try:
         if alg in _EC_ALGORITHM:
             curve_name, digest = _EC_ALGORITHM[alg]
-            if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != _CURVES[curve_name][0].name:
+            curve = _CURVES[curve_name][0]
+            if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != curve.name:
                 raise bad_algorithm(f"{alg} with this key")
             size = _CURVES[curve_name][1]
             if len(jws.signature) != 2 * size:
@@ -211,5 +240,6 @@ def unauthorized_eab() -> AcmeProblem:
     return AcmeProblem("unauthorized", "external account binding signature does not verify", 403)
 
 
-__all__ = ["EAB_ALGORITHMS", "SIGNATURE_ALGORITHMS", "Jws", "PublicKey", "b64url", "b64url_decode",
-           "canonical_json", "parse_jws", "public_key", "thumbprint", "verify", "verify_hmac"]
+__all__ = ["EAB_ALGORITHMS", "MAX_JSON_DEPTH", "SIGNATURE_ALGORITHMS", "Jws", "PublicKey", "b64url",
+           "b64url_decode", "canonical_json", "load_json", "nested_too_deep", "parse_jws", "public_key",
+           "thumbprint", "verify", "verify_hmac"]

@@ -10,36 +10,28 @@ import logging
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from enrollment.acme.problems import PROBLEM_JSON, AcmeProblem, malformed, unauthorized
+from enrollment.acme.problems import PROBLEM_JSON, AcmeProblem, is_expected, malformed, problem_for
 from enrollment.acme.service import AcmeService, Reply, Urls
 from enrollment.http import BodyTooLarge, read_limited_body
 from hsm import HsmError
 from vpnca import metrics
-from vpnca.errors import BadRequest, Conflict, NotAuthorized, NotFound, PolicyViolation, VpncaError
 from vpnca.events import emit
+from vpnca.outage import OUTAGES
 
 log = logging.getLogger("vpnca.acme")
 
 JOSE_JSON = "application/jose+json"
 
 
-def problem_for(exc: Exception) -> AcmeProblem:
-    """Core errors, mapped to the problem types RFC 8555 gives."""
-    if isinstance(exc, AcmeProblem):
-        return exc
-    if isinstance(exc, NotFound):
-        return malformed(str(exc), 404)
-    if isinstance(exc, NotAuthorized):
-        return unauthorized(str(exc))
-    if isinstance(exc, PolicyViolation):
-        return AcmeProblem("rejectedIdentifier", str(exc))
-    if isinstance(exc, BadRequest):
-        return malformed(str(exc))
-    if isinstance(exc, Conflict):
-        return malformed(str(exc), 409)
-    if isinstance(exc, (HsmError, VpncaError)):
-        return AcmeProblem("serverInternal", f"the CA cannot sign now: {exc}", 503)
-    return AcmeProblem("serverInternal", "internal error", 500)
+def _problem(exc: Exception, what: str) -> AcmeProblem:
+    """The problem for a failed request; a bug's traceback (and only a bug's) goes to the log, an
+    outage of the token or the database is said once by OUTAGES."""
+    problem = problem_for(exc)
+    if not is_expected(exc):
+        log.exception("ACME %s failed", what)
+    elif problem.status == 503:
+        OUTAGES.down("token" if isinstance(exc, HsmError) else "database", exc)
+    return problem
 
 
 def make_router(service: AcmeService) -> APIRouter:
@@ -54,16 +46,18 @@ def make_router(service: AcmeService) -> APIRouter:
         return {"Replay-Nonce": nonce, "Cache-Control": "no-store", "Link": f'<{urls.directory}>;rel="index"'}
 
     async def problem_response(problem: AcmeProblem, urls: Urls, request: Request, path: str) -> Response:
-        level = logging.ERROR if problem.status >= 500 else logging.WARNING
-        emit("acme.refused", level, problem=problem.type, detail=problem.detail, path=path,
-             client=request.client.host if request.client else None)
-        metrics.refused("acme", problem.type)
+        if problem.status != 503:  # an outage is said once, by OUTAGES
+            level = logging.ERROR if problem.status >= 500 else logging.WARNING
+            emit("acme.refused", level, problem=problem.type, detail=problem.detail, path=path,
+                 client=request.client.host if request.client else None)
+        metrics.refused("acme", "unavailable" if problem.status == 503 else problem.type)
         try:
             headers = {**await nonce_headers(urls), **problem.headers}
-        except Exception:  # noqa: BLE001 - the store is down: the problem still goes out, without a nonce
-            log.exception("no nonce for an ACME problem response")
+        except Exception as exc:  # noqa: BLE001 - no nonce key (the database is away): the problem goes out
+            _problem(exc, "nonce")
             headers = {"Cache-Control": "no-store", **problem.headers}
-        return Response(problem.to_json(), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers)
+        return Response(problem.to_json(), status_code=problem.status, media_type=PROBLEM_JSON,
+                        headers=headers)
 
     @router.get("/directory")
     async def directory(request: Request) -> Response:
@@ -75,8 +69,7 @@ def make_router(service: AcmeService) -> APIRouter:
         try:
             headers = await nonce_headers(urls)
         except Exception as exc:  # noqa: BLE001 - a problem document, never a bare 500
-            log.exception("making a nonce failed")
-            return await problem_response(problem_for(exc), urls, request, "new-nonce")
+            return await problem_response(_problem(exc, "new-nonce"), urls, request, "new-nonce")
         return Response(status_code=200 if request.method == "HEAD" else 204, headers=headers)
 
     @router.api_route("/{path:path}", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH"])
@@ -100,11 +93,12 @@ def make_router(service: AcmeService) -> APIRouter:
             client = request.client.host if request.client else None
             reply: Reply = await run_in_threadpool(service.handle, path, body, url, urls, client)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a problem document
-            problem = problem_for(exc)
-            if problem.status >= 500:
-                log.exception("ACME %s failed", path)
-            return await problem_response(problem, urls, request, path)
-        headers = await nonce_headers(urls)
+            return await problem_response(_problem(exc, path), urls, request, path)
+        try:
+            headers = await nonce_headers(urls)
+        except Exception as exc:  # noqa: BLE001 - done: the answer goes out, without a nonce
+            _problem(exc, "nonce")
+            headers = {"Cache-Control": "no-store", "Link": f'<{urls.directory}>;rel="index"'}
         if reply.location:
             headers["Location"] = reply.location
         if reply.links:

@@ -2,7 +2,8 @@
 finalize, certificate download, revocation, key roll-over and deactivation.
 
 Every POST is a JWS: `handle` authenticates it (URL, single-use nonce, key or account, signature),
-then runs the resource's handler. Errors are AcmeProblem; core errors are mapped here, at the edge.
+then runs the resource's handler. Errors are AcmeProblem; core errors are mapped by
+problems.problem_for, the one map (with what the request was about where that decides the type).
 """
 
 from __future__ import annotations
@@ -17,17 +18,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from enrollment.acme import jose
-from enrollment.acme.problems import AcmeProblem, malformed, not_found, unauthorized
+from enrollment.acme.nonces import Nonces
+from enrollment.acme.problems import AcmeProblem, bad_nonce, malformed, not_found, problem_for, unauthorized
 from enrollment.acme.validation import Identifier, Validator
 from vpnca.authority import Authority, IssueRequest
-from vpnca.errors import BadRequest, Conflict, NotAuthorized, PolicyViolation
+from vpnca.errors import VpncaError
 from vpnca.events import emit
 from vpnca.identities import IkeIdentity
-from vpnca.policy import check_csr_signature, check_identities, check_public_key
+from vpnca.policy import check_csr, check_identities, check_public_key
 from vpnca.revocation import Publisher
 from vpnca.store import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeOrder, CertStatus
 from vpnca.store.acme import AcmeRepository, new_id
@@ -124,7 +126,8 @@ def _identity(identifier: Identifier) -> IkeIdentity:
 
 
 def parse_identifiers(raw: Any) -> list[Identifier]:
-    """newOrder identifiers: dns names (no wildcards) and IP addresses (RFC 8738), canonical, de-duplicated."""
+    """newOrder identifiers: dns names (no wildcards) and IP addresses (RFC 8738), canonical, without
+    duplicates."""
     if not isinstance(raw, list) or not raw:
         raise malformed("identifiers must be a non-empty list")
     if len(raw) > MAX_IDENTIFIERS:
@@ -138,8 +141,8 @@ def parse_identifiers(raw: Any) -> list[Identifier]:
             raise AcmeProblem("unsupportedIdentifier", f"identifier type {kind!r} is not supported (dns, ip)")
         try:
             identity = IkeIdentity.parse(value)
-        except BadRequest as exc:
-            raise AcmeProblem("rejectedIdentifier", str(exc)) from exc
+        except VpncaError as exc:
+            raise problem_for(exc, "identifier") from exc
         if (kind == "dns" and identity.kind != "fqdn") or (kind == "ip" and identity.kind != "ip"):
             raise AcmeProblem("malformed" if kind == "ip" else "rejectedIdentifier",
                               f"{value!r} is not a valid {kind} identifier")
@@ -157,6 +160,7 @@ class AcmeService:
         self.repo = AcmeRepository(authority.store)
         self.validator = Validator(self.settings)
         self._validations = ThreadPoolExecutor(max_workers=4, thread_name_prefix="acme-validate")
+        self.nonces = Nonces(self.repo.nonce_key, self.settings.nonce_lifetime)
 
     # -- directory and nonces -------------------------------------------------------------------
 
@@ -167,17 +171,25 @@ class AcmeService:
                          "website": self.authority.settings.http_base_url}}
 
     def new_nonce(self) -> str:
-        return self.repo.new_nonce(self.settings.nonce_lifetime)
+        """A fresh nonce: made, not stored (see nonces.py)."""
+        return self.nonces.make()
 
     # -- authentication ----------------------------------------------------------------------------
 
     def authenticate(self, body: bytes, url: str, urls: Urls, *, by: str, client: str | None) -> Caller:
-        """Check a JWS as RFC 8555 6.2-6.5 say; `by` is "jwk", "kid" or "either"."""
+        """Check a JWS as RFC 8555 6.2-6.5 say; `by` is "jwk", "kid" or "either". The nonce is checked
+        (MAC, age) before the signature, and spent only once the signature verifies, so that nothing
+        is written for a request that is not signed."""
         jws = jose.parse_jws(body)
         if jws.url != url:
             raise unauthorized(f"the JWS url {jws.url!r} is not the request URL {url}")
-        if not isinstance(jws.nonce, str) or not self.repo.use_nonce(jws.nonce):
-            raise AcmeProblem("badNonce", "the nonce is unknown, used already or expired")
+        nonce = self.nonces.check(jws.nonce)
+        caller = self._signed_by(jws, urls, by=by, client=client)
+        if not self.repo.use_nonce(nonce.nonce_id, nonce.expires_at):
+            raise bad_nonce("the nonce was used already")
+        return caller
+
+    def _signed_by(self, jws: jose.Jws, urls: Urls, *, by: str, client: str | None) -> Caller:
         if jws.jwk is not None:
             if by == "kid":
                 raise malformed("this request must be signed with the account key (kid), not jwk")
@@ -223,14 +235,16 @@ class AcmeService:
     # -- accounts --------------------------------------------------------------------------------
 
     def _account_object(self, account: AcmeAccount, urls: Urls) -> dict[str, Any]:
-        return {"status": account.status, "contact": json.loads(account.contact), "orders": urls.orders(account.id)}
+        return {"status": account.status, "contact": json.loads(account.contact),
+                "orders": urls.orders(account.id)}
 
     def new_account(self, caller: Caller, urls: Urls) -> Reply:
         payload = caller.jws.json_payload()
         if caller.account is not None:
             if caller.account.status != "valid":
                 raise unauthorized(f"account {caller.account.id} is {caller.account.status}")
-            return Reply(self._account_object(caller.account, urls), 200, location=urls.account(caller.account.id))
+            return Reply(self._account_object(caller.account, urls), 200,
+                         location=urls.account(caller.account.id))
         if payload.get("onlyReturnExisting"):
             raise AcmeProblem("accountDoesNotExist", "no account has this key")
         contact = _contact(payload.get("contact", []))
@@ -248,10 +262,7 @@ class AcmeService:
             status="valid", contact=json.dumps(contact), eab_kid=eab_kid,
             allowed_identities=json.dumps(allowed) if allowed is not None else None, profile=profile,
             created_at=datetime.now(UTC))
-        try:
-            created = self.repo.create_account(account)
-        except NotAuthorized as exc:
-            raise unauthorized(str(exc)) from exc
+        created = self.repo.create_account(account)
         emit("acme.account", requester=f"acme:{created.id}", eab_kid=eab_kid, client=caller.client)
         status = 201 if created.id == account.id else 200
         return Reply(self._account_object(created, urls), status, location=urls.account(created.id))
@@ -269,8 +280,8 @@ class AcmeService:
         if eab is None:
             raise unauthorized(f"unknown external account key {inner.kid!r}")
         jose.verify_hmac(inner, eab.hmac_key)
+        bound_jwk = jose.load_json(inner.payload, "the external account binding's payload")
         try:
-            bound_jwk = json.loads(inner.payload)
             same_key = jose.thumbprint(bound_jwk) == jose.thumbprint(caller.jwk)
         except (ValueError, KeyError, TypeError) as exc:
             raise malformed("the external account binding's payload is not a JWK") from exc
@@ -312,11 +323,8 @@ class AcmeService:
         """RFC 8555 7.3.5: the inner JWS, signed by the new key, names the account and its old key."""
         account = caller.account
         assert account is not None
-        try:
-            document = json.loads(caller.jws.payload)
-        except ValueError as exc:
-            raise malformed("keyChange payload is not a JWS") from exc
-        inner = jose.parse_jws(document if isinstance(document, dict) else b"")
+        document = caller.jws.json_payload()
+        inner = jose.parse_jws(document)
         if inner.jwk is None:
             raise malformed("the inner keyChange JWS must carry the new key as jwk")
         if inner.url != caller.jws.url:
@@ -339,10 +347,8 @@ class AcmeService:
             problem = AcmeProblem("malformed", "another account already uses the new key", 409)
             problem.headers["Location"] = urls.account(holder.id)
             raise problem
-        try:
-            account = self.repo.change_key(account.id, account.key_thumbprint, jose.canonical_json(new_jwk), thumbprint)
-        except Conflict as exc:
-            raise AcmeProblem("malformed", str(exc), 409) from exc
+        account = self.repo.change_key(account.id, account.key_thumbprint, jose.canonical_json(new_jwk),
+                                       thumbprint)
         emit("acme.account.key-changed", requester=f"acme:{account.id}", client=caller.client)
         return Reply(self._account_object(account, urls), location=urls.account(account.id))
 
@@ -367,8 +373,8 @@ class AcmeService:
             raise AcmeProblem("rejectedIdentifier", f"this account may not have {', '.join(outside)}")
         try:
             check_identities(identities, self.authority.settings.policy)
-        except (PolicyViolation, BadRequest) as exc:
-            raise AcmeProblem("rejectedIdentifier", str(exc)) from exc
+        except VpncaError as exc:
+            raise problem_for(exc, "identifier") from exc
         now = datetime.now(UTC)
         order_expires = now + self.settings.order_lifetime
         authz_ids: list[str] = []
@@ -380,7 +386,8 @@ class AcmeService:
                 authz_ids.append(reused.id)
                 continue
             authz = AcmeAuthorization(id=new_id(), account_id=account.id, identifier_type=identifier.type,
-                                      identifier_value=identifier.value, status="pending", expires_at=order_expires)
+                                      identifier_value=identifier.value, status="pending",
+                                      expires_at=order_expires)
             types = ("http-01", "dns-01") if identifier.type == "dns" else ("http-01",)
             challenges += [AcmeChallenge(id=new_id(), authorization_id=authz.id, type=t,
                                          token=secrets.token_urlsafe(32), status="pending") for t in types]
@@ -406,7 +413,8 @@ class AcmeService:
         return self._refresh(order)
 
     def _refresh(self, order: AcmeOrder) -> AcmeOrder:
-        """Move a pending order on by its authorizations: ready when all are valid, invalid when one failed."""
+        """Move a pending order on by its authorizations: ready when all are valid, invalid when one
+        failed."""
         if order.status != "pending":
             return order
         now = datetime.now(UTC)
@@ -414,8 +422,8 @@ class AcmeService:
         failed = [a for a in authzs if _authz_status(a, now) not in ("pending", "valid")]
         if failed or order.expires_at <= now:
             error = {"type": "urn:ietf:params:acme:error:unauthorized", "status": 403,
-                     "detail": f"authorization for {failed[0].identifier_value} is {_authz_status(failed[0], now)}"
-                     if failed else "the order expired"}
+                     "detail": f"authorization for {failed[0].identifier_value} is "
+                               f"{_authz_status(failed[0], now)}" if failed else "the order expired"}
             self.repo.move_order(order.id, "pending", "invalid", error=json.dumps(error))
         elif all(_authz_status(a, now) == "valid" for a in authzs):
             self.repo.move_order(order.id, "pending", "ready")
@@ -427,7 +435,8 @@ class AcmeService:
 
     def _order_object(self, order: AcmeOrder, urls: Urls) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "status": order.status, "expires": _ts(order.expires_at), "identifiers": json.loads(order.identifiers),
+            "status": order.status, "expires": _ts(order.expires_at),
+            "identifiers": json.loads(order.identifiers),
             "authorizations": [urls.authz(i) for i in json.loads(order.authorizations)],
             "finalize": urls.finalize(order.id)}
         if order.error:
@@ -447,30 +456,32 @@ class AcmeService:
         if order.status != "ready":
             raise AcmeProblem("orderNotReady", f"the order is {order.status}, not ready", 403)
         csr = _csr(caller.jws.json_payload().get("csr"))
-        identities = tuple(_identity(Identifier(i["type"], i["value"])) for i in json.loads(order.identifiers))
+        identities = tuple(_identity(Identifier(i["type"], i["value"]))
+                           for i in json.loads(order.identifiers))
         _check_csr_names(csr, identities)
         profile = account.profile
         if self.authority.settings.profiles[profile].approval and account.eab_kid is None:
             raise unauthorized(f"profile {profile} needs operator approval: use an external account key")
         request = IssueRequest(
-            profile=profile, identities=identities, public_key=csr.public_key(), requester=f"acme:{account.id}",
-            protocol="acme", allowed_identities=self._allowed(account),
+            profile=profile, identities=identities, public_key=csr.public_key(),
+            requester=f"acme:{account.id}", protocol="acme", allowed_identities=self._allowed(account),
             details={"order": order.id, **({"client": caller.client} if caller.client else {})})
         try:
             self.authority.check(request)
-        except PolicyViolation as exc:
-            raise AcmeProblem("badCSR", str(exc)) from exc
-        except BadRequest as exc:
-            raise AcmeProblem("badCSR", str(exc)) from exc
-        except NotAuthorized as exc:
-            raise AcmeProblem("rejectedIdentifier", str(exc)) from exc
+        except VpncaError as exc:
+            raise problem_for(exc, "csr") from exc
         if not self.repo.move_order(order.id, "ready", "processing"):
             raise AcmeProblem("orderNotReady", "the order is being finalized already", 403)
         try:
             issued = self.authority.issue(request)
         except Exception as exc:
-            error = AcmeProblem("serverInternal", f"issuance failed: {exc}", 500)
-            self.repo.move_order(order.id, "processing", "invalid", error=error.to_json())
+            error = problem_for(exc, "csr")  # what the order shows: the client's view, never internal text
+            if error.status == 503:  # the token or the database is away: the order may be finalized again
+                self.repo.move_order(order.id, "processing", "ready")
+            else:
+                self.repo.move_order(order.id, "processing", "invalid", error=error.to_json())
+            if isinstance(exc, VpncaError):
+                raise error from exc
             raise
         self.repo.move_order(order.id, "processing", "valid", certificate_serial=issued.serial)
         refreshed = self.repo.order(order.id)
@@ -527,7 +538,7 @@ class AcmeService:
                 self._validations.submit(self._validate, challenge.id, challenge.type, identifier,
                                          challenge.token, key_authorization, caller)
             elif challenge.status == "pending":
-                raise AcmeProblem("malformed", f"the authorization is {_authz_status(authz, datetime.now(UTC))}")
+                raise malformed(f"the authorization is {_authz_status(authz, datetime.now(UTC))}")
         current = self.repo.challenge(challenge.id)
         assert current is not None
         return Reply(self._challenge_object(current, urls), links=[f'<{urls.authz(authz.id)}>;rel="up"'])
@@ -539,9 +550,9 @@ class AcmeService:
             self.validator.validate(challenge_type, identifier, token, key_authorization)
         except AcmeProblem as problem:
             error = problem.document()
-        except Exception as exc:  # a validator bug must still end the challenge, not leave it processing
+        except Exception:  # a validator bug must still end the challenge, not leave it processing
             log.exception("validating challenge %s", challenge_id)
-            error = AcmeProblem("serverInternal", f"validation failed: {exc}", 500).document()
+            error = AcmeProblem("serverInternal", "the validation failed on the server", 500).document()
         try:
             self.repo.finish_challenge(challenge_id, error=error,
                                        valid_until=datetime.now(UTC) + self.settings.authorization_lifetime)
@@ -549,9 +560,9 @@ class AcmeService:
             log.exception("recording the result of challenge %s", challenge_id)
             return
         assert caller.account is not None
-        emit("acme.challenge", logging.WARNING if error else logging.INFO, requester=f"acme:{caller.account.id}",
-             identity=identifier.value, challenge=challenge_type, valid=error is None,
-             detail=error["detail"] if error else None, client=caller.client)
+        emit("acme.challenge", logging.WARNING if error else logging.INFO,
+             requester=f"acme:{caller.account.id}", identity=identifier.value, challenge=challenge_type,
+             valid=error is None, detail=error["detail"] if error else None, client=caller.client)
 
     # -- certificates -----------------------------------------------------------------------------
 
@@ -571,11 +582,13 @@ class AcmeService:
     def revoke_cert(self, caller: Caller, urls: Urls) -> Reply:
         payload = caller.jws.json_payload()
         try:
-            cert = x509.load_der_x509_certificate(jose.b64url_decode(payload.get("certificate"), "certificate"))
+            der = jose.b64url_decode(payload.get("certificate"), "certificate")
+            cert = x509.load_der_x509_certificate(der)
         except ValueError as exc:
-            raise malformed(f"certificate is not DER: {exc}") from exc
+            raise malformed("certificate is not a DER X.509 certificate") from exc
         reason_code = payload.get("reason", 0)
-        if not isinstance(reason_code, int) or isinstance(reason_code, bool) or reason_code not in REVOCATION_REASONS:
+        if not isinstance(reason_code, int) or isinstance(reason_code, bool) \
+                or reason_code not in REVOCATION_REASONS:
             raise AcmeProblem("badRevocationReason", f"reason {reason_code!r} is not one of "
                               f"{sorted(REVOCATION_REASONS)}")
         try:
@@ -591,8 +604,8 @@ class AcmeService:
             raise AcmeProblem("alreadyRevoked", f"certificate {serial} is already revoked")
         try:
             self.authority.revoke(serial, REVOCATION_REASONS[reason_code], actor=actor)
-        except Conflict as exc:
-            raise AcmeProblem("alreadyRevoked", str(exc)) from exc
+        except VpncaError as exc:
+            raise problem_for(exc, "revocation") from exc
         self.publisher.publish_revocation(serial, actor)
         return Reply(None)
 
@@ -615,7 +628,8 @@ class AcmeService:
                     [("ip", str(n)) for n in san.get_values_for_type(x509.IPAddress)]
         except x509.ExtensionNotFound:
             names = []
-        if names and all(self.repo.reusable_authorization(account.id, kind, value, now) for kind, value in names):
+        if names and all(self.repo.reusable_authorization(account.id, kind, value, now)
+                         for kind, value in names):
             return f"acme:{account.id}"
         raise unauthorized("this account neither holds this certificate nor authorizations for all its names")
 
@@ -639,12 +653,14 @@ def _csr(raw: Any) -> x509.CertificateSigningRequest:
     try:
         csr = x509.load_der_x509_csr(jose.b64url_decode(raw, "csr"))
     except (ValueError, AcmeProblem) as exc:
-        raise AcmeProblem("badCSR", f"csr is not a base64url DER PKCS#10 request: {exc}") from exc
+        raise AcmeProblem("badCSR", "csr is not a base64url DER PKCS#10 request") from exc
     try:
-        check_csr_signature(csr)
+        check_csr(csr)
         check_public_key(csr.public_key())
-    except (BadRequest, PolicyViolation) as exc:
-        raise AcmeProblem("badCSR", str(exc)) from exc
+    except VpncaError as exc:
+        raise problem_for(exc, "csr") from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:  # a public key cryptography cannot read
+        raise AcmeProblem("badCSR", "the CSR's public key cannot be read") from exc
     return csr
 
 
@@ -655,7 +671,7 @@ def _check_csr_names(csr: x509.CertificateSigningRequest, identities: tuple[IkeI
     except x509.ExtensionNotFound:
         san = x509.SubjectAlternativeName([])
     except ValueError as exc:
-        raise AcmeProblem("badCSR", f"malformed CSR extension: {exc}") from exc
+        raise AcmeProblem("badCSR", "the CSR has a malformed extension") from exc
     asked: set[IkeIdentity] = set()
     for name in san:
         if isinstance(name, x509.DNSName):
@@ -663,7 +679,8 @@ def _check_csr_names(csr: x509.CertificateSigningRequest, identities: tuple[IkeI
         elif isinstance(name, x509.IPAddress):
             asked.add(IkeIdentity("ip", str(name.value)))
         else:
-            raise AcmeProblem("badCSR", f"the CSR asks for a {type(name).__name__}, which no order identifies")
+            raise AcmeProblem("badCSR",
+                              f"the CSR asks for a {type(name).__name__}, which no order identifies")
     for cn in csr.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME):
         value = str(cn.value).lower().rstrip(".")
         if not any(i.value == value for i in identities):

@@ -485,3 +485,105 @@ def test_certbot_enrolls_renews_and_revokes(tmp_path: Path, softhsm, peers) -> N
         stop_server(server)
         ca.store.dispose()
         shutil.rmtree(certbot_logs, ignore_errors=True)
+
+
+# -- deep JSON and stateless nonces ----------------------------------------------------------------
+
+def es256_jws(protected: bytes, payload: bytes, key: ec.EllipticCurvePrivateKey) -> str:
+    """A flattened JWS over exactly these header and payload bytes (which json.dumps could not make)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    signing_input = f"{b64url(protected)}.{b64url(payload)}"
+    r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    return json.dumps({"protected": b64url(protected), "payload": b64url(payload),
+                       "signature": b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))})
+
+
+def new_account(raw: RawAcme, server: RunningServer) -> tuple[ec.EllipticCurvePrivateKey, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    created = raw.post(raw.directory["newAccount"], {"externalAccountBinding": eab_binding(
+        eab_create(server.ca, GATEWAY), raw.directory["newAccount"], key)}, key)
+    assert created.status_code == 201, created.text
+    return key, created.headers["Location"]
+
+
+def nonce_rows(server: RunningServer) -> int:
+    import sqlalchemy as sa
+
+    with server.ca.store.engine.connect() as conn:
+        return int(conn.execute(sa.text("SELECT count(*) FROM acme_nonces")).scalar_one())
+
+
+def test_json_nested_a_thousand_deep_is_malformed_not_a_500(server: RunningServer, peers) -> None:  # type: ignore[no-untyped-def]
+    raw = RawAcme(server)
+    key, account = new_account(raw, server)
+    deep = b"[" * 1000 + b"]" * 1000
+    header = json.dumps({"alg": "ES256", "kid": account, "url": account, "nonce": raw.nonce()}).encode()
+    for body in (
+        es256_jws(header, deep, key),  # in the payload
+        es256_jws(header[:-1] + b', "x": ' + deep + b"}", b"", key),  # in the protected header
+        deep.decode(),  # the body itself
+        json.dumps({"protected": b64url(deep), "payload": "", "signature": ""}),
+    ):
+        response = raw.send(account, body)
+        assert (problem(response), response.status_code) == ("malformed", 400), response.text
+    log = server.log.read_text()
+    assert "RecursionError" not in log and "Traceback" not in log
+
+
+def test_new_nonce_writes_nothing_and_a_nonce_works_once(server: RunningServer, peers) -> None:  # type: ignore[no-untyped-def]
+    raw = RawAcme(server)
+    key, account = new_account(raw, server)
+    before = nonce_rows(server)
+    nonces = {raw.nonce() for _ in range(100)}
+    nonces |= {raw.http.get(raw.directory["newNonce"]).headers["Replay-Nonce"] for _ in range(10)}
+    assert len(nonces) == 110 and nonce_rows(server) == before  # handing out nonces writes no row
+    nonce = raw.nonce()
+    assert raw.post(account, None, key, kid=account, nonce=nonce).status_code == 200
+    assert nonce_rows(server) == before + 1  # using one does: the replay set
+    replay = raw.post(account, None, key, kid=account, nonce=nonce)
+    assert (problem(replay), replay.status_code) == ("badNonce", 400)
+    # an unsigned request does not spend the nonce (nothing is written for it)
+    fresh = raw.nonce()
+    intruder = ec.generate_private_key(ec.SECP256R1())
+    assert problem(raw.post(account, None, intruder, kid=account, nonce=fresh)) == "malformed"
+    assert raw.post(account, None, key, kid=account, nonce=fresh).status_code == 200
+
+
+def test_a_nonce_with_a_bad_mac_or_out_of_its_lifetime_is_bad_nonce(server: RunningServer, peers) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    from enrollment.acme.nonces import Nonces
+    from vpnca.store.acme import AcmeRepository
+
+    raw = RawAcme(server)
+    key, account = new_account(raw, server)
+    good = raw.nonce()
+    forged = good[:30] + ("A" if good[30] != "A" else "B") + good[31:]
+    assert problem(raw.post(account, None, key, kid=account, nonce=forged)) == "badNonce"
+    # nonces minted here with the key from the database: the server takes a fresh one (the key is
+    # shared by every worker and machine), and refuses one too old or from the future
+    lifetime = server.ca.settings.acme.nonce_lifetime
+    repo = AcmeRepository(server.ca.store)
+    ours = Nonces(repo.nonce_key, lifetime).make()
+    assert raw.post(account, None, key, kid=account, nonce=ours).status_code == 200
+    for skew in (-lifetime.total_seconds() - 1, 3600):
+        minted = Nonces(repo.nonce_key, lifetime, clock=lambda: time.time() + skew).make()
+        response = raw.post(account, None, key, kid=account, nonce=minted)
+        assert (problem(response), response.status_code) == ("badNonce", 400)
+    assert raw.post(account, None, key, kid=account, nonce=good).status_code == 200  # still unused
+
+
+def test_used_nonces_are_forgotten_once_expired(server: RunningServer) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from vpnca.store.acme import AcmeRepository
+
+    key = AcmeRepository(server.ca.store).nonce_key()
+    first = AcmeRepository(server.ca.store)  # a fresh repository sweeps on its first use
+    assert first.use_nonce("expired-long-ago", datetime.now(UTC) - timedelta(hours=2))
+    assert not first.use_nonce("expired-long-ago", datetime.now(UTC) - timedelta(hours=2))  # a replay
+    assert AcmeRepository(server.ca.store).use_nonce("fresh-one", datetime.now(UTC) + timedelta(hours=1))
+    assert AcmeRepository(server.ca.store).use_nonce("expired-long-ago", datetime.now(UTC))  # swept
+    assert AcmeRepository(server.ca.store).nonce_key() == key  # the key never expires

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -283,14 +284,19 @@ def test_refusals(server: RunningServer, tmp_path: Path) -> None:
     status, _, _ = curl(server, "simpleenroll", "-u", a_token, data=big)
     assert status == 413
 
-    status, body, _ = curl(server, "simpleenroll", "-u", a_token, data=a_csr)
+    status, first, _ = curl(server, "simpleenroll", "-u", a_token, data=a_csr)
     assert status == 200
-    status, body, _ = curl(server, "simpleenroll", "-u", a_token, data=a_csr)
+    # the same token and CSR (a client that lost the answer) get the same certificate, nothing new
+    status, again, _ = curl(server, "simpleenroll", "-u", a_token, data=a_csr)
+    assert status == 200 and again == first
+    a2_csr = base64_csr(tmp_path, "/CN=a.example.com", ["DNS:a.example.com"], name="a2")  # another key
+    status, body, _ = curl(server, "simpleenroll", "-u", a_token, data=a2_csr)
     assert status == 401 and b"already used" in body
 
     assert server.ca.store.count_by_status()["valid"] == before.get("valid", 0) + 1
-    refused = [e for e in server.ca.store.audit_entries() if e.action == "enroll-refused"]
-    assert len(refused) >= 8
+    assert not [e for e in server.ca.store.audit_entries() if e.action == "enroll-refused"]  # logged instead
+    events = [json.loads(line) for line in (server.ca.home / "log/vpnca.jsonl").read_text().splitlines()]
+    assert len([e for e in events if e.get("event") in ("enrollment.refused", "authentication.failed")]) >= 8
     assert "[error]" not in server.log.read_text().lower() and "Traceback" not in server.log.read_text()
 
 
@@ -326,3 +332,93 @@ def test_reenroll_with_an_expired_certificate_is_refused(server: RunningServer, 
     status, body, _ = curl(server, "simplereenroll", "-H", f"X-SSL-Client-Cert: {header}", data=csr)
     assert status == 403 and b"expired" in body
     assert ca.store.count_by_status() == before
+
+
+# -- a credential gets only its own profile ------------------------------------------------------
+
+def _issued_files(server: RunningServer, tmp_path: Path, profile: str, identity: str) -> tuple[str, str]:
+    key = ec.generate_private_key(ec.SECP384R1())
+    issued = server.ca.authority.issue(IssueRequest(
+        profile=profile, identities=(IkeIdentity.parse(identity),), public_key=key.public_key(), requester="test"))
+    cert, key_file = tmp_path / f"{profile}.pem", tmp_path / f"{profile}.key"
+    cert.write_bytes(issued.certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return str(cert), str(key_file)
+
+
+def _refused_samples(server: RunningServer, profile: str) -> float:
+    metrics = urllib.request.urlopen(f"{server.http}/metrics", timeout=10).read().decode()
+    wanted = f'vpnca_requests_refused_total{{profile="{profile}",protocol="est",reason="not_authorized"}}'
+    return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(wanted))
+
+
+def test_device_certificate_cannot_mint_gateway_certificates(server: RunningServer, tmp_path: Path) -> None:
+    cert, key = _issued_files(server, tmp_path, "device", "phone1.example.com")
+    csr = base64_csr(tmp_path, "/CN=phone1.example.com", ["DNS:phone1.example.com"])
+    issued_before = server.ca.store.count_by_status().get("valid", 0)
+    refused_before = _refused_samples(server, "gateway")
+    for operation in ("gateway/simpleenroll", "gateway/serverkeygen"):
+        status, body, _ = curl(server, operation, "--cert", cert, "--key", key, data=csr)
+        assert status == 403, (operation, body)
+        assert b"profile device, not gateway" in body
+    assert server.ca.store.count_by_status().get("valid", 0) == issued_before
+    assert _refused_samples(server, "gateway") == refused_before + 2
+    events = [json.loads(line) for line in (server.ca.home / "log/vpnca.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "issuance.refused" and e.get("reason") == "not_authorized"
+               and e.get("profile") == "gateway" and "profile device" in e.get("detail", "") for e in events)
+    # its own profile, for its own identities, stays allowed
+    status, body, _ = curl(server, "simpleenroll", "--cert", cert, "--key", key, data=csr)
+    assert status == 200, body
+    other = base64_csr(tmp_path, "/CN=phone2.example.com", ["DNS:phone2.example.com"], name="other")
+    status, _, _ = curl(server, "simpleenroll", "--cert", cert, "--key", key, data=other)
+    assert status == 403
+
+
+def test_gateway_certificate_cannot_mint_device_certificates(server: RunningServer, tmp_path: Path) -> None:
+    cert, key = _issued_files(server, tmp_path, "gateway", "gw9.example.com")
+    csr = base64_csr(tmp_path, "/CN=gw9.example.com", ["DNS:gw9.example.com"])
+    for operation in ("simpleenroll", "device/simpleenroll", "serverkeygen", "device/serverkeygen"):
+        status, body, _ = curl(server, operation, "--cert", cert, "--key", key, data=csr)
+        assert status == 403, (operation, body)
+        assert b"profile gateway, not device" in body
+    # re-enrollment keeps the gateway profile, whatever the label
+    status, body, _ = curl(server, "simplereenroll", "--cert", cert, "--key", key, data=csr)
+    assert status == 200, body
+    renewed = cert_of(certs_from_pkcs7(tmp_path, body, name="renewed"))
+    with server.ca.store.read() as session:
+        record = session.get(CertificateRecord, format(renewed.serial_number, "x"))
+        assert record is not None and record.profile == "gateway"
+
+
+def test_bootstrap_certificate_gets_only_the_bootstrap_profile(server: RunningServer, tmp_path: Path) -> None:
+    home = server.ca.home
+    ca_key = serialization.load_pem_private_key((home / "bootstrap-ca.key").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate((home / "bootstrap-ca.pem").read_bytes())
+    device_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    idevid = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sensor9.example.com")]))
+              .issuer_name(ca_cert.subject).public_key(device_key.public_key())
+              .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
+              .not_valid_after(now + timedelta(days=30))
+              .add_extension(x509.SubjectAlternativeName([x509.DNSName("sensor9.example.com")]), critical=False)
+              .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    (tmp_path / "idevid.pem").write_bytes(idevid.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "idevid.key").write_bytes(device_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    csr = base64_csr(tmp_path, "/CN=sensor9.example.com", ["DNS:sensor9.example.com"])
+    status, body, _ = curl(server, "gateway/simpleenroll", "--cert", str(tmp_path / "idevid.pem"),
+                           "--key", str(tmp_path / "idevid.key"), data=csr)
+    assert status == 403, body
+
+
+def test_enrollment_body_must_be_application_pkcs10(server: RunningServer, tmp_path: Path) -> None:
+    credential = new_token(server, "typed.example.com")
+    csr = base64_csr(tmp_path, "/CN=typed.example.com", ["DNS:typed.example.com"])
+    for content_type in ("text/plain", "application/x-www-form-urlencoded"):
+        status, body, _ = curl(server, "simpleenroll", "-u", credential, "-H", f"Content-Type: {content_type}",
+                               "--data-binary", f"@{csr}")
+        assert status == 415 and b"application/pkcs10" in body
+    status, _, _ = curl(server, "simpleenroll", "-u", credential, data=csr)
+    assert status == 200

@@ -45,7 +45,8 @@ def test_gateway_profile_is_exact(ca_home: CaHome, tmp_path: Path) -> None:
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["10.0.0.1"]
     assert len(list(san)) == 2
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
-    assert list(eku.value) == [ExtendedKeyUsageOID.SERVER_AUTH, ID_KP_IPSEC_IKE, IKE_INTERMEDIATE]
+    assert list(eku.value) == [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH, ID_KP_IPSEC_IKE,
+                               IKE_INTERMEDIATE]
     ku = cert.extensions.get_extension_for_class(x509.KeyUsage)
     assert ku.critical and ku.value.digital_signature and not ku.value.key_encipherment
     assert not ku.value.key_cert_sign and not ku.value.content_commitment
@@ -63,9 +64,9 @@ def test_gateway_profile_is_exact(ca_home: CaHome, tmp_path: Path) -> None:
     assert 29 < lifetime.days <= 30
 
     text = run([require_tool("openssl"), "x509", "-noout", "-text"], input_=to_pem(cert)).stdout
-    assert "TLS Web Server Authentication, ipsec Internet Key Exchange, 1.3.6.1.5.5.8.2.2" in text
+    assert ("TLS Web Server Authentication, TLS Web Client Authentication, ipsec Internet Key Exchange, "
+            "1.3.6.1.5.5.8.2.2") in text
     assert "DNS:vpn.example.com, IP Address:10.0.0.1" in text
-    assert "TLS Web Client Authentication" not in text
     assert "Digital Signature" in text and "Key Encipherment" not in text
 
 

@@ -274,3 +274,135 @@ def test_get_crl_returns_the_crl_enveloped_to_the_requester(server: RunningServe
     crls = cms.ContentInfo.load(inner)["content"]["crls"]
     crl = x509.load_der_x509_crl(crls[0].chosen.dump())
     assert crl.issuer == server.ca.hierarchy.sub.subject
+
+
+# -- every refusal after the transaction is known is a CertRep FAILURE; a lost answer is delivered again --
+
+def ra_cert(server: RunningServer) -> x509.Certificate:
+    return x509.load_pem_x509_certificate((server.ca.home / "ca/scep-ra.pem").read_bytes())
+
+
+def self_signed(key: rsa.RSAPrivateKey, identity: str) -> x509.Certificate:
+    """The transient certificate a SCEP client signs its messages with (RFC 8894 2.3)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)])
+    now = datetime.now(UTC)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(hours=1)).sign(key, hashes.SHA256()))
+
+
+def enrollment_request(server: RunningServer, key: rsa.RSAPrivateKey, identity: str, credential: str,
+                       transaction_id: str) -> bytes:
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName(identity)]), critical=False)
+           .add_attribute(x509.ObjectIdentifier(scep.OID_CHALLENGE_PASSWORD), credential.encode())
+           .sign(key, hashes.SHA256()))
+    content = scep.envelope(csr.public_bytes(serialization.Encoding.DER), ra_cert(server))
+    return scep.signed_message(self_signed(key, identity), key, message_type=scep.PKCS_REQ,
+                               transaction_id=transaction_id, sender_nonce=os.urandom(16), content=content)
+
+
+def cert_poll(server: RunningServer, key: rsa.RSAPrivateKey, identity: str, transaction_id: str) -> bytes:
+    """CertPoll (GetCertInitial): IssuerAndSubject, signed by the requested key."""
+    names = server.ca.hierarchy.sub.subject.public_bytes() + \
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]).public_bytes()
+    content = b"\x30" + _der_length(len(names)) + names  # SEQUENCE { issuer, subject }: asn1crypto has none
+    return scep.signed_message(self_signed(key, identity), key, message_type=scep.CERT_POLL,
+                               transaction_id=transaction_id, sender_nonce=os.urandom(16),
+                               content=scep.envelope(content, ra_cert(server)))
+
+
+def _der_length(length: int) -> bytes:
+    if length < 0x80:
+        return bytes([length])
+    octets = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(octets)]) + octets
+
+
+def delivered(reply: bytes, key: rsa.RSAPrivateKey) -> x509.Certificate:
+    """The certificate a SUCCESS CertRep carries, enveloped to `key`."""
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    signed = cms.ContentInfo.load(reply)["content"]
+    inner, _ = scep.open_envelope(signed["encap_content_info"]["content"].native, key)
+    (certificate,) = pkcs7.load_der_pkcs7_certificates(inner)
+    return certificate
+
+
+def test_a_signer_certificate_with_an_unknown_key_algorithm_is_bad_alg(server: RunningServer) -> None:
+    """A corpus case that was a 500: cryptography cannot even read the signer's public key."""
+    key = rsa.generate_private_key(65537, 2048)
+    der = self_signed(key, "oid.example.com").public_bytes(serialization.Encoding.DER)
+    rsa_encryption, unknown = bytes.fromhex("06092a864886f70d010101"), bytes.fromhex("06092a864886f70d010163")
+    assert der.count(rsa_encryption) == 1
+    signer = x509.load_der_x509_certificate(der.replace(rsa_encryption, unknown))  # 1.2.840.113549.1.1.99
+    message = scep.signed_message(signer, key, message_type=scep.PKCS_REQ, transaction_id="oid-1",
+                                  sender_nonce=os.urandom(16),
+                                  content=scep.envelope(b"\x30\x00", ra_cert(server)))
+    status, reply = post(server, message)
+    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_ALG)
+    assert "Traceback" not in server.log.read_text()
+
+
+@pytest.mark.parametrize("content", [b"\x04\x02ab", b"\x30\x03\x02\x01\x05", b"garbage", b"\x30\x80\x00\x00"])
+def test_get_cert_with_content_that_is_not_issuer_and_serial_is_bad_request(server: RunningServer,
+                                                                            content: bytes) -> None:
+    key, cert = client_identity()
+    message = scep.signed_message(cert, key, message_type=scep.GET_CERT, transaction_id="getcert-garbage",
+                                  sender_nonce=os.urandom(16),
+                                  content=scep.envelope(content, ra_cert(server)))
+    status, reply = post(server, message)
+    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_REQUEST)
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_get_cert_for_another_issuer_is_bad_cert_id(server: RunningServer) -> None:
+    key, cert = client_identity()
+    own = cms.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+    query = cms.IssuerAndSerialNumber({"issuer": own.subject, "serial_number": 1}).dump()
+    message = scep.signed_message(cert, key, message_type=scep.GET_CERT, transaction_id="getcert-other",
+                                  sender_nonce=os.urandom(16), content=scep.envelope(query, ra_cert(server)))
+    status, reply = post(server, message)
+    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_CERT_ID)
+
+
+def test_a_pkcsreq_sent_again_gets_the_same_certificate(server: RunningServer) -> None:
+    """The client lost the CertRep: the same token with the same key gets the certificate it was
+    issued, not a second one; the same token with another key gets nothing."""
+    credential = token(server, "resend.example.com")
+    key = rsa.generate_private_key(65537, 2048)
+    name = "resend.example.com"
+    status, first = post(server, enrollment_request(server, key, name, credential, "resend-1"))
+    assert status == 200 and status_of(first) == (scep.SUCCESS, None)
+    issued = delivered(first, key)
+    status, again = post(server, enrollment_request(server, key, name, credential, "resend-2"))
+    assert status == 200 and status_of(again) == (scep.SUCCESS, None)
+    assert delivered(again, key) == issued
+    other = rsa.generate_private_key(65537, 2048)
+    status, refused = post(server, enrollment_request(server, other, name, credential, "resend-3"))
+    assert status == 200 and status_of(refused) == (scep.FAILURE, scep.BAD_REQUEST)
+    serial = f"{issued.serial_number:x}"
+    assert [c.serial for c in server.ca.store.list_certificates()
+            if c.subject == issued.subject.rfc4514_string()] == [serial]  # issued once
+
+
+def test_certpoll_finds_a_certificate_issued_without_approval(server: RunningServer) -> None:
+    """A device profile issues at once; a client that lost that answer and polls by its transactionID
+    (signed by the requested key) gets the certificate; another key or transaction gets nothing."""
+    credential = token(server, "poll.example.com")
+    key = rsa.generate_private_key(65537, 2048)
+    transaction_id = os.urandom(20).hex()
+    status, reply = post(server, enrollment_request(server, key, "poll.example.com", credential,
+                                                    transaction_id))
+    assert status == 200 and status_of(reply) == (scep.SUCCESS, None)
+    issued = delivered(reply, key)
+    status, polled = post(server, cert_poll(server, key, "poll.example.com", transaction_id))
+    assert status == 200 and status_of(polled) == (scep.SUCCESS, None)
+    assert delivered(polled, key) == issued
+    intruder = rsa.generate_private_key(65537, 2048)
+    status, refused = post(server, cert_poll(server, intruder, "poll.example.com", transaction_id))
+    assert status == 200 and status_of(refused) == (scep.FAILURE, scep.BAD_MESSAGE_CHECK)
+    status, unknown = post(server, cert_poll(server, key, "poll.example.com", "no-such-transaction"))
+    assert status == 200 and status_of(unknown) == (scep.FAILURE, scep.BAD_CERT_ID)
+    assert "Traceback" not in server.log.read_text()

@@ -6,9 +6,27 @@ from __future__ import annotations
 from typing import Any
 
 from vpnca.config import Settings
+from vpnca.errors import ConfigError
+from vpnca.gateway.credentials import GatewayFiles
+from vpnca.identities import identities_of_certificate
 
 CONNECTION = "vpnca-gateway"
 AUTHORITY = "vpnca"
+
+
+def gateway_identity(settings: Settings) -> str:
+    """The gateway's IKE identity: `gateway.id`, or else the identity of the enrolled gateway certificate
+    (its first SAN; its subject DN when it has none), which `vpnca gateway enroll --id` chose."""
+    if settings.gateway.id:
+        return settings.gateway.id
+    files = GatewayFiles.of(settings)
+    if files.cert.exists():
+        identities = identities_of_certificate(files.certificate())
+        chosen = [i for i in identities if i.kind != "dn"] or list(identities)
+        if chosen:
+            return str(chosen[0])
+    raise ConfigError("no gateway identity: set gateway.id in vpnca.toml or run "
+                      "`vpnca gateway enroll --id ...`")
 
 
 def connection(settings: Settings, *, gateway_cert: Any = "gateway.pem", ca_cert: Any = "sub.pem") -> dict[str, Any]:
@@ -24,7 +42,7 @@ def connection(settings: Settings, *, gateway_cert: Any = "gateway.pem", ca_cert
         "mobike": "yes",
         "send_certreq": "yes",
         "send_cert": "always",
-        "local": {"auth": "pubkey", "certs": [gateway_cert], "id": gw.id},
+        "local": {"auth": "pubkey", "certs": [gateway_cert], "id": gateway_identity(settings)},
         "remote": {"auth": "pubkey", "revocation": "strict", "cacerts": [ca_cert]},
         "children": {
             "api": {

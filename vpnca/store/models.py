@@ -52,12 +52,12 @@ class CertificateRecord(Base):
     profile: Mapped[str] = mapped_column(String(32))
     subject: Mapped[str] = mapped_column(Text)
     identities: Mapped[str] = mapped_column(Text)  # JSON list of [kind, value]
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16))
     not_before: Mapped[datetime] = mapped_column()
     not_after: Mapped[datetime] = mapped_column(index=True)
     requester: Mapped[str] = mapped_column(String(255))
     protocol: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(index=True)
     der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -65,7 +65,9 @@ class CertificateRecord(Base):
     invalidity_date: Mapped[datetime | None] = mapped_column(nullable=True)
     hold_released_at: Mapped[datetime | None] = mapped_column(nullable=True)  # for delta CRLs (removeFromCRL)
 
-    __table_args__ = (Index("ix_certificates_issuer_status", "issuer", "status"),)
+    # a schema change here needs a migration (vpnca/store/migrations/versions) that makes the same change
+    __table_args__ = (Index("ix_certificates_issuer_status", "issuer", "status"),
+                      Index("ix_certificates_status_not_after", "status", "not_after"))
 
 
 class CaCertificate(Base):
@@ -94,6 +96,8 @@ class AuditEntry(Base):
     details: Mapped[str] = mapped_column(Text)  # canonical JSON
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_audit_log_action_seq", "action", "seq"),)  # the latest entry of an action
 
 
 class EnrollmentToken(Base):
@@ -130,6 +134,8 @@ class PendingRequest(Base):
     csr_der: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # to finish after approval
     transaction_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)  # SCEP polling
 
+    __table_args__ = (Index("ix_pending_requests_status_created_at", "status", "created_at"),)
+
 
 class CrlRecord(Base):
     """Every CRL signed, full or delta; the CRL number is the primary key, so it never repeats."""
@@ -143,6 +149,8 @@ class CrlRecord(Base):
     next_update: Mapped[datetime] = mapped_column()
     entries: Mapped[int] = mapped_column(Integer)
     der: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (Index("ix_crls_ca_name_number", "ca_name", "number"),)  # the latest CRL of a CA
 
 
 class OcspResponseRecord(Base):
@@ -226,7 +234,7 @@ class AcmeOrder(Base):
     expires_at: Mapped[datetime] = mapped_column()
     created_at: Mapped[datetime] = mapped_column()
     error: Mapped[str | None] = mapped_column(Text, nullable=True)  # a problem document, JSON
-    certificate_serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    certificate_serial: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
 
 
 class AcmeAuthorization(Base):

@@ -22,15 +22,15 @@ from typing import Any
 
 from sqlalchemy import (Connection, Dialect, Engine, bindparam, create_engine, delete, event, func, insert, select,
                         text, update)
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from vpnca.audit import GENESIS_HASH, canonical_details, entry_hash
-from vpnca.errors import Conflict, NotAuthenticated, NotFound
+from vpnca.errors import Conflict, NotAuthenticated, NotFound, StoreUnavailable
+from vpnca.store import migrations
 from vpnca.store.prepared import Prepared
 from vpnca.store.models import (
     AuditEntry,
-    Base,
     CaCertificate,
     CertificateRecord,
     CertStatus,
@@ -208,43 +208,83 @@ class Store:
         self._hot = HotStatements(self.engine.dialect)
         self.issuing: set[str] = set()  # serials reserved and being signed in this process
         self._integrity_error: type[Exception] = self.engine.dialect.loaded_dbapi.IntegrityError
+        dbapi = self.engine.dialect.loaded_dbapi
+        self._unavailable: tuple[type[Exception], ...] = (
+            OperationalError, InterfaceError, dbapi.OperationalError, dbapi.InterfaceError)
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """Losing the database (stopped, unreachable, locked) is StoreUnavailable to every caller,
+        whether it came through SQLAlchemy or straight from the driver on a raw connection."""
+        try:
+            yield
+        except self._unavailable as exc:
+            raise StoreUnavailable("the database cannot be reached") from exc
 
     def _hot_write(self, operation: Callable[[Any], Any]) -> Any:
         """A short write on the issuance path, run on a DBAPI cursor with prepared statements:
         group-committed on SQLite, a plain transaction elsewhere."""
         if self._group is not None:
-            return self._group.run(operation)
+            with self._reachable():
+                return self._group.run(operation)
         with self.write_core() as conn:
             return operation(conn.connection.dbapi_connection.cursor())  # type: ignore[union-attr]
 
-    def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
+    # -- schema (Alembic migrations: vpnca/store/migrations) ------------------------------------
+
+    def schema_state(self) -> migrations.SchemaState:
+        with self.engine.connect() as conn:
+            return migrations.schema_state(conn)
+
+    def schema_revision(self) -> str | None:
+        """The database's Alembic revision; None for an empty database or one from before migrations."""
+        return self.schema_state().current
+
+    def upgrade_schema(self, revision: str = "head") -> tuple[str | None, str]:
+        """Migrate the database to `revision` (default: this vpnca's head) in one transaction; a database
+        from before migrations is adopted at the baseline first. Returns (from, to) revisions."""
+        with self.write_core() as conn:
+            before, after = migrations.upgrade(conn, revision)
+        return before.current, after
+
+    def require_current_schema(self) -> None:
+        """Raise SchemaOutdated unless the database is at this vpnca's head revision."""
+        problem = self.schema_state().problem()
+        if problem is not None:
+            raise problem
+
+    def init_schema(self) -> None:
+        """For a new CA: an empty database gets the current schema; an existing one must be current."""
+        if self.schema_state().empty:
+            self.upgrade_schema()
+        self.require_current_schema()
 
     def dispose(self) -> None:
         self.engine.dispose()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+        with self._reachable(), Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
 
     @contextmanager
     def write_core(self) -> Iterator[Connection]:
         """A Core write transaction: the issuance hot path, without the ORM's unit of work."""
         if self._writer is None:
-            with self._write_engine.begin() as conn:
+            with self._reachable(), self._write_engine.begin() as conn:
                 yield conn
             return
-        with self._writer.hold(), self._write_engine.begin() as conn:
+        with self._reachable(), self._writer.hold(), self._write_engine.begin() as conn:
             yield conn
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         if self._writer is None:
-            with Session(self._write_engine, expire_on_commit=False) as session, session.begin():
+            with self._reachable(), Session(self._write_engine, expire_on_commit=False) as session, \
+                    session.begin():
                 yield session
             return
-        with self._writer.hold(), Session(self._write_engine, expire_on_commit=False) as session, \
+        with self._reachable(), self._writer.hold(), Session(self._write_engine, expire_on_commit=False) as session, \
                 session.begin():
             yield session
 
@@ -320,13 +360,36 @@ class Store:
             self.issuing.discard(serial)
 
     def fail_issuance(self, serial: str, error: str, actor: str) -> None:
+        """Mark a reserved serial failed (never reused) and give back the token it spent: a token is
+        used up only by a certificate that was issued."""
         self.issuing.discard(serial)
         with self.write() as session:
             record = session.get(CertificateRecord, serial)
             if record is not None and record.status == CertStatus.ISSUING:
-                record.status = CertStatus.FAILED
-                record.error = error[:2000]
-                self._append_audit(session, actor, "issue-failed", {"serial": serial, "error": error[:500]})
+                self._fail_reserved(session, record, error, actor, "issue-failed")
+
+    def _fail_reserved(self, session: Session, record: CertificateRecord, error: str, actor: str,
+                       action: str) -> None:
+        record.status = CertStatus.FAILED
+        record.error = error[:2000]
+        released = session.execute(
+            update(EnrollmentToken).where(EnrollmentToken.used_for_serial == record.serial)
+            .values(used_at=None, used_for_serial=None).returning(EnrollmentToken.token_id)).scalars().all()
+        self._append_audit(session, actor, action, {"serial": record.serial, "error": error[:500],
+                                                    **({"token_released": released[0]} if released else {})})
+
+    def resolve_interrupted(self, started_before: datetime, actor: str) -> list[str]:
+        """Reservations left `issuing` by a process that stopped before recording the certificate.
+        The signed certificate and the `valid` status are written in one transaction, so such a
+        certificate was never delivered: the row becomes `failed` and its token usable again."""
+        with self.write() as session:
+            stuck = session.scalars(select(CertificateRecord).where(
+                CertificateRecord.status == CertStatus.ISSUING,
+                CertificateRecord.created_at < started_before)).all()
+            for record in stuck:
+                self._fail_reserved(session, record, "interrupted before the certificate was recorded", actor,
+                                    "issue-interrupted")
+            return [record.serial for record in stuck]
 
     def get_certificate(self, serial: str) -> CertificateRecord | None:
         with self.read() as session:
@@ -344,6 +407,14 @@ class Store:
             query = query.limit(limit)
         with self.read() as session:
             return list(session.scalars(query))
+
+    def list_expiring(self, start: datetime, end: datetime) -> list[CertificateRecord]:
+        """Valid certificates whose notAfter falls in [start, end], soonest first (index on status, not_after)."""
+        with self.read() as session:
+            return list(session.scalars(
+                select(CertificateRecord)
+                .where(CertificateRecord.status == CertStatus.VALID, CertificateRecord.not_after >= start,
+                       CertificateRecord.not_after <= end).order_by(CertificateRecord.not_after)))
 
     def count_expiring(self, start: datetime, end: datetime) -> int:
         with self.read() as session:
@@ -441,14 +512,15 @@ class Store:
             })
 
     def get_enrollment_token(self, token_id: str) -> EnrollmentToken | None:
-        raw = self.engine.raw_connection()  # a prepared read: this is on every token-authenticated enrollment
-        try:
-            cursor = raw.cursor()
-            row = self._hot.token.run(cursor, token_id_p=token_id).fetchone()
-            names = [d[0] for d in cursor.description]
-            raw.commit()  # ends the read transaction PostgreSQL opened
-        finally:
-            raw.close()
+        with self._reachable():
+            raw = self.engine.raw_connection()  # a prepared read: on every token-authenticated enrollment
+            try:
+                cursor = raw.cursor()
+                row = self._hot.token.run(cursor, token_id_p=token_id).fetchone()
+                names = [d[0] for d in cursor.description]
+                raw.commit()  # ends the read transaction PostgreSQL opened
+            finally:
+                raw.close()
         if row is None:
             return None
         convert = self._hot.token_results

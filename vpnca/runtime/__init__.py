@@ -1,0 +1,1 @@
+"""What keeps the service running: worker supervision (more of the runtime moves here over time)."""

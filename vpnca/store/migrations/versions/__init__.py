@@ -1,0 +1,1 @@
+"""Alembic revision scripts of the vpnca schema (a package so that setuptools installs them)."""
