@@ -1,10 +1,11 @@
-# vpnca: `make run` starts a development CA and the service, `make test` runs the whole suite, `make bench` benchmarks.
+# vpnca: `make run` starts a development CA and the service, `make test` lints, type-checks and runs the whole
+# suite, `make lint` only lints and type-checks (ruff and mypy, settings in pyproject.toml), `make bench` benchmarks.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export VPNCA_HOME ?= $(CURDIR)/.vpnca
 
-.PHONY: deps venv run test bench clean
+.PHONY: deps venv run lint test bench clean
 
 deps:
 	./scripts/install-deps.sh
@@ -24,7 +25,11 @@ run: deps venv
 	$(VENV)/bin/vpnca status
 	$(VENV)/bin/vpnca -v serve
 
-test: deps venv
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: deps venv lint
 	$(PY) -m pytest
 
 bench: deps venv

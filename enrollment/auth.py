@@ -31,6 +31,8 @@ class Requester:
     token_id: str | None = None
     current: CertificateRecord | None = None  # the certificate being renewed
     issued_serial: str | None = None  # a token already used: the certificate it was used for
+    # a vpnca certificate expired less than est.reenroll_grace ago: good for EST re-enrollment only
+    expired_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,16 @@ def requester_from_certificate(
     store: Store, settings: Settings, issuer: x509.Certificate, cert: x509.Certificate,
     bootstrap_cas: list[x509.Certificate],
 ) -> Requester:
-    """A client certificate: a current, unrevoked vpnca certificate, or one from a bootstrap CA."""
+    """A client certificate: a current, unrevoked vpnca certificate, or one from a bootstrap CA. With
+    `est.reenroll_grace`, a vpnca certificate expired less than that ago too, marked `expired_at`
+    (enroll() lets it re-enroll over EST and nothing else)."""
+    expired_at = None
     if not _valid_now(cert):
-        raise NotAuthorized("client certificate is expired or not yet valid")
+        expired_for = datetime.now(UTC) - cert.not_valid_after_utc
+        grace = settings.est.reenroll_grace
+        if not (timedelta(0) < expired_for <= grace and _issued_by(cert, issuer)):
+            raise NotAuthorized("client certificate is expired or not yet valid")
+        expired_at = cert.not_valid_after_utc
     if _issued_by(cert, issuer):
         serial = serial_hex(cert.serial_number)
         record = store.get_certificate(serial)
@@ -135,8 +144,8 @@ def requester_from_certificate(
             raise NotAuthorized(f"client certificate {serial} is {record.status}"
                                 + (f" ({record.revocation_reason})" if record.revocation_reason else ""))
         return Requester(name=f"cert:{serial}", method="client-cert",
-                         allowed_identities=frozenset(identities_of_certificate(cert)), profile=record.profile,
-                         current=record)
+                         allowed_identities=frozenset(identities_of_certificate(cert)),
+                         profile=record.profile, current=record, expired_at=expired_at)
     for bootstrap in bootstrap_cas:
         if _issued_by(cert, bootstrap) and _valid_now(bootstrap):
             return Requester(name=f"bootstrap:{bootstrap.subject.rfc4514_string()}:{cert.serial_number:x}",
@@ -146,4 +155,5 @@ def requester_from_certificate(
     raise NotAuthorized("client certificate is not from this CA or a configured bootstrap CA")
 
 
-__all__ = ["NewToken", "Requester", "check_token", "create_token", "requester_for_token", "requester_from_certificate"]
+__all__ = ["NewToken", "Requester", "check_token", "create_token", "requester_for_token",
+           "requester_from_certificate"]

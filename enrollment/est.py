@@ -18,7 +18,7 @@ import urllib.parse
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from asn1crypto import core
 from cryptography import x509
@@ -31,11 +31,20 @@ from enrollment.auth import Requester, check_token, requester_from_certificate
 from enrollment.http import BodyTooLarge, read_limited_body
 from enrollment.service import Enrollment, enroll
 from hsm import HsmError, generate_software_key
+from hsm.token import KeyAlgorithm
 from vpnca import metrics
 from vpnca.authority import Authority, IssuedCertificate
 from vpnca.config import Settings
-from vpnca.errors import (BadRequest, ConfigError, NotAuthenticated, NotAuthorized, Pending, PolicyViolation,
-                          StoreUnavailable, VpncaError)
+from vpnca.errors import (
+    BadRequest,
+    ConfigError,
+    NotAuthenticated,
+    NotAuthorized,
+    Pending,
+    PolicyViolation,
+    StoreUnavailable,
+    VpncaError,
+)
 from vpnca.events import emit
 from vpnca.outage import OUTAGES
 from vpnca.x509util import load_csr
@@ -46,7 +55,7 @@ EST_PREFIX = "/.well-known/est/"
 ENROLL_OPERATIONS = ("simpleenroll", "simplereenroll", "serverkeygen")
 PKCS7_CERTS = "application/pkcs7-mime; smime-type=certs-only"
 PROFILES = ("device", "gateway")
-SERVER_KEY_ALGORITHM = {"device": "ec-p256", "gateway": "ec-p384"}
+SERVER_KEY_ALGORITHM: dict[str, KeyAlgorithm] = {"device": "ec-p256", "gateway": "ec-p384"}
 CURVE_OID = {"device": "1.2.840.10045.3.1.7", "gateway": "1.3.132.0.34"}
 OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 OID_ECDSA_WITH_SHA256 = "1.2.840.10045.4.3.2"
@@ -54,15 +63,18 @@ OID_ECDSA_WITH_SHA384 = "1.2.840.10045.4.3.3"
 OID_CHALLENGE_PASSWORD = "1.2.840.113549.1.9.7"
 
 
-class _Attribute(core.Sequence):
-    _fields = [("type", core.ObjectIdentifier), ("values", core.SetOf, {"spec": core.Any})]
+# asn1crypto ships no types: its spec classes are Any to mypy, and these specs must subclass them
+class _Attribute(core.Sequence):  # type: ignore[misc]
+    _fields: ClassVar[list[tuple[Any, ...]]] = [("type", core.ObjectIdentifier),
+                                                ("values", core.SetOf, {"spec": core.Any})]
 
 
-class _AttrOrOid(core.Choice):
-    _alternatives = [("oid", core.ObjectIdentifier), ("attribute", _Attribute)]
+class _AttrOrOid(core.Choice):  # type: ignore[misc]
+    _alternatives: ClassVar[list[tuple[Any, ...]]] = [("oid", core.ObjectIdentifier),
+                                                      ("attribute", _Attribute)]
 
 
-class CsrAttrs(core.SequenceOf):
+class CsrAttrs(core.SequenceOf):  # type: ignore[misc]
     """RFC 7030 4.5.2: CsrAttrs ::= SEQUENCE SIZE (0..MAX) OF AttrOrOID."""
 
     _child_spec = _AttrOrOid
@@ -110,7 +122,8 @@ def csr_attributes(profile: str) -> bytes:
         _AttrOrOid(name="attribute", value=_Attribute({
             "type": OID_EC_PUBLIC_KEY, "values": [core.Any.load(curve.dump())]})),
     ])
-    return attrs.dump()
+    der: bytes = attrs.dump()
+    return der
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -147,8 +160,8 @@ def check_proxy_listener(settings: Settings, host: str) -> None:
                           f"(127.0.0.1 or ::1) behind the proxy, not {host}: see deploy/nginx-est.conf")
     outside = [p for p in settings.est.trusted_proxies if not _is_loopback(p)]
     if outside:
-        raise ConfigError(f"est.trusted_proxies may name loopback addresses only (the proxy on this machine), "
-                          f"not {', '.join(outside)}")
+        raise ConfigError("est.trusted_proxies may name loopback addresses only (the proxy on this "
+                          f"machine), not {', '.join(outside)}")
 
 
 def _is_loopback(address: str) -> bool:
@@ -298,12 +311,14 @@ def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[
             if method in ("GET", "HEAD"):
                 response = cacerts(label) if operation == "cacerts" else csrattrs(label)
             else:
-                response = Response("use GET\n", status_code=405, media_type="text/plain", headers={"Allow": "GET"})
+                response = Response("use GET\n", status_code=405, media_type="text/plain",
+                                    headers={"Allow": "GET"})
         elif operation in ENROLL_OPERATIONS:
             if method == "POST":
                 response = await do_enroll(Request(scope, receive), label, operation)
             else:
-                response = Response("use POST\n", status_code=405, media_type="text/plain", headers={"Allow": "POST"})
+                response = Response("use POST\n", status_code=405, media_type="text/plain",
+                                    headers={"Allow": "POST"})
         else:
             response = Response("no such EST operation\n", status_code=404, media_type="text/plain")
         await response(scope, receive, send)
@@ -316,9 +331,11 @@ def serverkeygen_response(key_der: bytes, certificate: x509.Certificate) -> Resp
     boundary = "est-" + secrets.token_hex(12)
     cert_body = _b64(pkcs7.serialize_certificates([certificate], serialization.Encoding.DER))
     body = (
-        f"--{boundary}\r\nContent-Type: application/pkcs8\r\nContent-Transfer-Encoding: base64\r\n\r\n".encode()
+        f"--{boundary}\r\nContent-Type: application/pkcs8\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n".encode()
         + _b64(key_der)
-        + f"\r\n--{boundary}\r\nContent-Type: {PKCS7_CERTS}\r\nContent-Transfer-Encoding: base64\r\n\r\n".encode()
+        + f"\r\n--{boundary}\r\nContent-Type: {PKCS7_CERTS}\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n".encode()
         + cert_body
         + f"\r\n--{boundary}--\r\n".encode()
     )

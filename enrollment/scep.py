@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -306,12 +307,13 @@ def envelope(data: bytes, recipient: x509.Certificate, cipher: str = "aes256_cbc
             "encrypted_content": ciphertext,
         },
     })
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    der: bytes = cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    return der
 
 
 def signed_message(signer_cert: x509.Certificate, signer_key: rsa.RSAPrivateKey, *, message_type: int,
                    transaction_id: str, sender_nonce: bytes, content: bytes | None,
-                   extra: list[tuple[str, core.Asn1Value]] = ()) -> bytes:  # type: ignore[assignment]
+                   extra: Sequence[tuple[str, core.Asn1Value]] = ()) -> bytes:
     """A pkiMessage: CMS SignedData (RSA, SHA-256) with the SCEP authenticated attributes."""
     attributes = [
         {"type": "content_type", "values": ["data"]},
@@ -343,14 +345,21 @@ def signed_message(signer_cert: x509.Certificate, signer_key: rsa.RSAPrivateKey,
             "signature": signature,
         }],
     })
-    return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+    der: bytes = cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+    return der
 
 
 def cert_rep(ra_cert: x509.Certificate, ra_key: rsa.RSAPrivateKey, *, transaction_id: str,
              recipient_nonce: bytes, status: str, fail_info: str | None = None, payload: bytes | None = None,
              recipient: x509.Certificate | None = None, cipher: str = "aes256_cbc") -> bytes:
-    """A CertRep signed by the RA over (on SUCCESS) the payload enveloped to the requester."""
-    content = envelope(payload, recipient, cipher) if payload is not None and recipient is not None else None
+    """A CertRep signed by the RA over (on SUCCESS) the payload enveloped to the requester.
+
+    FAILURE and PENDING carry no pkcsPKIEnvelope (RFC 8894 3.3.2), but the SignedData still
+    encapsulates its (empty) data: a SignedData without eContent is "detached", and OpenSSL's
+    PKCS7_verify, which certmonger's scep-submit and `openssl smime -verify` use, refuses it
+    ("no content"), so the client could read neither pkiStatus nor failInfo. An empty OCTET STRING,
+    as libscep sends, verifies everywhere (strongSwan's pki too)."""
+    content = envelope(payload, recipient, cipher) if payload is not None and recipient is not None else b""
     extra: list[tuple[str, core.Asn1Value]] = [(OID_PKI_STATUS, core.PrintableString(status)),
                                                (OID_RECIPIENT_NONCE, core.OctetString(recipient_nonce))]
     if fail_info is not None:
@@ -364,7 +373,8 @@ def degenerate_crl(crl_der: bytes) -> bytes:
     crl = cms.RevocationInfoChoice(name="crl", value=acrl.CertificateList.load(crl_der))
     signed = cms.SignedData({"version": "v1", "digest_algorithms": [], "crls": [crl], "signer_infos": [],
                              "encap_content_info": {"content_type": "data"}})
-    return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+    der: bytes = cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+    return der
 
 
 def _challenge(csr: x509.CertificateSigningRequest) -> str:
@@ -440,7 +450,7 @@ def handle(ctx: ScepContext, der: bytes, client: str) -> ScepReply:
             answer = _answer(ctx, transaction, signed, signer_info, client)
         except Exception as exc:  # noqa: BLE001 - every refusal is a CertRep FAILURE, mapped once
             answer = _cert_rep(ctx, transaction, FAILURE, fail_info=_refusal(exc, transaction, client))
-    except Exception as exc:  # noqa: BLE001 - no CertRep can be signed: the RA key is unavailable
+    except Exception as exc:  # no CertRep can be signed: the RA key is unavailable (or a bug, logged)
         if isinstance(exc, HsmError):
             OUTAGES.down("token", exc)
         else:
@@ -456,8 +466,8 @@ def _refusal(exc: Exception, transaction: Transaction, client: str) -> str:
     """The failInfo for `exc`, the refusal logged and counted once (unless the core did already)."""
     mapped = fail_info_for(exc)
     if mapped is None:  # a bug: its traceback goes to the log, the client gets badRequest
-        log.exception("SCEP message type %s, transaction %s from %s failed unexpectedly",
-                      transaction.message_type, transaction.transaction_id, client)
+        log.error("SCEP message type %s, transaction %s from %s failed unexpectedly",
+                  transaction.message_type, transaction.transaction_id, client, exc_info=exc)
         metrics.refused("scep", "error")
         return BAD_REQUEST
     fail_info, kind = mapped
@@ -518,14 +528,29 @@ def _operation(ctx: ScepContext, message: PkiMessage, client: str) -> bytes:
     raise ScepFailure(BAD_REQUEST, f"message type {message.message_type} is not supported")
 
 
+def _signed_by_our_certificate(authority: Authority, signer: x509.Certificate) -> bool:
+    """Whether the pkiMessage's signer is a certificate this sub-CA issued (a renewal's signer), not a
+    self-signed one made for the request. Its validity and status are checked by
+    requester_from_certificate, so that a revoked or expired one is refused, not taken for a token."""
+    if signer.issuer != authority.certificate.subject:
+        return False
+    try:
+        signer.verify_directly_issued_by(authority.certificate)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def _enroll(ctx: ScepContext, message: PkiMessage, client: str) -> x509.Certificate:
-    """PKCSReq (a challenge password) or RenewalReq (signed by the current certificate). A PKCSReq sent
-    again with the same token and key gets the certificate its first sending was issued (enroll())."""
+    """PKCSReq (a challenge password) or RenewalReq (signed by the current certificate). A PKCSReq signed
+    by a vpnca certificate is a renewal too: certmonger (and other Linux clients) renew that way,
+    never with RenewalReq. A PKCSReq sent again with the same token and key gets the certificate its
+    first sending was issued (enroll())."""
     authority = ctx.authority
     if message.content is None:
         raise ScepFailure(BAD_REQUEST, "no request in the envelope")
     csr = load_csr(message.content)
-    if message.message_type == RENEWAL_REQ:
+    if message.message_type == RENEWAL_REQ or _signed_by_our_certificate(authority, message.signer):
         requester = requester_from_certificate(authority.store, authority.settings, authority.certificate,
                                                message.signer, [])
         _check_cipher(authority, message, requester.profile or "device")
@@ -560,7 +585,8 @@ def _record_transaction(authority: Authority, transaction_id: str, requester: st
             identities=json.dumps([[i.kind, i.value] for i in identities]), requester=requester,
             protocol="scep", status="issued", created_at=datetime.now(UTC), serial=issued.serial,
             csr_der=csr_der, transaction_id=transaction_id))
-    except StoreUnavailable as exc:  # the certificate is issued: deliver it; only a later CertPoll would miss it
+    except StoreUnavailable as exc:
+        # the certificate is issued: deliver it; only a later CertPoll would miss it
         log.warning("SCEP transaction %s (serial %s) not recorded for CertPoll: %s", transaction_id,
                     issued.serial, type(exc).__name__)
 

@@ -57,18 +57,21 @@ def _enroll(authority: Authority, requester: Requester, enrollment: Enrollment) 
     csr = enrollment.csr
     check_csr(csr)
     _check_profile_binding(requester, enrollment)
+    grace_renewal = _check_expired_within_grace(authority, requester, enrollment)
     if requester.issued_serial is not None:
         return _deliver_again(authority, requester, enrollment)
     identities: tuple[IkeIdentity, ...]
     if enrollment.renewal:
         current = requester.current
         if current is None or current.der is None:
-            raise NotAuthorized("re-enrollment needs the TLS client certificate of a current vpnca certificate")
+            raise NotAuthorized("re-enrollment needs the TLS client certificate of a current vpnca "
+                                "certificate")
         old = x509.load_der_x509_certificate(current.der)
         identities = identities_of_certificate(old)
         asked = set(identities_from_csr(csr))
         if csr.subject != old.subject and not asked <= set(identities):
-            raise BadRequest("re-enrollment must keep the subject and subjectAltName of the current certificate")
+            raise BadRequest("re-enrollment must keep the subject and subjectAltName of the current "
+                             "certificate")
         profile = current.profile
     else:
         identities = identities_from_csr(csr)
@@ -79,6 +82,8 @@ def _enroll(authority: Authority, requester: Requester, enrollment: Enrollment) 
         requester=requester.name, protocol=enrollment.protocol,
         allowed_identities=requester.allowed_identities,
         details={"auth": requester.method, **({"client": enrollment.client} if enrollment.client else {}),
+                 **({"renewal_after_expiry": "within grace", "expired_at": requester.expired_at.isoformat()}
+                    if grace_renewal and requester.expired_at else {}),
                  **({"renews": requester.current.serial}
                                                if enrollment.renewal and requester.current else {})},
         spend_token=requester.token_id,
@@ -108,6 +113,19 @@ def _deliver_again(authority: Authority, requester: Requester, enrollment: Enrol
     return IssuedCertificate(certificate=certificate, serial=record.serial)
 
 
+def _check_expired_within_grace(authority: Authority, requester: Requester, enrollment: Enrollment) -> bool:
+    """A certificate expired less than est.reenroll_grace ago may re-enroll over EST (a device that was
+    offline past its expiry, `vpnca agent`), and do nothing else. Said as an event when it does."""
+    if requester.expired_at is None:
+        return False
+    if not (enrollment.renewal and enrollment.protocol == "est"):
+        raise NotAuthorized("client certificate is expired or not yet valid")
+    emit("enrollment.renewal_after_expiry", logging.WARNING, requester=requester.name, protocol="est",
+         expired_at=requester.expired_at.isoformat(), client=enrollment.client,
+         grace=str(authority.settings.est.reenroll_grace), detail="renewal after expiry within grace")
+    return True
+
+
 def _check_profile_binding(requester: Requester, enrollment: Enrollment) -> None:
     """A credential gets only the profile it is bound to: a token its own, a vpnca certificate the
     profile it was issued under (and so no device certificate mints a gateway one), a bootstrap
@@ -132,7 +150,8 @@ def _await_approval(authority: Authority, request: IssueRequest, csr: x509.Certi
     pending = store.pending_request(request_id) or store.add_pending_request(PendingRequest(
         request_id=request_id, profile=request.profile,
         identities=json.dumps([[i.kind, i.value] for i in request.identities]),
-        requester=request.requester, protocol=request.protocol, status="pending", created_at=datetime.now(UTC),
+        requester=request.requester, protocol=request.protocol, status="pending",
+        created_at=datetime.now(UTC),
         csr_der=csr.public_bytes(Encoding.DER), transaction_id=transaction_id,
     ))
     if pending.profile != request.profile or pending.requester != request.requester:

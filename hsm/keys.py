@@ -39,15 +39,16 @@ PSS_PARAMS = {
 }
 
 
-def _digest(data: bytes, algorithm: hashes.HashAlgorithm | utils.Prehashed) -> tuple[bytes, str]:
+def _digest(data: bytes | bytearray | memoryview,
+            algorithm: hashes.HashAlgorithm | utils.Prehashed) -> tuple[bytes, str]:
     if isinstance(algorithm, utils.Prehashed):
-        return data, algorithm._algorithm.name
+        return bytes(data), algorithm._algorithm.name
     h = hashes.Hash(algorithm)
     h.update(data)
     return h.finalize(), algorithm.name
 
 
-def _refuse_export(*_: Any) -> NoReturn:
+def _refuse_export(*_: Any, **__: Any) -> NoReturn:
     raise HsmError("token keys are not extractable")
 
 
@@ -64,7 +65,8 @@ class TokenEcPrivateKey(ec.EllipticCurvePrivateKey):
         point = bytes(OctetString.load(attrs[Attribute.EC_POINT]))
         self._public = ec.EllipticCurvePublicKey.from_encoded_point(self._curve, point)
 
-    def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
+    def sign(self, data: bytes | bytearray | memoryview,
+             signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise HsmError(f"unsupported EC signature algorithm {signature_algorithm!r}")
         digest, _ = _digest(data, signature_algorithm.algorithm)
@@ -101,7 +103,8 @@ class TokenRsaPrivateKey(rsa.RSAPrivateKey):
         self._token = token
         self.label = label
         token.private_key(label)  # KeyNotFound now rather than at the first signature
-        attrs = token.key_attributes(ObjectClass.PUBLIC_KEY, label, [Attribute.MODULUS, Attribute.PUBLIC_EXPONENT])
+        attrs = token.key_attributes(ObjectClass.PUBLIC_KEY, label,
+                                     [Attribute.MODULUS, Attribute.PUBLIC_EXPONENT])
         self._public = rsa.RSAPublicNumbers(
             int.from_bytes(attrs[Attribute.PUBLIC_EXPONENT], "big"),
             int.from_bytes(attrs[Attribute.MODULUS], "big"),
@@ -111,8 +114,10 @@ class TokenRsaPrivateKey(rsa.RSAPrivateKey):
         self,
         data: bytes,
         padding_: padding.AsymmetricPadding,
-        algorithm: hashes.HashAlgorithm | utils.Prehashed,
+        algorithm: hashes.HashAlgorithm | utils.Prehashed | utils.NoDigestInfo,
     ) -> bytes:
+        if not isinstance(algorithm, hashes.HashAlgorithm | utils.Prehashed):  # NoDigestInfo: not offered
+            raise HsmError(f"unsupported RSA signature algorithm {algorithm!r}")
         digest, name = _digest(data, algorithm)
         if name not in DIGEST_INFO_PREFIX:
             raise HsmError(f"unsupported RSA digest {name}")

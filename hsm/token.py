@@ -272,7 +272,8 @@ class Token:
                     {Attribute.EC_PARAMS: encode_named_curve_parameters(CURVE_OIDS[spec.algorithm])},
                     local=True,
                 )
-                params.generate_keypair(store=True, label=spec.label, id=key_id, private_template=private_template)
+                params.generate_keypair(store=True, label=spec.label, id=key_id,
+                                        private_template=private_template)
             else:
                 session.generate_keypair(KeyType.RSA, 3072, store=True, label=spec.label, id=key_id,
                                          private_template=private_template)
@@ -281,14 +282,20 @@ class Token:
 
     def private_key(self, label: str) -> pkcs11.PrivateKey:
         """The private key object (valid until the session is reopened: prefer the label methods)."""
-        return self._run(lambda session: self._handle(session, ObjectClass.PRIVATE_KEY, label))
+        key: pkcs11.PrivateKey = self._run(
+            lambda session: self._handle(session, ObjectClass.PRIVATE_KEY, label))
+        return key
 
     def public_key(self, label: str) -> pkcs11.PublicKey:
-        return self._run(lambda session: self._handle(session, ObjectClass.PUBLIC_KEY, label))
+        key: pkcs11.PublicKey = self._run(
+            lambda session: self._handle(session, ObjectClass.PUBLIC_KEY, label))
+        return key
 
-    def key_attributes(self, object_class: ObjectClass, label: str, names: list[Attribute]) -> dict[Attribute, Any]:
+    def key_attributes(self, object_class: ObjectClass, label: str,
+                       names: list[Attribute]) -> dict[Attribute, Any]:
         """Attributes of the key labelled `label`, read with a fresh handle if the session was reopened."""
-        return self._run(lambda session: dict(self._handle(session, object_class, label).get_attributes(names)))
+        return self._run(
+            lambda session: dict(self._handle(session, object_class, label).get_attributes(names)))
 
     def sign(self, label: str, data: bytes, mechanism: Mechanism, **kw: Any) -> bytes:
         """Sign `data` with the private key labelled `label`."""

@@ -29,19 +29,24 @@ Asgi = Any
 
 
 class CrlCache:
-    """The latest full CRLs (the sub-CA's, the root's) by URL path, re-read at most once a second."""
+    """The latest CRLs by URL path (the sub-CA's full and delta CRLs, the root's), re-read at most
+    once a second."""
 
     def __init__(self, service: OcspService) -> None:
         settings = service.settings
         self.service = service
-        self.names = {f"/crl/{name}.crl": name for name in (settings.ca.name, settings.root_crl_name)}
+        # path -> (the CA whose CRL it is, whether it is the delta CRL)
+        self.names = {f"/crl/{settings.ca.name}.crl": (settings.ca.name, False),
+                      f"/crl/{settings.root_crl_name}.crl": (settings.root_crl_name, False),
+                      f"/crl/{settings.delta_crl_name}.crl": (settings.ca.name, True)}
         self._records: dict[str, tuple[float, CrlRecord | None]] = {}
 
     def current(self, path: str) -> CrlRecord | None:
         now = time.monotonic()
         checked, record = self._records.get(path, (0.0, None))
         if now - checked > 1.0:
-            record = self.service.store.latest_crl(self.names[path])
+            ca_name, delta = self.names[path]
+            record = self.service.store.latest_crl(ca_name, delta=delta)
             self._records[path] = (now, record)
         return record
 
@@ -88,7 +93,8 @@ def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
             body = await _read(receive, limit)
             if body is None:
                 log.warning("OCSP request over %d bytes refused", limit)
-                await _send(send, 200, error_response("malformed_request"), [(b"content-type", OCSP_RESPONSE)])
+                await _send(send, 200, error_response("malformed_request"),
+                            [(b"content-type", OCSP_RESPONSE)])
                 return
             cacheable = False
         elif method == "GET" and path.startswith("/ocsp/"):
@@ -100,13 +106,15 @@ def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
                 body = b""
             cacheable = True
         else:
-            await _send(send, 405, b"use POST /ocsp or GET /ocsp/<base64>\n", [(b"content-type", b"text/plain")])
+            await _send(send, 405, b"use POST /ocsp or GET /ocsp/<base64>\n",
+                        [(b"content-type", b"text/plain")])
             return
         result = await answer(body)
         headers = [(b"content-type", OCSP_RESPONSE)]
         if cacheable and result.next_update is not None:
             max_age = max(0, int((result.next_update - datetime.now(UTC)).total_seconds()))
-            headers += [(b"cache-control", f"public, max-age={max_age}, no-transform, must-revalidate".encode()),
+            headers += [(b"cache-control",
+                         f"public, max-age={max_age}, no-transform, must-revalidate".encode()),
                         (b"etag", f'"{hashlib.sha1(result.body).hexdigest()}"'.encode())]
         await _send(send, 200, result.body, headers)
 
@@ -118,7 +126,8 @@ def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
         etag = f'"crl-{record.number}"'.encode()
         request_headers = dict(scope["headers"])
         max_age = max(0, int((record.next_update - datetime.now(UTC)).total_seconds()))
-        headers = [(b"etag", etag), (b"last-modified", format_datetime(record.this_update, usegmt=True).encode()),
+        headers = [(b"etag", etag),
+                   (b"last-modified", format_datetime(record.this_update, usegmt=True).encode()),
                    (b"cache-control", f"public, max-age={max_age}, no-transform".encode())]
         if not_modified(request_headers, etag, record.this_update):
             await _send(send, 304, b"", headers)
@@ -141,7 +150,8 @@ def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
 
 def not_modified(headers: dict[bytes, bytes], etag: bytes, last_modified: datetime) -> bool:
     if b"if-none-match" in headers:
-        return etag in [t.strip() for t in headers[b"if-none-match"].split(b",")] or headers[b"if-none-match"] == b"*"
+        if_none_match = headers[b"if-none-match"]
+        return etag in [t.strip() for t in if_none_match.split(b",")] or if_none_match == b"*"
     if b"if-modified-since" in headers:
         try:
             since = parsedate_to_datetime(headers[b"if-modified-since"].decode())

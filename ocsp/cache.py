@@ -17,23 +17,16 @@ second; the outage is logged once when it starts (repeated at most once a minute
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
-
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
 
 from ocsp.responses import CertIdKey, IssuerHashes
 from vpnca.errors import StoreUnavailable
 from vpnca.outage import OUTAGES
 from vpnca.store import Store
 
-_CHANGED = text("SELECT serial, hash_algorithm, der, next_update FROM ocsp_responses WHERE this_update >= :since")
-_ONE = text("SELECT der, next_update FROM ocsp_responses WHERE serial = :serial AND hash_algorithm = :alg")
 Entry = tuple[bytes, datetime]
 SQLITE_CHECK_SECONDS = 0.001
 DATABASE_RETRY_SECONDS = 1.0
@@ -41,12 +34,6 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 # what one entry costs beside its DER: the key tuple and its bytes/int, the entry tuple, the datetime and
 # the ordered dict's slot and link (measured with tracemalloc: ~450 bytes)
 ENTRY_OVERHEAD = 512
-
-
-def _aware(value: Any) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
 def _serial_hex(serial: int) -> str:
@@ -64,13 +51,10 @@ class PresignedCache:
         self.size_bytes = 0  # DER plus ENTRY_OVERHEAD for each entry
         self._since = datetime.now(UTC) - timedelta(seconds=2)
         self._retry_at = 0.0  # while the database is down: monotonic time of the next attempt
-        dialect = store.engine.dialect
-        self._errors: tuple[type[BaseException], ...] = (DBAPIError, dialect.loaded_dbapi.Error)
+        self._watch = store.change_watch()
         self._changed: Callable[[], bool]
-        if dialect.name == "sqlite":
-            self._raw: Any = None
+        if self._watch is not None:
             self._checked = 0.0
-            self._version = -1
             self._changed = self._sqlite_changed
         else:
             self._last_poll = time.monotonic()
@@ -78,31 +62,13 @@ class PresignedCache:
 
     # -- change detection ------------------------------------------------------------------------
 
-    def _data_version(self) -> int:
-        if self._raw is None:
-            self._raw = self.store.engine.raw_connection()
-        try:
-            cursor = self._raw.cursor()
-            cursor.execute("PRAGMA data_version")
-            version = int(cursor.fetchone()[0])
-            cursor.close()
-        except BaseException:
-            raw, self._raw = self._raw, None
-            with contextlib.suppress(Exception):  # the connection is being dropped anyway
-                raw.invalidate()
-            raise
-        return version
-
     def _sqlite_changed(self) -> bool:
         now = time.monotonic()
         if now - self._checked < SQLITE_CHECK_SECONDS:
             return False
         self._checked = now
-        version = self._data_version()
-        if version == self._version:
-            return False
-        self._version = version
-        return True
+        assert self._watch is not None
+        return self._watch.changed()
 
     def _poll_due(self) -> bool:
         now = time.monotonic()
@@ -114,13 +80,12 @@ class PresignedCache:
     def _refresh(self) -> None:
         """Replace cached answers that were re-signed since the last refresh."""
         started = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)  # whole-second this_update
-        with self.store.engine.connect() as conn:
-            for serial, algorithm, der, next_update in conn.execute(_CHANGED, {"since": self._since}):
-                if algorithm not in self.issuer_hashes.by_algorithm:
-                    continue
-                key = self.issuer_hashes.key(algorithm, int(serial, 16))
-                if key in self.entries:
-                    self._put(key, (bytes(der), _aware(next_update)))
+        for serial, algorithm, der, next_update in self.store.ocsp_answers_since(self._since):
+            if algorithm not in self.issuer_hashes.by_algorithm:
+                continue
+            key = self.issuer_hashes.key(algorithm, int(serial, 16))
+            if key in self.entries:
+                self._put(key, (der, next_update))
         self._since = started
 
     # -- database state --------------------------------------------------------------------------
@@ -170,8 +135,8 @@ class PresignedCache:
             else:  # the database was down: catch up on what changed meanwhile, which proves it is back
                 self._refresh()
                 self._up()
-        except self._errors as exc:
-            self._down(exc)
+        except StoreUnavailable as exc:
+            self._down(exc.__cause__ or exc)
             reachable = False
         found = self.entries.get(key)
         if found is not None:
@@ -180,14 +145,11 @@ class PresignedCache:
         if not reachable:
             raise StoreUnavailable("the database is unavailable")
         try:
-            with self.store.engine.connect() as conn:
-                row = conn.execute(_ONE, {"serial": _serial_hex(key[3]), "alg": key[0]}).first()
-        except self._errors as exc:
-            self._down(exc)
-            raise StoreUnavailable("the database is unavailable") from exc
+            entry = self.store.ocsp_answer(_serial_hex(key[3]), key[0])
+        except StoreUnavailable as exc:
+            self._down(exc.__cause__ or exc)
+            raise
         self._up()
-        if row is None:
-            return None
-        entry = (bytes(row[0]), _aware(row[1]))
-        self._put(key, entry)
+        if entry is not None:
+            self._put(key, entry)
         return entry

@@ -5,6 +5,8 @@ framing; a general ASGI stack spends several times the work of the answer itself
 speaks just what OCSP and CRL clients send: GET and POST with Content-Length, keep-alive, HTTP/1.0
 and 1.1. Answers that need signing go to a worker thread and are written back in order. On stop it
 stops accepting, closes idle connections and answers the requests in flight before it returns.
+Slow or oversized requests are cut off as vpnca.runtime.limits says (431 for a head over 16 KiB, 408
+for a head or body that does not arrive in time), and idle keep-alive connections are closed.
 """
 
 from __future__ import annotations
@@ -26,11 +28,16 @@ from ocsp.service import OcspAnswer, OcspService
 from vpnca import metrics
 from vpnca.balance import AcceptBalance, accept_balanced
 from vpnca.events import emit
+from vpnca.runtime import limits
 
 log = logging.getLogger("vpnca.ocsp.http")
-MAX_HEAD = 16 * 1024
-REASONS = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-           411: b"Length Required", 431: b"Request Header Fields Too Large"}
+MAX_HEAD = limits.MAX_HEAD_BYTES
+REASONS = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Found",
+           405: b"Method Not Allowed", 408: b"Request Timeout", 411: b"Length Required",
+           431: b"Request Header Fields Too Large"}
+# what a connection waits for, each with its deadline (limits): the first request, the next one, the
+# rest of a head, of a body; none while BUSY (an answer is being signed) or just DONE with a request
+OPEN, IDLE, HEAD, BODY, BUSY, DONE = range(6)
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 
@@ -100,7 +107,8 @@ class Responder:
             return 404, [(b"content-type", b"text/plain")], b"no CRL published yet\n"
         etag = f'"crl-{record.number}"'.encode()
         max_age = max(0, int((record.next_update - datetime.now(UTC)).total_seconds()))
-        cache = [(b"etag", etag), (b"last-modified", format_datetime(record.this_update, usegmt=True).encode()),
+        last_modified = format_datetime(record.this_update, usegmt=True).encode()
+        cache = [(b"etag", etag), (b"last-modified", last_modified),
                  (b"cache-control", b"public, max-age=%d, no-transform" % max_age)]
         if not_modified(headers, etag, record.this_update):
             return 304, cache, b""
@@ -117,23 +125,79 @@ class HttpProtocol(asyncio.Protocol):
         self.waiting: asyncio.Future[Reply] | None = None
         self.keep_alive = True
         self.closing = False  # the server is stopping: close after the request under way
+        self.loop = asyncio.get_running_loop()
+        self.phase = OPEN
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         if self.closing:  # accepted just before the server began to stop
             transport.close()
+            return
+        self._expect(OPEN, limits.HEAD_TIMEOUT)  # the first request's head: within 10 s of the connection
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
         self.buffer += data
         if self.waiting is None:
             self._process()
+        elif len(self.buffer) > MAX_HEAD + self.responder.limit and not self.paused:
+            self.paused = True  # pipelined while an answer is signed: enough buffered
+            self.transport.pause_reading()
+
+    def _expect(self, phase: int, seconds: float) -> None:
+        """`phase` begins now and must end within `seconds`. One timer per connection, moved lazily:
+        a later deadline is checked when the timer fires, so requests that arrive whole cost no timer."""
+        self.phase = phase
+        self.deadline = self.loop.time() + seconds
+        if self.timer is None or self.timer.when() > self.deadline:
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+
+    def _waiting_for(self, phase: int) -> None:
+        """The buffer holds all there is: wait for the rest of this head or body, or for a request."""
+        if phase == self.phase or (phase == HEAD and self.phase == OPEN):
+            self.phase = phase  # the same head or body (or the first head): its deadline stands
+        else:
+            self._expect(phase, limits.KEEP_ALIVE_TIMEOUT if phase == IDLE
+                         else limits.HEAD_TIMEOUT if phase == HEAD else limits.BODY_TIMEOUT)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.transport is None or self.transport.is_closing() or self.phase == BUSY:
+            return  # once the answer is written, the next phase arms the timer again
+        if self.loop.time() + 0.005 < self.deadline:  # the deadline moved on since the timer was set
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            return
+        if self.phase in (IDLE, DONE):  # keep-alive idle: not a cut-off
+            self.transport.close()
+            return
+        reason = limits.BODY_TIMED_OUT if self.phase == BODY else limits.HEAD_TIMED_OUT
+        self._cut_off(reason, 408 if self.buffer else None, b"request not received in time\n")
+
+    def _cut_off(self, reason: str, status: int | None, message: bytes) -> None:
+        assert self.transport is not None
+        peer = self.transport.get_extra_info("peername")
+        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else None
+        limits.cut_off(reason, "ocsp", client, len(self.buffer))
+        self.buffer = bytearray()
+        if status is None:
+            self.transport.close()
+        else:
+            self._write((status, [(b"content-type", b"text/plain; charset=utf-8")], message), close=True)
 
     def _process(self) -> None:
         while self.transport is not None and not self.transport.is_closing():
             end = self.buffer.find(b"\r\n\r\n")
+            if end + 4 > MAX_HEAD or (end < 0 and len(self.buffer) > MAX_HEAD):
+                self._cut_off(limits.HEAD_TOO_LARGE, 431, b"request head too large\n")
+                return
             if end < 0:
-                if len(self.buffer) > MAX_HEAD:
-                    self._write((431, [], b""), close=True)
+                self._waiting_for(HEAD if self.buffer else IDLE)
                 return
             lines = bytes(self.buffer[:end]).split(b"\r\n")
             try:
@@ -159,23 +223,33 @@ class HttpProtocol(asyncio.Protocol):
                 self._write((200, [(b"content-type", b"application/ocsp-response")], body), close=True)
                 return
             if len(self.buffer) < end + 4 + length:
+                self._waiting_for(BODY)
                 return
             body = bytes(self.buffer[end + 4:end + 4 + length])
             del self.buffer[:end + 4 + length]
+            self.phase = DONE  # the next request, if any, has its own deadlines
             connection = headers.get(b"connection", b"").lower()
-            self.keep_alive = connection != b"close" if version == b"HTTP/1.1" else connection == b"keep-alive"
+            self.keep_alive = (connection != b"close" if version == b"HTTP/1.1"
+                               else connection == b"keep-alive")
             self.keep_alive = self.keep_alive and not self.closing
             head_only = method == b"HEAD"
             reply = self.responder.handle(method, target, headers, body)
             if isinstance(reply, asyncio.Future):
+                self.phase = BUSY
                 self.waiting = reply
-                reply.add_done_callback(lambda f, h=head_only: self._resume(f.result(), h))
+                def resume(future: asyncio.Future[Reply], head_only: bool = head_only) -> None:
+                    self._resume(future.result(), head_only)
+
+                reply.add_done_callback(resume)
                 return
             self._write(reply, close=not self.keep_alive, head_only=head_only)
 
     def _resume(self, reply: Reply, head_only: bool) -> None:
         self.waiting = None
         self._write(reply, close=not self.keep_alive, head_only=head_only)
+        if self.paused and self.transport is not None and not self.transport.is_closing():
+            self.paused = False
+            self.transport.resume_reading()
         self._process()
 
     def _write(self, reply: Reply, *, close: bool = False, head_only: bool = False) -> None:
@@ -193,6 +267,9 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.open_connections.discard(self)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     def shutdown(self) -> None:
         """The server is stopping: close now when idle, else after answering the request under way
@@ -217,8 +294,12 @@ async def serve_forever(responder: Responder, sock: socket.socket, balance: Acce
             open_connections.discard(protocol)
             conn.close()
 
+    starting: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps only weak ones)
+
     def start(conn: socket.socket) -> None:
-        loop.create_task(connect(conn))
+        task = loop.create_task(connect(conn))
+        starting.add(task)
+        task.add_done_callback(starting.discard)
 
     beating = loop.create_task(balance.keep_beating())
     emit("worker.ready", server="ocsp", index=balance.index)
@@ -237,7 +318,7 @@ async def serve_forever(responder: Responder, sock: socket.socket, balance: Acce
     for protocol in list(open_connections):
         protocol.shutdown()
     deadline = loop.time() + grace
-    while open_connections and loop.time() < deadline:
+    while open_connections and loop.time() < deadline:  # noqa: ASYNC110 - polls a set the protocols change
         await asyncio.sleep(0.02)
     for protocol in list(open_connections):
         if protocol.transport is not None:

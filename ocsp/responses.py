@@ -40,7 +40,8 @@ class MalformedRequest(Exception):
 
 def error_response(status: str) -> bytes:
     """An unsigned OCSPResponse: malformed_request, internal_error, try_later, unauthorized, ..."""
-    return aocsp.OCSPResponse({"response_status": status}).dump()
+    der: bytes = aocsp.OCSPResponse({"response_status": status}).dump()
+    return der
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,8 @@ def parse_request(der: bytes) -> ParsedRequest:
             cert_id = item["req_cert"]
             algorithm = cert_id["hash_algorithm"]["algorithm"].native
             items.append(CertRequest(algorithm, cert_id["issuer_name_hash"].native,
-                                     cert_id["issuer_key_hash"].native, cert_id["serial_number"].native, cert_id))
+                                     cert_id["issuer_key_hash"].native, cert_id["serial_number"].native,
+                                     cert_id))
         nonce = None
         for extension in tbs["request_extensions"] or []:
             if extension["extn_id"].native == "nonce":
@@ -168,7 +170,8 @@ class IssuerHashes:
         return cls({name: (fn(name_der).digest(), fn(key_bits).digest()) for name, fn in HASHES.items()})
 
     def matches(self, request: CertRequest) -> bool:
-        return self.by_algorithm.get(request.hash_algorithm) == (request.issuer_name_hash, request.issuer_key_hash)
+        return (self.by_algorithm.get(request.hash_algorithm)
+                == (request.issuer_name_hash, request.issuer_key_hash))
 
     def matches_key(self, key: CertIdKey) -> bool:
         return self.by_algorithm.get(key[0]) == (key[1], key[2])
@@ -198,7 +201,7 @@ def single_response(cert_id: aocsp.CertId, status: Status, this_update: datetime
     if status.state == "revoked":
         assert status.revoked_at is not None
         info: dict[str, object] = {"revocation_time": status.revoked_at.replace(microsecond=0)}
-        if status.reason:
+        if status.reason and status.reason != "unspecified":  # as the CRL entry: RFC 5280 5.3.1 omits it
             info["revocation_reason"] = REASONS[status.reason]
         cert_status = aocsp.CertStatus(name="revoked", value=info)
     else:
@@ -223,7 +226,8 @@ class OcspSigner:
         self._algorithm_der = ax509.SignedDigestAlgorithm({"algorithm": algorithm}).dump()
         self._certs_der = _tlv(0xA0, _tlv(0x30, self._asn1_cert.dump()))
 
-    def sign(self, responses: list[aocsp.SingleResponse], produced_at: datetime, nonce: bytes | None = None) -> bytes:
+    def sign(self, responses: list[aocsp.SingleResponse], produced_at: datetime,
+             nonce: bytes | None = None) -> bytes:
         data: dict[str, object] = {
             "responder_id": aocsp.ResponderId(name="by_key", value=self._key_hash),
             "produced_at": produced_at, "responses": responses,

@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-
 from hsm import HsmError
 from ocsp.cache import PresignedCache
 from ocsp.responses import (
@@ -108,7 +107,8 @@ class OcspService:
         now = datetime.now(UTC).replace(microsecond=0)  # DER GeneralizedTime: whole seconds
         next_update = now + self.settings.ocsp.validity
         try:
-            responses = [single_response(r.cert_id, status_of(self.store.get_certificate(serial_hex(r.serial))),
+            responses = [single_response(r.cert_id,
+                                         status_of(self.store.get_certificate(serial_hex(r.serial))),
                                          now, next_update) for r in requests]
         except StoreUnavailable as exc:
             OUTAGES.down("database", exc.__cause__ or exc)
@@ -135,8 +135,8 @@ class OcspService:
                 cert_id = self.issuer_hashes.cert_id(algorithm, int(record.serial, 16))
                 der = self.signer.sign([single_response(cert_id, status, now, next_update)], now)
                 rows.append(OcspResponseRecord(serial=record.serial, hash_algorithm=algorithm,
-                                               cert_status=status.state, this_update=now, next_update=next_update,
-                                               der=der))
+                                               cert_status=status.state, this_update=now,
+                                               next_update=next_update, der=der))
         self.store.save_ocsp_responses(rows)
         return len(records)
 
@@ -159,7 +159,7 @@ def load_ocsp_service(settings: Settings, store: Store, *, with_signer: bool = T
     """The responder for the current sub-CA; the signer key is opened on the token if asked for."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-    from vpnca.ca import load_ca_certificate, open_settings_token, token_key
+    from vpnca.issuer import load_ca_certificate, open_settings_token, token_key
 
     issuer, _ = load_ca_certificate(store, "sub")
     signer = None

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hsm.softhsm import SoftHsmToken, init_softhsm_token
-from tests.helpers import free_port, require_tool, run, stop_process
+from tests.helpers import free_port, require_tool, stop_process
 from tests.postgres import PostgresCluster
 from vpnca import ca as ca_module
 from vpnca.authority import Authority

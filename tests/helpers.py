@@ -26,7 +26,8 @@ def run(cmd: list[str], *, check: bool = True, input_: bytes | None = None,
     result = subprocess.run(cmd, input=input_.decode() if input_ else None, capture_output=True, text=True,
                             env=env, cwd=cwd, check=False, timeout=120)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
     return result
 
 

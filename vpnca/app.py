@@ -14,8 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from enrollment.acme.routes import make_router as acme_router
 from enrollment.acme.service import AcmeService
-from enrollment.est import EstContext
-from enrollment.est import EST_PREFIX
+from enrollment.est import EST_PREFIX, EstContext
 from enrollment.est import make_app as est_app
 from enrollment.http import quiet_on_client_disconnect
 from enrollment.scep import ScepContext
@@ -24,9 +23,9 @@ from ocsp.app import revocation_app
 from ocsp.service import OcspService
 from vpnca import metrics
 from vpnca.authority import Authority
-from vpnca.ca import open_settings_token, token_key
 from vpnca.config import Settings
 from vpnca.errors import ConfigError
+from vpnca.issuer import open_settings_token, token_key
 from vpnca.revocation import Publisher
 from vpnca.store import Store
 

@@ -17,13 +17,22 @@ GENESIS_HASH = "0" * 64
 
 
 class AuditRecord(Protocol):
-    seq: int
-    created_at: str
-    actor: str
-    action: str
-    details: str
-    prev_hash: str
-    entry_hash: str
+    """An audit entry to verify, read only: a stored AuditEntry or a ChainEntry (frozen)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def created_at(self) -> str: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def details(self) -> str: ...
+    @property
+    def prev_hash(self) -> str: ...
+    @property
+    def entry_hash(self) -> str: ...
 
 
 def canonical_details(details: dict[str, Any]) -> str:

@@ -14,30 +14,29 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from vpnca import metrics
-from vpnca.ca import BACKDATE, CaKey, hash_for, load_ca_certificate, open_settings_token, token_key
 from vpnca.config import Settings
 from vpnca.errors import BadRequest, NotAuthorized, PolicyViolation
 from vpnca.events import emit
 from vpnca.identities import IkeIdentity, identities_from_csr, subject_for
+from vpnca.issuer import (
+    BACKDATE,
+    REVOCATION_REASONS,
+    CaKey,
+    hash_for,
+    load_ca_certificate,
+    open_settings_token,
+    token_key,
+)
+from vpnca.lint import LintFailed, lint_before_signing
 from vpnca.policy import check_csr, check_identities, check_public_key
 from vpnca.profiles import Profile, get_profile
 from vpnca.store import CertificateRecord, CertStatus, Store
 from vpnca.store.repository import SerialCollision
-from vpnca.x509util import load_csr, random_serial, serial_hex
+from vpnca.x509util import distribution_points, load_csr, random_serial, serial_hex
 
 log = logging.getLogger("vpnca.authority")
 
-REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
-    "unspecified": x509.ReasonFlags.unspecified,
-    "keyCompromise": x509.ReasonFlags.key_compromise,
-    "cACompromise": x509.ReasonFlags.ca_compromise,
-    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
-    "superseded": x509.ReasonFlags.superseded,
-    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
-    "certificateHold": x509.ReasonFlags.certificate_hold,
-    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
-    "aACompromise": x509.ReasonFlags.aa_compromise,
-}
+SERVICE_LINT_ACCEPTED = frozenset({"pkix.invalid_domain_name_syntax"})
 
 
 @dataclass(frozen=True)
@@ -99,15 +98,15 @@ class Authority:
         # the same in every leaf: AKI, where the CRL is (CDP), where OCSP and the CA certificate are (AIA)
         self._issuer_extensions: tuple[x509.ExtensionType, ...] = (
             x509.AuthorityKeyIdentifier.from_issuer_public_key(certificate.public_key()),  # type: ignore[arg-type]
-            x509.CRLDistributionPoints([x509.DistributionPoint(
-                full_name=[x509.UniformResourceIdentifier(settings.crl_url)],
-                relative_name=None, reasons=None, crl_issuer=None)]),
+            x509.CRLDistributionPoints(distribution_points(settings.crl_url)),
             x509.AuthorityInformationAccess([
                 x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
                                        x509.UniformResourceIdentifier(settings.ocsp_url)),
                 x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
                                        x509.UniformResourceIdentifier(settings.ca_issuers_url)),
             ]),
+            # with delta CRLs on, where a CRL-checking client finds the revocations since the full CRL
+            *([x509.FreshestCRL(distribution_points(settings.delta_crl_url))] if settings.crl.delta else []),
         )
 
     @classmethod
@@ -172,13 +171,21 @@ class Authority:
                 "identities": [i.value for i in request.identities], "protocol": request.protocol,
                 "not_after": not_after.isoformat(), **request.details,
             })
+        except LintFailed as exc:
+            self.store.fail_issuance(record.serial, str(exc), request.requester)
+            emit("issuance.refused", logging.WARNING, requester=request.requester, protocol=request.protocol,
+                 profile=request.profile, identity=[i.value for i in request.identities], reason="lint",
+                 detail=str(exc), findings=[f"{f.severity} {f.code} {f.path}" for f in exc.findings])
+            metrics.refused(request.protocol, "lint", request.profile)
+            exc.counted = True
+            raise
         except Exception as exc:
             self.store.fail_issuance(record.serial, f"{type(exc).__name__}: {exc}", request.requester)
             log.error("issuance of serial %s failed: %s", record.serial, exc)
             raise
         kind = "renewed" if "renews" in request.details else "issued"
-        emit(f"certificate.{kind}", requester=request.requester, protocol=request.protocol, profile=profile.name,
-             serial=record.serial, identity=[i.value for i in request.identities],
+        emit(f"certificate.{kind}", requester=request.requester, protocol=request.protocol,
+             profile=profile.name, serial=record.serial, identity=[i.value for i in request.identities],
              subject=subject.rfc4514_string(), not_after=not_after.isoformat(),
              client=request.details.get("client"), renews=request.details.get("renews"))
         metrics.issued(request.protocol, profile.name, kind)
@@ -207,7 +214,8 @@ class Authority:
         self, request: IssueRequest, profile: Profile, serial: int, subject: x509.Name,
         not_before: datetime, not_after: datetime,
     ) -> x509.Certificate:
-        sans = [i.general_name() for i in request.identities if i.kind != "dn"]
+        # a DN identity is also a directoryName SAN: strict verifiers want a SAN in every leaf
+        sans = [i.general_name() for i in request.identities]
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
@@ -223,9 +231,12 @@ class Authority:
         )
         for extension in self._issuer_extensions:
             builder = builder.add_extension(extension, critical=False)
-        if sans:
-            # RFC 5280 4.2.1.6: critical when the subject is empty (never here, so non-critical)
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        if sans:  # RFC 5280 4.2.1.6: critical when the subject is empty (a name too long for a CN)
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=not subject.rdns)
+        # LintFailed: nothing is signed. vpnca's own HTTPS certificate may name `localhost` (a single
+        # label, which pkilint's domain syntax check refuses): its names come from server.tls_names
+        accepted = SERVICE_LINT_ACCEPTED if profile.name == "service" else frozenset()
+        lint_before_signing(builder, self.key, hash_for(self.key), accepted=accepted)
         return builder.sign(self.key, hash_for(self.key))
 
     def revoke(

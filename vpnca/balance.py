@@ -51,14 +51,16 @@ class AcceptBalance:
         self.counts[self.index] = open_connections
         self.beat()
         now = time.monotonic()
-        live = [count for count, beat in zip(self.counts, self.beats) if now - beat < self.STALE_SECONDS]
+        live: list[int] = [count for count, beat in zip(self.counts, self.beats, strict=True)
+                           if now - beat < self.STALE_SECONDS]
         return open_connections <= min(live)
 
 
 def shared_balance(workers: int) -> Callable[[int], AcceptBalance]:
     """Shared arrays for `workers` processes (spawned); returns worker i's AcceptBalance."""
     spawn = multiprocessing.get_context("spawn")
-    counts, beats = spawn.Array("i", max(workers, 1), lock=False), spawn.Array("d", max(workers, 1), lock=False)
+    counts = spawn.Array("i", max(workers, 1), lock=False)
+    beats = spawn.Array("d", max(workers, 1), lock=False)
     return lambda index: AcceptBalance(counts, beats, index)
 
 

@@ -10,57 +10,23 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from pkcs11 import Attribute, KeyType
 
 from hsm import (
     KeySpec,
     Token,
-    TokenEcPrivateKey,
-    TokenRsaPrivateKey,
     generate_software_key,
     load_software_key,
-    open_token,
-    read_pin,
     save_software_key,
 )
-from vpnca import metrics
 from vpnca.config import Settings
-from vpnca.errors import ConfigError, Conflict, NotFound
+from vpnca.crl import generate_root_crl
+from vpnca.errors import ConfigError, Conflict
+from vpnca.issuer import BACKDATE, CaKey, hash_for, open_settings_token, token_key
 from vpnca.store import Store
 from vpnca.x509util import random_serial, serial_hex, to_pem
-
-CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
-BACKDATE = timedelta(minutes=5)
-
-
-def open_settings_token(settings: Settings) -> Token:
-    """The logged-in token named by the settings (a development SoftHSM config is honoured)."""
-    if settings.token.softhsm_conf and "SOFTHSM2_CONF" not in os.environ:
-        os.environ["SOFTHSM2_CONF"] = str(settings.token.softhsm_conf)
-    pin = read_pin(settings.token.pin_file)
-    token = open_token(settings.token.module, settings.token.label, pin)
-    if metrics.token_signed not in token.sign_observers:
-        token.sign_observers.append(metrics.token_signed)
-    return token
-
-
-def token_key(token: Token, label: str) -> CaKey:
-    """A token key as a cryptography private key, EC or RSA as the token says."""
-    key_type = token.attributes(token.private_key(label), [Attribute.KEY_TYPE])[Attribute.KEY_TYPE]
-    if key_type == KeyType.EC:
-        return TokenEcPrivateKey(token, label)
-    return TokenRsaPrivateKey(token, label)
-
-
-def hash_for(key: CaKey) -> hashes.HashAlgorithm:
-    """SHA-384 for P-384 keys, SHA-256 otherwise."""
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
-        return hashes.SHA384()
-    return hashes.SHA256()
 
 
 def root_dir(settings: Settings) -> Path:
@@ -229,7 +195,8 @@ def initialise(settings: Settings, store: Store, *, actor: str) -> Hierarchy:
     )
     store.add_ca_certificate(
         role="root", ca_name=settings.ca.name, serial=serial_hex(root.serial_number),
-        der=root.public_bytes(Encoding.DER), key_label=labels["root"] if settings.ca.root_key == "token" else None,
+        der=root.public_bytes(Encoding.DER),
+        key_label=labels["root"] if settings.ca.root_key == "token" else None,
         actor=actor, details={"role": "root", "subject": root.subject.rfc4514_string(),
                               "serial": serial_hex(root.serial_number), "key": settings.ca.root_key},
     )
@@ -250,8 +217,6 @@ def initialise(settings: Settings, store: Store, *, actor: str) -> Hierarchy:
         details={"role": "sub", "subject": sub.subject.rfc4514_string(),
                  "serial": serial_hex(sub.serial_number), "key_label": labels["sub"]},
     )
-    from vpnca.crl import generate_root_crl  # vpnca.crl builds on the authority, which builds on this module
-
     generate_root_crl(settings, store, root, root_key, actor=actor)
     ocsp = issue_ocsp_signer(settings, store, token, sub, sub_key, actor=actor)
     issue_scep_ra(settings, store, token, sub, sub_key, actor=actor)
@@ -297,7 +262,8 @@ def issue_scep_ra(settings: Settings, store: Store, token: Token, sub: x509.Cert
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(
             digital_signature=True, content_commitment=False, key_encipherment=True, data_encipherment=False,
-            key_agreement=False, key_cert_sign=False, crl_sign=False, encipher_only=False, decipher_only=False,
+            key_agreement=False, key_cert_sign=False, crl_sign=False,
+            encipher_only=False, decipher_only=False,
         ), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(sub.public_key()),  # type: ignore[arg-type]
@@ -306,17 +272,11 @@ def issue_scep_ra(settings: Settings, store: Store, token: Token, sub: x509.Cert
     )
     store.add_ca_certificate(role="scep-ra", ca_name=settings.ca.name, serial=serial_hex(cert.serial_number),
                              der=cert.public_bytes(Encoding.DER), key_label=label, actor=actor,
-                             details={"role": "scep-ra", "serial": serial_hex(cert.serial_number), "key_label": label})
+                             details={"role": "scep-ra", "serial": serial_hex(cert.serial_number),
+                                      "key_label": label})
     (settings.home / "ca").mkdir(parents=True, exist_ok=True)
     (settings.home / "ca" / "scep-ra.pem").write_bytes(to_pem(cert))
     return cert
-
-
-def load_ca_certificate(store: Store, role: str) -> tuple[x509.Certificate, str | None]:
-    record = store.current_ca(role)
-    if record is None:
-        raise NotFound(f"no {role} CA certificate: run `vpnca init` first")
-    return x509.load_der_x509_certificate(record.der), record.key_label
 
 
 def load_root_key(settings: Settings) -> CaKey:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import hashlib
 import json
@@ -20,13 +21,16 @@ from cryptography.hazmat.primitives import serialization
 from hsm import HsmError, generate_software_key
 from hsm.softhsm import init_softhsm_token
 from vpnca import ca as ca_module
-from vpnca.audit import verify_chain
-from vpnca.authority import REVOCATION_REASONS, Authority, IssueRequest, request_from_csr
+from vpnca import issuer
+from vpnca.agent.cli import add_agent_parser
+from vpnca.audit import GENESIS_HASH, verify_chain
+from vpnca.authority import Authority, IssueRequest, request_from_csr
 from vpnca.config import CONFIG_NAME, Settings, load_settings, render_config, vpnca_home
 from vpnca.errors import BadRequest, ConfigError, VpncaError
 from vpnca.events import configure_for, configure_logging
 from vpnca.files import STATE_UMASK, write_private
 from vpnca.identities import IkeIdentity
+from vpnca.reports import add_query_arguments
 from vpnca.store import CertificateRecord, CertStatus, Store
 from vpnca.x509util import parse_serial, to_pem
 
@@ -188,7 +192,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def record_keeper(settings: Settings, store: Store) -> Authority:
     """The authority without its key, for what only the register needs (revocation records)."""
-    certificate, _ = ca_module.load_ca_certificate(store, "sub")
+    certificate, _ = issuer.load_ca_certificate(store, "sub")
     return Authority(settings, store, certificate, None)  # type: ignore[arg-type]
 
 
@@ -198,7 +202,9 @@ def publish(settings: Settings, store: Store, serial: str) -> None:
 
     try:
         crl = Publisher(Authority.open(settings, store)).publish_revocation(serial, actor())
-        print(f"OCSP re-signed; CRL {crl.number} published ({crl.entries} entries)")
+        kind = f"delta CRL {crl.number} (base {crl.delta_base})" if crl.delta_base is not None \
+            else f"full CRL {crl.number}"
+        print(f"OCSP re-signed; {kind} published ({crl.entries} entries)")
     except (HsmError, VpncaError) as exc:
         print(f"vpnca: warning: recorded, but not yet published ({exc}); the scheduler will retry",
               file=sys.stderr)
@@ -213,13 +219,25 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_list(args: argparse.Namespace) -> int:
+def cmd_renew_early(args: argparse.Namespace) -> int:
+    """Ask the holders of valid certificates to renew now: ACME renewalInfo (RFC 9773) windows start
+    now, and `vpnca agent` sees it (Store.renew_early_due)."""
     store = open_store(load_settings())
-    status = "revoked" if args.status == "on-hold" else args.status
-    rows = [record_dict(r) for r in store.list_certificates(status=status, profile=args.profile)]
-    if args.status == "on-hold":
-        rows = [r for r in rows if r["status"] == "on-hold"]
-    print_certificates(rows, ["serial", "status", "profile", "identities", "not_after", "protocol"], args.json)
+    marked = store.mark_renew_early(actor=actor(), serials=[parse_serial(s) for s in args.serial or []],
+                                    profile=args.profile, everything=args.all)
+    if args.json:
+        print(json.dumps({"marked": marked}))
+    else:
+        print(f"{len(marked)} certificate(s) to renew now" + "".join(f"\n{s}" for s in marked))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Streamed in serial order (vpnca/reports.py): JSON Lines with --json, keyset pages with --after."""
+    from vpnca.reports import LIST_COLUMNS, query_from_args, write_rows
+
+    store = open_store(load_settings())
+    write_rows(query_from_args(args).rows(store), LIST_COLUMNS, args.json)
     return 0
 
 
@@ -244,13 +262,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+STATUS_AUDIT_TAIL = 1000  # `vpnca status` verifies this many of the newest audit entries
+
+
 def status_report(settings: Settings, store: Store) -> dict[str, Any]:
     from vpnca.health import job_freshness
 
     now = datetime.now(UTC)
     report: dict[str, Any] = {"home": str(settings.home), "database": settings.database_url.split("@")[-1]}
     try:
-        token = ca_module.open_settings_token(settings)
+        token = issuer.open_settings_token(settings)
         report["token"] = {"label": token.label, "module": settings.token.module, "ok": True}
     except (HsmError, VpncaError) as exc:
         report["token"] = {"label": settings.token.label, "ok": False, "error": str(exc)}
@@ -276,9 +297,18 @@ def status_report(settings: Settings, store: Store) -> dict[str, Any]:
                        "next_attempt": j.next_attempt.isoformat() if j.next_attempt else None,
                        **job_freshness(settings, j, now)}  # age, interval, stale: has the scheduler stopped?
                       for j in store.job_runs()]
-    report["ocsp_presign_backlog"] = store.count_ocsp_backlog(settings.ca.name, now + settings.ocsp.refresh_before)
-    chain = verify_chain(store.audit_entries())
-    report["audit"] = {"entries": chain.entries, "head": chain.head_hash, "ok": chain.ok}
+    report["ocsp_presign_backlog"] = store.count_ocsp_backlog(settings.ca.name,
+                                                              now + settings.ocsp.refresh_before)
+    # the newest entries only (the whole chain: `vpnca audit verify`), so that status stays fast
+    from vpnca.evidence import verify_segment
+
+    head_seq, head_hash = store.audit_head()
+    first = max(1, head_seq - STATUS_AUDIT_TAIL + 1)
+    entry = store.audit_entry(first - 1) if first > 1 else None
+    tail = verify_segment(store.iter_audit(first, head_seq), first_seq=first,
+                          prev_hash=entry.entry_hash if entry is not None else GENESIS_HASH)
+    report["audit"] = {"entries": head_seq, "head": head_hash, "ok": tail.ok and tail.head_hash == head_hash,
+                       "verified_from": first}
     return report
 
 
@@ -293,42 +323,53 @@ def cmd_status(args: argparse.Namespace) -> int:
     token = report["token"]
     print(f"home          {report['home']}")
     print(f"database      {report['database']}")
-    print(f"token         {token['label']}: {'ok' if token['ok'] else 'UNAVAILABLE ' + token.get('error', '')}")
+    token_state = "ok" if token["ok"] else "UNAVAILABLE " + token.get("error", "")
+    print(f"token         {token['label']}: {token_state}")
     for ca in report["ca_certificates"]:
         print(f"{ca['role'] + ' CA':13} {ca['subject']}  serial {ca['serial']}  until {ca['not_after'][:10]}")
     counts = ", ".join(f"{k} {v}" for k, v in sorted(report["certificates"].items())) or "none"
     print(f"certificates  {counts}")
     stuck = report["interrupted_issuances"]
-    print(f"interrupted   {len(stuck)}" + "".join(f"\n  {s['serial']} {s['subject']} since {s['started'][:19]}"
-                                                  for s in stuck))
+    print(f"interrupted   {len(stuck)}"
+          + "".join(f"\n  {s['serial']} {s['subject']} since {s['started'][:19]}" for s in stuck))
     crl = report["crl"]
-    print("crl           " + (f"{crl['number']} ({crl['entries']} entries), next update {crl['next_update'][:19]}"
-                              f"{'' if crl['fresh'] else ' STALE'}" if crl else "none published"))
+    print("crl           "
+          + (f"{crl['number']} ({crl['entries']} entries), next update {crl['next_update'][:19]}"
+             f"{'' if crl['fresh'] else ' STALE'}" if crl else "none published"))
     print(f"ocsp backlog  {report['ocsp_presign_backlog']}")
     for job in report["jobs"]:
         state = job_state(job)
         print(f"job {job['job']:<10} {state}  {job['last_run'][:19]}  {job['message'][:60]}")
     audit = report["audit"]
-    print(f"audit chain   {audit['entries']} entries, {'intact' if audit['ok'] else 'BROKEN'}, head {audit['head'][:16]}")
+    print(f"audit chain   {audit['entries']} entries, {'intact' if audit['ok'] else 'BROKEN'}, "
+          f"head {audit['head'][:16]}")
     return 0
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     from vpnca.evidence import export_pack
+    from vpnca.reports import parse_moment
 
     settings = load_settings()
-    digest, chain = export_pack(settings, open_store(settings), Path(args.directory), actor=actor())
-    print(f"evidence pack in {args.directory}: audit chain {chain.entries} entries "
+    until = parse_moment(args.until, option="--until", end_of_day=True) if args.until else datetime.now(UTC)
+    since = parse_moment(args.since, option="--since") if args.since else until - timedelta(days=90)
+    digest, chain = export_pack(settings, open_store(settings), Path(args.directory), actor=actor(),
+                                since=since, until=until, compress=args.gzip)
+    print(f"evidence pack in {args.directory} for {since:%Y-%m-%dT%H:%M:%SZ} to {until:%Y-%m-%dT%H:%M:%SZ}: "
+          f"audit chain {chain.entries} entries verified up to the head "
           f"({'intact' if chain.ok else 'BROKEN'}), head {chain.head_hash}; manifest SHA-256 {digest}")
     return 0
 
 
 def cmd_report_expiring(args: argparse.Namespace) -> int:
+    """Streamed, soonest first (vpnca/reports.py); --after SERIAL continues a page."""
+    from vpnca.reports import EXPIRING_COLUMNS, query_from_args, write_rows
+
     store = open_store(load_settings())
     now = datetime.now(UTC)
-    until = now + parse_duration(args.within)
-    rows = [record_dict(r) for r in store.list_expiring(now, until)]
-    print_certificates(rows, ["serial", "profile", "identities", "not_after", "requester"], args.json)
+    query = query_from_args(args, status=CertStatus.VALID.value, by_expiry=True, expires_after=now,
+                            expires_before=now + parse_duration(args.within))
+    write_rows(query.rows(store), EXPIRING_COLUMNS, args.json)
     return 0
 
 
@@ -373,7 +414,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                                [str(p) for p in result.problems], args.json)
 
 
-def report_verification(what: str, ok: bool, entries: int, head: str, problems: list[str], as_json: bool) -> int:
+def report_verification(what: str, ok: bool, entries: int, head: str, problems: list[str],
+                        as_json: bool) -> int:
     if as_json:
         print(json.dumps({"ok": ok, "entries": entries, "head": head, "problems": problems}, indent=2))
     elif ok:
@@ -402,15 +444,16 @@ def cmd_crl(args: argparse.Namespace) -> int:
     settings = load_settings()
     store = open_store(settings)
     if args.root:  # the offline root's ceremony: needs its key (passphrase file or token)
-        root, _ = ca_module.load_ca_certificate(store, "root")
-        published = generate_root_crl(settings, store, root, ca_module.load_root_key(settings), actor=actor())
-        print(f"root CRL {published.number}, next update {published.crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}")
+        root, _ = issuer.load_ca_certificate(store, "root")
+        root_crl = generate_root_crl(settings, store, root, ca_module.load_root_key(settings), actor=actor())
+        print(f"root CRL {root_crl.number}, next update {root_crl.crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}")
         return 0
     authority = Authority.open(settings, store)
-    published = generate_delta_crl(authority, actor=actor()) if args.delta else generate_crl(authority, actor=actor())
+    published = (generate_delta_crl(authority, actor=actor()) if args.delta
+                 else generate_crl(authority, actor=actor()))
     if published is None:
         raise VpncaError("no full CRL yet: run `vpnca crl` first")
-    kind = "delta CRL" if published.delta_base else "CRL"
+    kind = f"delta CRL (base {published.delta_base})" if published.delta_base is not None else "full CRL"
     print(f"{kind} {published.number}: {published.entries} entries, next update "
           f"{published.crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}, in {settings.home / 'crl'}")
     return 0
@@ -433,8 +476,9 @@ def cmd_ocsp_rotate(args: argparse.Namespace) -> int:
     settings = load_settings()
     store = open_store(settings)
     authority = Authority.open(settings, store)
-    token = ca_module.open_settings_token(settings)
-    cert = ca_module.issue_ocsp_signer(settings, store, token, authority.certificate, authority.key, actor=actor())
+    token = issuer.open_settings_token(settings)
+    cert = ca_module.issue_ocsp_signer(settings, store, token, authority.certificate, authority.key,
+                                       actor=actor())
     service = load_ocsp_service(settings, store)
     count = service.presign([r for r in store.list_certificates() if r.status in ("valid", "revoked")])
     (settings.home / "ca" / "ocsp-signer.pem").write_bytes(to_pem(cert))
@@ -460,14 +504,32 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if args.gateway_command == "enroll":
         cert = enroll_gateway(authority, args.id, requester=actor())
         files = GatewayFiles.of(settings)
-        print(f"gateway certificate {cert.serial_number:x} until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}: "
-              f"{files.cert}, key {files.key}")
+        print(f"gateway certificate {cert.serial_number:x} "
+              f"until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}: {files.cert}, key {files.key}")
         return 0
     state = push(settings, ca_chain(authority), uri=args.vici)
-    authority.store.audit(actor(), "gateway-push", {"certificates": [c["serial"] for c in state["certificates"]],
-                                                    "connections": state["connections"]})
+    authority.store.audit(actor(), "gateway-push",
+                          {"certificates": [c["serial"] for c in state["certificates"]],
+                           "connections": state["connections"]})
     print(json.dumps(state, indent=2) if args.json else
           f"pushed: {len(state['certificates'])} certificates, connections {', '.join(state['connections'])}")
+    return 0
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from vpnca.gateway.sessions import live_sessions
+
+    rows = live_sessions(load_settings(), uri=args.vici)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        children = ", ".join(f"{' '.join(c['remote_ts'])} {c.get('bytes_in', 0)}B in/"
+                             f"{c.get('bytes_out', 0)}B out" for c in r["children"])
+        print(f"{r['ike_id']:>4} {r['state']:<11} {r['identity']} {r['remote_address']}:{r['remote_port']} "
+              f"serial {r['serial'] or '?'} up {r['established_seconds']}s [{children}]")
+    if not rows:
+        print("no tunnels")
     return 0
 
 
@@ -494,9 +556,10 @@ def cmd_scep_init(args: argparse.Namespace) -> int:
     if store.current_ca("scep-ra") is not None and not args.rotate:
         raise VpncaError("this CA has a SCEP RA already; --rotate issues a new one")
     authority = Authority.open(settings, store)
-    cert = ca_module.issue_scep_ra(settings, store, ca_module.open_settings_token(settings), authority.certificate,
-                                   authority.key, actor=actor())
-    print(f"SCEP RA {cert.serial_number:x} until {cert.not_valid_after_utc:%Y-%m-%d}: {settings.home / 'ca/scep-ra.pem'}")
+    cert = ca_module.issue_scep_ra(settings, store, issuer.open_settings_token(settings),
+                                   authority.certificate, authority.key, actor=actor())
+    print(f"SCEP RA {cert.serial_number:x} until {cert.not_valid_after_utc:%Y-%m-%d}: "
+          f"{settings.home / 'ca/scep-ra.pem'}")
     return 0
 
 
@@ -554,7 +617,8 @@ def cmd_acme_eab_create(args: argparse.Namespace) -> int:
     AcmeRepository(open_store(settings)).add_eab_key(key)
     if args.json:
         print(json.dumps({"kid": key.kid, "hmac_key": encoded, "profile": profile,
-                          "allowed": [i.value for i in identities], "expires_at": key.expires_at.isoformat()}))
+                          "allowed": [i.value for i in identities],
+                          "expires_at": key.expires_at.isoformat()}))
     else:
         print(f"kid:      {key.kid}\nhmac_key: {encoded}")
         print(f"single use; expires {key.expires_at:%Y-%m-%dT%H:%M:%SZ}; profile {profile}; for "
@@ -639,15 +703,18 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("init", cmd_init, "create vpnca.toml, the root, the token-held sub-CA and the OCSP signer")
-    p.add_argument("--softhsm", action="store_true", help="create a development SoftHSM2 token under VPNCA_HOME")
+    p.add_argument("--softhsm", action="store_true",
+                   help="create a development SoftHSM2 token under VPNCA_HOME")
     p.add_argument("--domain", action="append", help="allowed DNS domain (repeatable)")
     p.add_argument("--ip-range", action="append", help="allowed IP range in CIDR (repeatable)")
     p.add_argument("--token-label", default="vpnca")
-    p.add_argument("--module", default=os.environ.get("VPNCA_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so"))
+    p.add_argument("--module",
+                   default=os.environ.get("VPNCA_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so"))
     p.add_argument("--ca-name", default="vpnca-sub")
     p.add_argument("--http-base", default="http://127.0.0.1:8080", help="base URL of CRL/OCSP/AIA")
     p.add_argument("--root-key", choices=["software", "token"], default="software")
-    p.add_argument("--name-constraints", action="store_true", help="constrain the sub-CA to the allowed names")
+    p.add_argument("--name-constraints", action="store_true",
+                   help="constrain the sub-CA to the allowed names")
 
     p = command("issue", cmd_issue, "issue a certificate")
     p.add_argument("--profile", required=True, choices=["device", "gateway"])
@@ -660,16 +727,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("revoke", cmd_revoke, "revoke a certificate (or put it on hold)")
     p.add_argument("serial")
-    p.add_argument("--reason", default="unspecified", choices=list(REVOCATION_REASONS))
+    p.add_argument("--reason", default="unspecified", choices=list(issuer.REVOCATION_REASONS))
     p.add_argument("--invalidity-date", help="ISO 8601 time the key is known or suspected compromised")
+
+    p = command("sessions", cmd_sessions, "live tunnels at the managed gateway (VICI list-sas)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--vici", help="charon's VICI socket (default: gateway.vici_socket)")
 
     p = command("release", cmd_release, "release a certificate from hold")
     p.add_argument("serial")
 
-    p = command("list", cmd_list, "list certificates")
-    p.add_argument("--status", choices=[s.value for s in CertStatus] + ["on-hold"])
-    p.add_argument("--profile")
+    p = command("renew-early", cmd_renew_early, "ask holders to renew valid certificates now (ACME ARI)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--serial", action="append", help="a certificate's serial (repeatable)")
+    which.add_argument("--profile", help="every valid certificate of this profile")
+    which.add_argument("--all", action="store_true", help="every valid certificate")
     p.add_argument("--json", action="store_true")
+
+    p = command("list", cmd_list, "list certificates (streamed, by serial; --json: JSON Lines)")
+    add_query_arguments(p, listing=True)
 
     p = command("show", cmd_show, "show one certificate")
     p.add_argument("serial")
@@ -699,7 +775,8 @@ def build_parser() -> argparse.ArgumentParser:
     eab = acme.add_parser("eab", help="external account binding keys").add_subparsers(
         dest="eab_command", required=True)
     p = eab.add_parser("create", help="a key that binds one new ACME account to the names it may get")
-    p.add_argument("--allow", action="append", required=True, help="DNS name or IP the account may get (repeatable)")
+    p.add_argument("--allow", action="append", required=True,
+                   help="DNS name or IP the account may get (repeatable)")
     p.add_argument("--profile", help="profile of its certificates (default: acme.profile)")
     p.add_argument("--ttl", default="7d", help="how long the key can be used to create the account")
     p.add_argument("--json", action="store_true")
@@ -712,7 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", action="store_true", help="a delta CRL against the latest full CRL")
     p.add_argument("--root", action="store_true", help="re-sign the offline root's CRL (needs the root key)")
 
-    ocsp = sub.add_parser("ocsp", help="the OCSP responder").add_subparsers(dest="ocsp_command", required=True)
+    ocsp = sub.add_parser("ocsp", help="the OCSP responder").add_subparsers(dest="ocsp_command",
+                                                                             required=True)
     p = ocsp.add_parser("serve", help="run the stateless OCSP/CRL responder alone")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
@@ -740,7 +818,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rotate", action="store_true", help="replace the current RA")
     p.set_defaults(func=cmd_scep_init)
 
-    command("scheduler", cmd_scheduler, "run the scheduled jobs alone (CRL, OCSP pre-signing, gateway renewal)")
+    command("scheduler", cmd_scheduler,
+            "run the scheduled jobs alone (CRL, OCSP pre-signing, gateway renewal)")
 
     p = command("pending", cmd_pending, "list enrollments waiting for approval")
     p.add_argument("--json", action="store_true")
@@ -753,8 +832,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack", help="an evidence pack directory from `vpnca audit export`")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit_verify)
-    p = audit.add_parser("export", help="write an evidence pack for auditors")
+    p = audit.add_parser("export", help="write an evidence pack of a period for auditors")
     p.add_argument("directory")
+    p.add_argument("--since", metavar="DATE", help="start of the period (default: 90 days before --until)")
+    p.add_argument("--until", metavar="DATE", help="end of the period, a date included (default: now)")
+    p.add_argument("--gzip", action="store_true", help="compress the register and the audit chain")
     p.set_defaults(func=cmd_audit_export)
 
     db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
@@ -769,10 +851,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_config_check)
 
+    add_agent_parser(sub)
+
     report = sub.add_parser("report", help="reports").add_subparsers(dest="report_command", required=True)
-    p = report.add_parser("expiring", help="valid certificates expiring within a window")
+    p = report.add_parser("expiring", help="valid certificates expiring within a window (streamed)")
     p.add_argument("--within", default="14d", help="e.g. 14d, 12h")
-    p.add_argument("--json", action="store_true")
+    add_query_arguments(p, listing=False)
     p.set_defaults(func=cmd_report_expiring)
     return parser
 
@@ -784,10 +868,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(verbose=args.verbose, quiet=True)
     home = vpnca_home()
     if (home / CONFIG_NAME).exists():
-        try:
+        with contextlib.suppress(VpncaError):  # the command itself reports a broken config
             configure_for(load_settings(home), verbose=args.verbose, quiet=True)
-        except VpncaError:
-            pass  # the command itself reports a broken config
     try:
         return int(args.func(args))
     except (VpncaError, HsmError) as exc:

@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -76,7 +76,8 @@ def _as_network(value: Any) -> Any:
     try:
         return ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
-        raise _error("network_value", "expected a network in CIDR notation: {reason}", reason=str(exc)) from None
+        raise _error("network_value", "expected a network in CIDR notation: {reason}",
+                     reason=str(exc)) from None
 
 
 def _domain(value: str) -> str:
@@ -136,6 +137,7 @@ class Section(BaseModel):
     """A table of vpnca.toml: unknown keys are errors, no type coercion, immutable."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    zero_durations: ClassVar[tuple[str, ...]] = ()  # durations where 0 is allowed (and means "off")
 
     @classmethod
     def duration_fields(cls) -> tuple[str, ...]:
@@ -171,7 +173,7 @@ class Section(BaseModel):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise _error("duration_type", "expected a number of {unit}, got {value}", unit=unit,
                              value=repr(value), **{_KEY: key})
-            if not (value > 0 and math.isfinite(value)):
+            if not ((value > 0 or (value == 0 and name in cls.zero_durations)) and math.isfinite(value)):
                 raise _error("duration_range", "expected a positive number of {unit}, got {value}", unit=unit,
                              value=repr(value), **{_KEY: key})
             try:
@@ -233,6 +235,9 @@ class EstSettings(Section):
     client_cert_header: Annotated[Name, AfterValidator(str.lower)] = "x-ssl-client-cert"
     max_body_bytes: PositiveInt = 16 * 1024
     retry_after_seconds: PositiveInt = 60
+    # simplereenroll accepts a vpnca certificate expired less than this ago (0: off; `vpnca agent`)
+    reenroll_grace: timedelta = timedelta(0)
+    zero_durations: ClassVar[tuple[str, ...]] = ("reenroll_grace",)
 
 
 class CrlSettings(Section):
@@ -354,6 +359,15 @@ class Settings(BaseModel):
         return f"{self.http_base_url}/crl/{self.ca.name}.crl"
 
     @property
+    def delta_crl_name(self) -> str:
+        return f"{self.ca.name}-delta"
+
+    @property
+    def delta_crl_url(self) -> str:
+        """Where the delta CRLs are (the Freshest CRL pointer of leaves and full CRLs, RFC 5280 5.2.6)."""
+        return f"{self.http_base_url}/crl/{self.delta_crl_name}.crl"
+
+    @property
     def root_crl_name(self) -> str:
         return f"{self.ca.name}-root"
 
@@ -401,8 +415,10 @@ class ConfigFile(BaseModel):
         lifetime_keys = {"lifetime", *(f"lifetime_{unit}" for unit in DURATION_UNITS)}
         for name, table in value.items():
             if isinstance(table, dict) and not lifetime_keys & set(table):
-                table = {"lifetime": DEFAULT_PROFILES.get(name, DEFAULT_PROFILES["device"]).lifetime, **table}
-            filled[name] = table
+                default = DEFAULT_PROFILES.get(name, DEFAULT_PROFILES["device"]).lifetime
+                filled[name] = {"lifetime": default, **table}
+            else:
+                filled[name] = table
         return filled
 
     def settings(self, home: Path) -> Settings:

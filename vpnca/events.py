@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 EVENTS = logging.getLogger("vpnca.events")
-_SECRET_FIELD = re.compile(r"(pin|secret|password|passphrase|private|credential)", re.I)
-_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S)
+_SECRET_FIELD = re.compile(r"(pin|secret|password|passphrase|private|credential)", re.IGNORECASE)
+_PRIVATE_KEY = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.DOTALL)
 
 
 def emit(event: str, level: int = logging.INFO, **fields: Any) -> None:
@@ -105,11 +105,12 @@ class SyslogTlsHandler(logging.Handler):
 def configure_for(settings: Any, *, verbose: bool, quiet: bool = False) -> None:
     """configure_logging with what vpnca.toml says."""
     configure_logging(verbose=verbose, quiet=quiet, home=settings.home,
-                      syslog=settings.logging.syslog_tls or None, syslog_ca=settings.logging.syslog_ca_file or None)
+                      syslog=settings.logging.syslog_tls or None,
+                      syslog_ca=settings.logging.syslog_ca_file or None)
 
 
-def configure_logging(*, verbose: bool, quiet: bool = False, home: Path | None = None, syslog: str | None = None,
-                      syslog_ca: str | None = None) -> None:
+def configure_logging(*, verbose: bool, quiet: bool = False, home: Path | None = None,
+                      syslog: str | None = None, syslog_ca: str | None = None) -> None:
     """JSON lines to stderr (warnings, errors only when `quiet`, everything with -v), every event to
     VPNCA_HOME/log/vpnca.jsonl,
     and to a syslog server over TLS when configured. Safe to call again when the settings are known."""

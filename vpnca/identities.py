@@ -26,7 +26,8 @@ def _check_fqdn(name: str) -> str:
     if "*" in name:
         raise BadRequest(f"wildcard names are not issued: {name}")
     labels = name.split(".")
-    if len(name) > 253 or (len(labels) < 2 and name != "localhost") or not all(_LABEL.match(label) for label in labels):
+    if (len(name) > 253 or (len(labels) < 2 and name != "localhost")
+            or not all(_LABEL.match(label) for label in labels)):
         raise BadRequest(f"not a valid host name: {name!r}")
     return name
 
@@ -135,6 +136,9 @@ def identities_of_certificate(cert: x509.Certificate) -> tuple[IkeIdentity, ...]
     return tuple(found)
 
 
+CN_MAX_LENGTH = 64  # ub-common-name, RFC 5280 appendix A
+
+
 def subject_for(identities: tuple[IkeIdentity, ...]) -> x509.Name:
     """The subject of a certificate for `identities`: the DN identity, or CN=<first identity>."""
     dns = [i for i in identities if i.kind == "dn"]
@@ -142,4 +146,6 @@ def subject_for(identities: tuple[IkeIdentity, ...]) -> x509.Name:
         raise BadRequest("at most one distinguished-name identity per certificate")
     if dns:
         return x509.Name.from_rfc4514_string(dns[0].value)
+    if len(identities[0].value) > CN_MAX_LENGTH:  # a long FQDN lives in the SAN alone (made critical)
+        return x509.Name([])
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identities[0].value)])

@@ -46,6 +46,15 @@ def _register() -> dict[str, Any]:
         "sign": prom.Histogram("vpnca_token_sign_seconds", "Time of one signature on the token",
                                ["key"], buckets=LATENCY_BUCKETS),
         "jobs": prom.Counter("vpnca_scheduler_runs_total", "Scheduled job runs", ["job", "result"]),
+        "gw_tunnels": prom.Gauge("vpnca_gateway_tunnels", "Established IKE SAs at the managed gateway",
+                                 ["gateway"], multiprocess_mode="livemax"),
+        "gw_established": prom.Counter("vpnca_gateway_established_total", "IKE SAs established",
+                                       ["gateway"]),
+        "gw_down": prom.Counter("vpnca_gateway_down_total",
+                                "IKE SAs gone: deleted (a DELETE exchange) or failed (DPD, rekey)",
+                                ["gateway", "reason"]),
+        "gw_terminated": prom.Counter("vpnca_gateway_terminated_total",
+                                      "IKE SAs cut off because their certificate was revoked", ["gateway"]),
     }
 
 
@@ -70,7 +79,7 @@ _ocsp_latency_last = 0.0
 def ocsp_answered(answer: str, seconds: float) -> None:
     """Count every answer; observe its time (the responder's hot path: the label child is cached and,
     above a few answers a second, the latency histogram is sampled)."""
-    global _ocsp_latency_last
+    global _ocsp_latency_last  # noqa: PLW0603 - one float on the responder's hot path, per process
     counter = _ocsp_answers.get(answer)
     if counter is None:
         counter = _ocsp_answers[answer] = _metrics()["ocsp"].labels(answer)
@@ -87,6 +96,22 @@ def token_signed(key: str, seconds: float) -> None:
 
 def job_ran(job: str, ok: bool) -> None:
     _metrics()["jobs"].labels(job, "ok" if ok else "failed").inc()
+
+
+def gateway_tunnels(gateway: str, count: int) -> None:
+    _metrics()["gw_tunnels"].labels(gateway).set(count)
+
+
+def gateway_established(gateway: str) -> None:
+    _metrics()["gw_established"].labels(gateway).inc()
+
+
+def gateway_down(gateway: str, reason: str) -> None:
+    _metrics()["gw_down"].labels(gateway, reason).inc()
+
+
+def gateway_terminated(gateway: str, count: int) -> None:
+    _metrics()["gw_terminated"].labels(gateway).inc(count)
 
 
 def prepare_multiprocess(directory: Path) -> None:
@@ -108,7 +133,8 @@ def _worker_restarts() -> Any:
     is in the shared directory the workers' /metrics read), and only in the supervising process."""
     if not _WORKER_RESTARTS:
         _WORKER_RESTARTS.append(prom.Counter("vpnca_worker_restarts_total",
-                                             "Worker processes replaced after an unexpected exit", ["server"]))
+                                             "Worker processes replaced after an unexpected exit",
+                                             ["server"]))
     return _WORKER_RESTARTS[0]
 
 

@@ -30,7 +30,11 @@ class Publisher:
 
     def publish_revocation(self, serial: str, actor: str) -> PublishedCrl:
         """After a revoke or a hold release: re-sign that serial's OCSP answers, then a new CRL
-        (a delta CRL against the current full one when deltas are configured, else a full CRL)."""
+        (a delta CRL against the current full one when deltas are configured, else a full CRL).
+        A revocation (or hold) first cuts off the managed gateway's SAs of that certificate."""
+        from vpnca.gateway.sessions import cut_off_quietly
+
+        cut_off_quietly(self.authority.settings, self.authority.store, serial, actor=actor)
         self.ocsp.presign_serials([serial])
         emit("ocsp.published", requester=actor, serial=serial)
         if self.authority.settings.crl.delta:

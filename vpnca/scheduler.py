@@ -39,7 +39,8 @@ def first_run(previous: Any, interval: timedelta, now: datetime) -> datetime:
     """When a job should first run in a scheduler that starts now, from its last recorded run."""
     if previous is None:
         return now
-    due = previous.next_attempt if not previous.ok and previous.next_attempt else previous.last_run + interval
+    due: datetime = (previous.next_attempt if not previous.ok and previous.next_attempt
+                     else previous.last_run + interval)
     return max(now, due)
 
 
@@ -59,11 +60,12 @@ def build_scheduler(publisher: Publisher, *, gateway_every: timedelta | None = N
                 return  # backing off after failures
             try:
                 result = job()
-            except Exception as exc:  # noqa: BLE001 - recorded, audited and retried with backoff
+            except Exception as exc:  # recorded (log.exception), audited and retried with backoff
                 failures = (previous.failures if previous and not previous.ok else 0) + 1
                 delay = min(interval * (2 ** (failures - 1)), MAX_BACKOFF)
                 log.exception("job %s failed (%d in a row); next attempt in %s", name, failures, delay)
-                store.record_job(name, ok=False, message=f"{type(exc).__name__}: {exc}", next_attempt=now + delay)
+                store.record_job(name, ok=False, message=f"{type(exc).__name__}: {exc}",
+                                 next_attempt=now + delay)
                 metrics.job_ran(name, False)
                 return
             metrics.job_ran(name, True)
@@ -82,4 +84,10 @@ def build_scheduler(publisher: Publisher, *, gateway_every: timedelta | None = N
 
         recorded("gateway-renewal", gateway_every or intervals["gateway-renewal"],
                  lambda: renew_gateway_if_due(authority))
+        from vpnca.gateway.sessions import ensure_watcher
+
+        # the VICI event watcher (connection records, revocation cut-off sweep) runs in a thread of the
+        # process that runs the scheduler; this job starts it, and again should its thread die
+        scheduler.add_job(lambda: ensure_watcher(settings, store), "interval", seconds=10,
+                          id="gateway-watcher", next_run_time=datetime.now(UTC))
     return scheduler

@@ -50,3 +50,9 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
 
 def to_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def distribution_points(url: str) -> list[x509.DistributionPoint]:
+    """One distribution point at `url`: the shape of a CRLDistributionPoints or FreshestCRL value."""
+    return [x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(url)], relative_name=None,
+                                   reasons=None, crl_issuer=None)]

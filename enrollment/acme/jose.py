@@ -30,7 +30,7 @@ _EC_ALGORITHM = {"ES256": ("P-256", hashes.SHA256()), "ES384": ("P-384", hashes.
 MIN_RSA_BITS = 2048
 MAX_JSON_DEPTH = 32
 # a JSON string (or an unterminated one, up to the end: so the pattern never fails, and stays linear)
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.?)*"?', re.S)
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.?)*"?', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _INNERMOST_PAIR = re.compile(r"\[\]|\{\}")
 
@@ -123,10 +123,7 @@ class Jws:
 
 def parse_jws(body: bytes | dict[str, Any], *, algorithms: tuple[str, ...] = SIGNATURE_ALGORITHMS) -> Jws:
     """Parse the flattened JSON serialisation; check the header fields every ACME JWS has."""
-    if isinstance(body, dict):
-        document = body
-    else:
-        document = load_json(body, "request body")
+    document = body if isinstance(body, dict) else load_json(body, "request body")
     if not isinstance(document, dict) or set(document) != {"protected", "payload", "signature"}:
         raise malformed("request body must be a flattened JWS with exactly protected, payload and signature")
     protected_b64, payload_b64 = document["protected"], document["payload"]

@@ -28,7 +28,7 @@ def _problem(exc: Exception, what: str) -> AcmeProblem:
     outage of the token or the database is said once by OUTAGES."""
     problem = problem_for(exc)
     if not is_expected(exc):
-        log.exception("ACME %s failed", what)
+        log.error("ACME %s failed", what, exc_info=exc)
     elif problem.status == 503:
         OUTAGES.down("token" if isinstance(exc, HsmError) else "database", exc)
     return problem
@@ -71,6 +71,17 @@ def make_router(service: AcmeService) -> APIRouter:
         except Exception as exc:  # noqa: BLE001 - a problem document, never a bare 500
             return await problem_response(_problem(exc, "new-nonce"), urls, request, "new-nonce")
         return Response(status_code=200 if request.method == "HEAD" else 204, headers=headers)
+
+    @router.get("/renewal-info/{cert_id}")
+    async def renewal_info(request: Request, cert_id: str) -> Response:
+        """RFC 9773: unauthenticated GET of a certificate's suggested renewal window."""
+        urls = urls_for(request)
+        try:
+            body, retry_after = await run_in_threadpool(service.renewal_info, cert_id)
+        except Exception as exc:  # noqa: BLE001 - a problem document, never a bare 500
+            return await problem_response(_problem(exc, "renewal-info"), urls, request, "renewal-info")
+        return Response(json.dumps(body), media_type="application/json",
+                        headers={"Retry-After": str(retry_after), "Link": f'<{urls.directory}>;rel="index"'})
 
     @router.api_route("/{path:path}", methods=["GET", "HEAD", "PUT", "DELETE", "PATCH"])
     async def not_post(request: Request, path: str) -> Response:

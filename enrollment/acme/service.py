@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from enrollment.acme import jose
 from enrollment.acme.nonces import Nonces
 from enrollment.acme.problems import AcmeProblem, bad_nonce, malformed, not_found, problem_for, unauthorized
+from enrollment.acme.renewal_info import CertId, parse_cert_id, suggested_window
 from enrollment.acme.validation import Identifier, Validator
 from vpnca.authority import Authority, IssueRequest
 from vpnca.errors import VpncaError
@@ -72,6 +73,10 @@ class Urls:
     @property
     def key_change(self) -> str:
         return f"{self.base}/key-change"
+
+    @property
+    def renewal_info(self) -> str:
+        return f"{self.base}/renewal-info"
 
     def account(self, account_id: str) -> str:
         return f"{self.base}/acct/{account_id}"
@@ -161,18 +166,38 @@ class AcmeService:
         self.validator = Validator(self.settings)
         self._validations = ThreadPoolExecutor(max_workers=4, thread_name_prefix="acme-validate")
         self.nonces = Nonces(self.repo.nonce_key, self.settings.nonce_lifetime)
+        # the keyIdentifier of the AKI in every certificate the sub-CA issues (a certID's first part)
+        key_identifier = x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            authority.certificate.public_key()).key_identifier  # type: ignore[arg-type]
+        assert key_identifier is not None
+        self.key_identifier: bytes = key_identifier
 
     # -- directory and nonces -------------------------------------------------------------------
 
     def directory(self, urls: Urls) -> dict[str, Any]:
         return {"newNonce": urls.new_nonce, "newAccount": urls.new_account, "newOrder": urls.new_order,
                 "revokeCert": urls.revoke_cert, "keyChange": urls.key_change,
+                "renewalInfo": urls.renewal_info,
                 "meta": {"externalAccountRequired": self.settings.external_account_required,
                          "website": self.authority.settings.http_base_url}}
 
     def new_nonce(self) -> str:
         """A fresh nonce: made, not stored (see nonces.py)."""
         return self.nonces.make()
+
+    # -- renewal information (RFC 9773) -------------------------------------------------------------
+
+    def renewal_info(self, cert_id: str) -> tuple[dict[str, Any], int]:
+        """GET renewalInfo/<certID>, unauthenticated: the suggested window and Retry-After (seconds)
+        for any certificate of this CA in the register (ACME or not)."""
+        parsed = parse_cert_id(cert_id)
+        record = self.authority.store.get_certificate(serial_hex(parsed.serial)) \
+            if parsed.key_identifier == self.key_identifier else None
+        if record is None or record.status not in (CertStatus.VALID, CertStatus.REVOKED):
+            raise not_found("certificate")
+        window = suggested_window(record, datetime.now(UTC))
+        return ({"suggestedWindow": {"start": _ts(window.start), "end": _ts(window.end)}},
+                max(60, int(window.retry_after.total_seconds())))
 
     # -- authentication ----------------------------------------------------------------------------
 
@@ -375,6 +400,8 @@ class AcmeService:
             check_identities(identities, self.authority.settings.policy)
         except VpncaError as exc:
             raise problem_for(exc, "identifier") from exc
+        replaces = self._replaced_serial(account, payload["replaces"], identities) \
+            if "replaces" in payload else None
         now = datetime.now(UTC)
         order_expires = now + self.settings.order_lifetime
         authz_ids: list[str] = []
@@ -396,12 +423,38 @@ class AcmeService:
         order = AcmeOrder(
             id=new_id(), account_id=account.id, status="pending",
             identifiers=json.dumps([{"type": i.type, "value": i.value} for i in identifiers]),
-            authorizations=json.dumps(authz_ids), expires_at=order_expires, created_at=now)
+            authorizations=json.dumps(authz_ids), expires_at=order_expires, created_at=now, replaces=replaces)
         self.repo.add_order(order, new_authzs, challenges)
         emit("acme.order", requester=f"acme:{account.id}", order=order.id,
-             identity=[i.value for i in identifiers], client=caller.client)
+             identity=[i.value for i in identifiers], client=caller.client, replaces=replaces)
         order = self._refresh(order)
         return Reply(self._order_object(order, urls), 201, location=urls.order(order.id))
+
+    def _replaced_serial(self, account: AcmeAccount, raw: Any, identities: tuple[IkeIdentity, ...]) -> str:
+        """RFC 9773 5: `replaces` names a certificate of this CA issued to this account, sharing an
+        identifier with the new order, and not replaced already. Its serial."""
+        if not isinstance(raw, str):
+            raise malformed("replaces must be a certID string")
+        cert_id = parse_cert_id(raw)
+        serial = serial_hex(cert_id.serial)
+        if cert_id.key_identifier != self.key_identifier:
+            raise malformed(f"replaces names certificate {serial} of another CA")
+        record = self.authority.store.get_certificate(serial)
+        issued_by = self.repo.order_with_certificate(serial)
+        if record is None or issued_by is None:
+            raise malformed(f"replaces names certificate {serial}, which this CA did not issue over ACME")
+        if issued_by.account_id != account.id:
+            raise unauthorized(f"certificate {serial} was issued to another account")
+        if not {IkeIdentity(kind, value) for kind, value in json.loads(record.identities)} & set(identities):
+            raise malformed(f"the order shares no identifier with certificate {serial}, which it replaces")
+        self._check_not_replaced(serial)
+        return serial
+
+    def _check_not_replaced(self, serial: str, order_id: str | None = None) -> None:
+        replacement = self.repo.replacement_of(serial, other_than=order_id)
+        if replacement is not None:
+            raise AcmeProblem("alreadyReplaced", f"certificate {serial} was replaced already (order "
+                              f"{replacement.id})", 409)
 
     def _own_order(self, caller: Caller, order_id: str) -> AcmeOrder:
         order = self.repo.order(order_id)
@@ -443,6 +496,8 @@ class AcmeService:
             body["error"] = json.loads(order.error)
         if order.certificate_serial:
             body["certificate"] = urls.certificate(order.certificate_serial)
+        if order.replaces:
+            body["replaces"] = str(CertId(self.key_identifier, int(order.replaces, 16)))
         return body
 
     def order(self, caller: Caller, urls: Urls, order_id: str) -> Reply:
@@ -465,11 +520,14 @@ class AcmeService:
         request = IssueRequest(
             profile=profile, identities=identities, public_key=csr.public_key(),
             requester=f"acme:{account.id}", protocol="acme", allowed_identities=self._allowed(account),
-            details={"order": order.id, **({"client": caller.client} if caller.client else {})})
+            details={"order": order.id, **({"client": caller.client} if caller.client else {}),
+                     **({"renews": order.replaces} if order.replaces else {})})
         try:
             self.authority.check(request)
         except VpncaError as exc:
             raise problem_for(exc, "csr") from exc
+        if order.replaces:  # another order of the account replaced it meanwhile
+            self._check_not_replaced(order.replaces, order.id)
         if not self.repo.move_order(order.id, "ready", "processing"):
             raise AcmeProblem("orderNotReady", "the order is being finalized already", 403)
         try:

@@ -46,7 +46,8 @@ class Validator:
             self.resolver.port = port
         self.resolver.lifetime = self.timeout
 
-    def validate(self, challenge_type: str, identifier: Identifier, token: str, key_authorization: str) -> None:
+    def validate(self, challenge_type: str, identifier: Identifier, token: str,
+                 key_authorization: str) -> None:
         """Return if the challenge is met; raise AcmeProblem (connection, dns, incorrectResponse) if not."""
         if challenge_type == "http-01":
             self._http01(identifier, token, key_authorization)
@@ -72,7 +73,8 @@ class Validator:
 
     def _http01(self, identifier: Identifier, token: str, key_authorization: str) -> None:
         address = self._addresses(identifier)[0]
-        host = f"[{identifier.value}]" if identifier.type == "ip" and ":" in identifier.value else identifier.value
+        bracketed = identifier.type == "ip" and ":" in identifier.value
+        host = f"[{identifier.value}]" if bracketed else identifier.value
         path = f"/.well-known/acme-challenge/{token}"
         connection = http.client.HTTPConnection(address, self.port, timeout=self.timeout)
         try:
@@ -81,12 +83,13 @@ class Validator:
             response = connection.getresponse()
             body = response.read(MAX_RESPONSE_BYTES + 1)
         except (OSError, http.client.HTTPException) as exc:
-            raise AcmeProblem("connection", f"fetching http://{host}:{self.port}{path} from {address}: {exc}") \
-                from exc
+            raise AcmeProblem("connection",
+                              f"fetching http://{host}:{self.port}{path} from {address}: {exc}") from exc
         finally:
             connection.close()
         if response.status != 200:
-            raise AcmeProblem("unauthorized", f"http://{host}:{self.port}{path} answered {response.status}", 403)
+            raise AcmeProblem("unauthorized",
+                              f"http://{host}:{self.port}{path} answered {response.status}", 403)
         if len(body) > MAX_RESPONSE_BYTES or body.strip() != key_authorization.encode():
             raise AcmeProblem("incorrectResponse", f"http://{host}:{self.port}{path} did not return the key "
                               "authorization")
@@ -104,7 +107,8 @@ class Validator:
             raise AcmeProblem("dns", f"resolving {name} TXT: {exc}") from exc
         found = [b"".join(r.strings).decode(errors="replace") for r in answers]
         if expected not in found:
-            raise AcmeProblem("incorrectResponse", f"the TXT records at {name} do not hold the expected value")
+            raise AcmeProblem("incorrectResponse",
+                              f"the TXT records at {name} do not hold the expected value")
 
 
 def resolver_address(text: str) -> tuple[str, int]:
@@ -118,7 +122,8 @@ def resolver_address(text: str) -> tuple[str, int]:
     try:
         return str(ipaddress.ip_address(host)), int(port)
     except ValueError as exc:
-        raise ConfigError(f"acme.dns_resolver must be an IP address with an optional port, not {text!r}") from exc
+        raise ConfigError("acme.dns_resolver must be an IP address with an optional port, "
+                          f"not {text!r}") from exc
 
 
 __all__ = ["Identifier", "Validator", "dns01_value", "resolver_address"]

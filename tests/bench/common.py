@@ -28,11 +28,11 @@ def wrk(url: str, *, connections: int, seconds: int, script: Path | None = None,
     if script is not None:
         cmd += ["-s", str(script)]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
-    latency = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
+    latency = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.MULTILINE))
     if set(latency) != {"50", "99"}:
         raise AssertionError(f"cannot read wrk's latency distribution:\n{out}")
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)$", out, re.M)
+    socket_errors = re.search(r"Socket errors: (.*)$", out, re.MULTILINE)
     return {
         "requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         "p50_ms": _ms(latency["50"]),
@@ -62,7 +62,7 @@ def hey(url: str, *, connections: int, seconds: int) -> dict[str, Any]:
     """Run hey (it also speaks to servers that close every connection, as `openssl ocsp` does)."""
     cmd = [require_tool("hey"), "-z", f"{seconds}s", "-c", str(connections), url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
-    latency = dict(re.findall(r"^\s+(50|99)%+ in ([\d.]+) secs", out, re.M))
+    latency = dict(re.findall(r"^\s+(50|99)%+ in ([\d.]+) secs", out, re.MULTILINE))
     ok = re.search(r"\[200\]\s+(\d+) responses", out)
     total = sum(int(n) for n in re.findall(r"\[\d+\]\s+(\d+) responses", out))
     return {

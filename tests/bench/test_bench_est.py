@@ -117,8 +117,8 @@ def test_est_enrollment_rate(tmp_path: Path, softhsm) -> None:  # type: ignore[n
     sign_rate = (sign_before + raw_sign_rate(ca.authority.key)) / 2  # type: ignore[arg-type]
     for row in rows:
         row["raw_sign_per_s"] = round(sign_rate, 1)
-        row["enroll_vs_ceiling"] = round(row["enroll_per_s"] / row["https_ceiling_per_s"], 3)  # type: ignore[operator]
-        row["enroll_vs_raw_sign"] = round(row["enroll_per_s"] / sign_rate, 3)  # type: ignore[operator]
+        row["enroll_vs_ceiling"] = round(row["enroll_per_s"] / row["https_ceiling_per_s"], 3)
+        row["enroll_vs_raw_sign"] = round(row["enroll_per_s"] / sign_rate, 3)
     row_count = sum(1 for _ in ca.store.list_certificates(status="valid"))
     save("est", {"workers": WORKERS, "seconds": SECONDS, "repeats": REPEATS, "database": "sqlite",
                  "issued_total": row_count, "rows": rows})

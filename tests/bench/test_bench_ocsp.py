@@ -14,6 +14,7 @@ import time
 import urllib.parse
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -36,16 +37,19 @@ WORKERS = int(os.environ.get("VPNCA_BENCH_WORKERS", "2"))
 SAMPLE = 2000  # distinct requests the load generator cycles through
 
 
-def add_certificates(ca: CaHome, count: int, *, revoked_every: int = 10, status_all: str | None = None) -> list[int]:
+def add_certificates(ca: CaHome, count: int, *, revoked_every: int = 10,
+                     status_all: str | None = None) -> list[int]:
     """Rows for `count` certificates (no DER: OCSP and CRLs need serial and status only)."""
     now = datetime.now(UTC)
-    serials, rows = [], []
+    serials: list[int] = []
+    rows: list[dict[str, object]] = []
     for i in range(count):
         serial = secrets.randbits(127) | (1 << 126)
         revoked = status_all == "revoked" or (status_all is None and i % revoked_every == 0)
         serials.append(serial)
         rows.append({"serial": format(serial, "x"), "issuer": ca.settings.ca.name, "profile": "device",
-                     "subject": f"CN=bench{i}", "identities": "[]", "status": "revoked" if revoked else "valid",
+                     "subject": f"CN=bench{i}", "identities": "[]",
+                     "status": "revoked" if revoked else "valid",
                      "not_before": now, "not_after": now + timedelta(days=7), "requester": "bench",
                      "protocol": "bench", "created_at": now, "revoked_at": now if revoked else None,
                      "revocation_reason": "keyCompromise" if revoked else None})
@@ -102,14 +106,16 @@ def start(cmd: list[str], env: dict[str, str], port: int, log: Path, ready_line:
     return process
 
 
-def openssl_responder(ca: CaHome, tmp: Path, serials: list[int], statuses: dict[int, str]) -> tuple[list[str], dict]:
+def openssl_responder(ca: CaHome, tmp: Path, serials: list[int],
+                      statuses: dict[int, str]) -> tuple[list[str], dict[str, Any]]:
     """An `openssl ocsp -index` responder for the same certificates, with a software signer."""
     key = ec.generate_private_key(ec.SECP256R1())
     cert = build_ocsp_signer(settings=ca.settings, public_key=key.public_key(), issuer=ca.hierarchy.sub,
                              issuer_key=ca.authority.key)
     (tmp / "osigner.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (tmp / "osigner.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                        serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+                                                        serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
     expiry = (datetime.now(UTC) + timedelta(days=7)).strftime("%y%m%d%H%M%SZ")
     revoked_at = datetime.now(UTC).strftime("%y%m%d%H%M%SZ")
     with (tmp / "index.txt").open("w") as index:
@@ -159,8 +165,8 @@ def measure_ocsp(ca: CaHome, tmp: Path, count: int) -> dict[str, object]:
     presign_seconds = time.perf_counter() - started
     sample = [serials[i] for i in sorted(secrets.SystemRandom().sample(range(count), min(SAMPLE, count)))]
     script = lua_get(tmp / f"ocsp{count}.lua", get_paths(ca, sample))
-    row: dict[str, object] = {"certificates": count, "presigned": presigned,
-                              "presign_per_s": round(presigned / presign_seconds, 1)}
+    row: dict[str, Any] = {"certificates": count, "presigned": presigned,
+                           "presign_per_s": round(presigned / presign_seconds, 1)}
 
     one_path = get_paths(ca, sample[:1])[0]
     port = free_port()
@@ -173,9 +179,11 @@ def measure_ocsp(ca: CaHome, tmp: Path, count: int) -> dict[str, object]:
     finally:
         stop_server(RunningServer(ca, 0, port, ours, tmp / "x"))
     row.update({"vpnca_wrk_rps": round(result["requests_per_second"], 1),
-                "vpnca_wrk_p50_ms": round(result["p50_ms"], 2), "vpnca_wrk_p99_ms": round(result["p99_ms"], 2),
+                "vpnca_wrk_p50_ms": round(result["p50_ms"], 2),
+                "vpnca_wrk_p99_ms": round(result["p99_ms"], 2),
                 "vpnca_errors": result["non_2xx"] + same["non_2xx"],
-                "vpnca_hey_rps": round(same["requests_per_second"], 1), "vpnca_hey_p99_ms": round(same["p99_ms"], 2)})
+                "vpnca_hey_rps": round(same["requests_per_second"], 1),
+                "vpnca_hey_p99_ms": round(same["p99_ms"], 2)})
 
     cmd, info = openssl_responder(ca, tmp, serials, statuses)
     proc = start(cmd, os.environ.copy(), info["port"], tmp / f"openssl{count}.log",
@@ -187,7 +195,8 @@ def measure_ocsp(ca: CaHome, tmp: Path, count: int) -> dict[str, object]:
         proc.terminate()
         proc.wait()
     row.update({"openssl_hey_rps": round(theirs["requests_per_second"], 1),
-                "openssl_hey_p50_ms": round(theirs["p50_ms"], 2), "openssl_hey_p99_ms": round(theirs["p99_ms"], 2),
+                "openssl_hey_p50_ms": round(theirs["p50_ms"], 2),
+                "openssl_hey_p99_ms": round(theirs["p99_ms"], 2),
                 "openssl_ok": theirs["ok"]})
 
     presigned_one = service.respond(base64.b64decode(urllib.parse.unquote(one_path[len("/ocsp/"):])))
@@ -202,9 +211,9 @@ def measure_ocsp(ca: CaHome, tmp: Path, count: int) -> dict[str, object]:
     row.update({"nginx_wrk_rps": round(ceiling["requests_per_second"], 1),
                 "nginx_wrk_p99_ms": round(ceiling["p99_ms"], 2),
                 "nginx_hey_rps": round(ceiling_hey["requests_per_second"], 1)})
-    row["vs_openssl_hey"] = round(row["vpnca_hey_rps"] / max(row["openssl_hey_rps"], 0.1), 2)  # type: ignore[operator]
-    row["vs_nginx_wrk"] = round(row["vpnca_wrk_rps"] / row["nginx_wrk_rps"], 3)  # type: ignore[operator]
-    row["vs_nginx_hey"] = round(row["vpnca_hey_rps"] / row["nginx_hey_rps"], 3)  # type: ignore[operator]
+    row["vs_openssl_hey"] = round(row["vpnca_hey_rps"] / max(row["openssl_hey_rps"], 0.1), 2)
+    row["vs_nginx_wrk"] = round(row["vpnca_wrk_rps"] / row["nginx_wrk_rps"], 3)
+    row["vs_nginx_hey"] = round(row["vpnca_hey_rps"] / row["nginx_hey_rps"], 3)
     return row
 
 
@@ -222,15 +231,16 @@ def test_ocsp_throughput(tmp_path: Path, softhsm) -> None:  # type: ignore[no-un
 def openssl_gencrl_seconds(ca: CaHome, tmp: Path, serials: list[int]) -> float:
     key = ec.generate_private_key(ec.SECP384R1())
     now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(ca.hierarchy.sub.subject).issuer_name(ca.hierarchy.sub.subject)
-            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+    cert = (x509.CertificateBuilder().subject_name(ca.hierarchy.sub.subject)
+            .issuer_name(ca.hierarchy.sub.subject).public_key(key.public_key()).serial_number(1).not_valid_before(now)
             .not_valid_after(now + timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .sign(key, hashes.SHA384()))
     d = tmp / "openssl-ca"
     d.mkdir(parents=True, exist_ok=True)
     (d / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "ca.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    (d / "ca.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                 serialization.PrivateFormat.PKCS8,
                                                  serialization.NoEncryption()))
     stamp = now.strftime("%y%m%d%H%M%SZ")
     expiry = (now + timedelta(days=7)).strftime("%y%m%d%H%M%SZ")

@@ -66,7 +66,7 @@ class Http01Server:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 outer.hosts.append(self.headers.get("Host", ""))
                 token = self.path.removeprefix("/.well-known/acme-challenge/")
                 body = outer.tokens.get(token)

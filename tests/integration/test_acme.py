@@ -13,16 +13,17 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
-import josepy as jose
 import pytest
 from acme import challenges, client, crypto_util, errors, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from josepy.jwa import ES256, JWASignature
+from josepy.jwk import JWK, JWKEC, JWKRSA
 
 from tests.conftest import CaHome, RunningServer, make_ca_home, start_server, stop_server
 from tests.helpers import free_port, remember_secret, require_tool, run
@@ -67,28 +68,33 @@ def directory_url(server: RunningServer) -> str:
 
 def eab_create(ca: CaHome, *allow: str) -> dict[str, str]:
     args = [arg for name in allow for arg in ("--allow", name)]
-    out = run([sys.executable, "-m", "vpnca.cli", "acme", "eab", "create", *args, "--json"], env=ca.env).stdout
-    created = json.loads(out)
+    out = run([sys.executable, "-m", "vpnca.cli", "acme", "eab", "create", *args, "--json"],
+              env=ca.env).stdout
+    created: dict[str, str] = json.loads(out)
     remember_secret(created["hmac_key"])
     return created
 
 
-def account_key(kind: str = "ec") -> jose.JWK:
+def account_key(kind: str = "ec") -> JWK:
     if kind == "rsa":
-        return jose.JWKRSA(key=rsa.generate_private_key(65537, 3072))
-    return jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+        return JWKRSA(key=rsa.generate_private_key(65537, 3072))
+    return JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
 
 
-def acme_client(server: RunningServer, key: jose.JWK, alg: Any = jose.ES256) -> client.ClientV2:
-    net = client.ClientNetwork(key, alg=alg, verify_ssl=str(server.ca.home / "ca/root.pem"),
-                               user_agent="vpnca-tests")
+def acme_client(server: RunningServer, key: JWK, alg: JWASignature = ES256) -> client.ClientV2:
+    # ClientNetwork hands verify_ssl to requests' `verify`, which takes a CA bundle's path as well as a
+    # bool; acme annotates it `bool` only, so the path (our root, not the system's) is cast to pass
+    ca_bundle = cast(bool, str(server.ca.home / "ca/root.pem"))
+    net = client.ClientNetwork(key, alg=alg, verify_ssl=ca_bundle, user_agent="vpnca-tests")
     return client.ClientV2(client.ClientV2.get_directory(directory_url(server), net), net)
 
 
-def register(server: RunningServer, key: jose.JWK, eab: dict[str, str], alg: Any = jose.ES256) -> client.ClientV2:
+def register(server: RunningServer, key: JWK, eab: dict[str, str],
+             alg: JWASignature = ES256) -> client.ClientV2:
     acme = acme_client(server, key, alg)
     binding = messages.ExternalAccountBinding.from_data(
-        account_public_key=key.public_key(), kid=eab["kid"], hmac_key=eab["hmac_key"], directory=acme.directory)
+        account_public_key=key.public_key(), kid=eab["kid"], hmac_key=eab["hmac_key"],
+        directory=acme.directory)
     acme.net.account = acme.new_account(messages.NewRegistration.from_data(
         email="netops@example.com", terms_of_service_agreed=True, external_account_binding=binding))
     return acme
@@ -98,7 +104,8 @@ def new_csr(names: list[str], ips: list[str] = ()) -> tuple[bytes, bytes]:  # ty
     key = ec.generate_private_key(ec.SECP384R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    return pem, crypto_util.make_csr(pem, names or None, ipaddrs=[ipaddress.ip_address(i) for i in ips] or None)
+    addresses = [ipaddress.ip_address(i) for i in ips]
+    return pem, crypto_util.make_csr(pem, names or None, ipaddrs=addresses or None)
 
 
 def answer(acme: client.ClientV2, order: messages.OrderResource, peers: tuple[LoopbackDns, Http01Server],
@@ -219,7 +226,8 @@ class RawAcme:
         assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
         return response.headers["Replay-Nonce"]
 
-    def send(self, url: str, body: bytes | str, content_type: str = "application/jose+json") -> httpx.Response:
+    def send(self, url: str, body: bytes | str,
+             content_type: str = "application/jose+json") -> httpx.Response:
         return self.http.post(url, content=body, headers={"Content-Type": content_type})
 
     def post(self, url: str, payload: dict[str, Any] | None, key: Any, *, kid: str | None = None,
@@ -231,23 +239,28 @@ def public_jwk(key: Any) -> dict[str, str]:
     if isinstance(key, ed25519.Ed25519PrivateKey):
         raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
-    return dict(jose.JWK.load(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    return dict(JWK.load(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                 serialization.NoEncryption())).public_key().to_partial_json())
 
 
-def signed(url: str, payload: dict[str, Any] | None, key: Any, *, kid: str | None = None, nonce: str | None = None,
-           header: dict[str, Any] | None = None) -> str:
+def signed(url: str, payload: dict[str, Any] | None, key: Any, *, kid: str | None = None,
+           nonce: str | None = None, header: dict[str, Any] | None = None) -> str:
     """A flattened JWS: ES256/ES384 for P-256/P-384 keys, EdDSA for Ed25519, RS256 for RSA."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import padding
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-    alg = "EdDSA" if isinstance(key, ed25519.Ed25519PrivateKey) else "RS256" if isinstance(key, rsa.RSAPrivateKey) \
-        else "ES384" if key.curve.name == "secp384r1" else "ES256"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        alg = "EdDSA"
+    elif isinstance(key, rsa.RSAPrivateKey):
+        alg = "RS256"
+    else:
+        alg = "ES384" if key.curve.name == "secp384r1" else "ES256"
     protected: dict[str, Any] = {"alg": alg, "url": url, **({"nonce": nonce} if nonce else {})}
     protected.update({"kid": kid} if kid else {"jwk": public_jwk(key)})
     protected.update(header or {})
-    signing_input = f"{b64url(json.dumps(protected).encode())}.{b64url(json.dumps(payload).encode() if payload is not None else b'')}"
+    payload_bytes = json.dumps(payload).encode() if payload is not None else b""
+    signing_input = f"{b64url(json.dumps(protected).encode())}.{b64url(payload_bytes)}"
     if alg == "EdDSA":
         signature = key.sign(signing_input.encode())
     elif alg == "RS256":
@@ -314,7 +327,8 @@ def test_refusals_carry_the_rfc_8555_problem_types(server: RunningServer, peers)
     for alg in ("none", "HS256", "RS1"):
         response = raw.post(account, None, key, kid=account, header={"alg": alg})
         assert problem(response) == "badSignatureAlgorithm" and "ES256" in response.json()["algorithms"]
-    assert problem(raw.post(account, None, key, kid=account, header={"alg": "ES384"})) == "badSignatureAlgorithm"
+    assert problem(raw.post(account, None, key, kid=account, header={"alg": "ES384"})) == \
+        "badSignatureAlgorithm"
     # the JWS url must be the URL posted to
     assert problem(raw.send(account, signed(f"{account}x", None, key, kid=account, nonce=raw.nonce()))) == \
         "unauthorized"
@@ -323,10 +337,12 @@ def test_refusals_carry_the_rfc_8555_problem_types(server: RunningServer, peers)
     assert problem(raw.post(raw.directory["newAccount"], {"termsOfServiceAgreed": True}, fresh)) == \
         "externalAccountRequired"
     assert problem(raw.post(raw.directory["newAccount"], {
-        "externalAccountBinding": eab_binding(eab, raw.directory["newAccount"], fresh)}, fresh)) == "unauthorized"
+        "externalAccountBinding": eab_binding(eab, raw.directory["newAccount"], fresh)}, fresh)) == \
+        "unauthorized"
     forged = {**eab_create(server.ca, GATEWAY), "hmac_key": b64url(b"k" * 32)}
     assert problem(raw.post(raw.directory["newAccount"], {
-        "externalAccountBinding": eab_binding(forged, raw.directory["newAccount"], fresh)}, fresh)) == "unauthorized"
+        "externalAccountBinding": eab_binding(forged, raw.directory["newAccount"], fresh)}, fresh)) == \
+        "unauthorized"
     # identifiers: one this account may not have, one outside the CA's policy, a wildcard, an unknown type
     for identifiers, expected in (
         ([{"type": "dns", "value": "other.example.com"}], "rejectedIdentifier"),
@@ -335,13 +351,15 @@ def test_refusals_carry_the_rfc_8555_problem_types(server: RunningServer, peers)
         ([{"type": "email", "value": "a@example.com"}], "unsupportedIdentifier"),
         ([], "malformed"),
     ):
-        assert problem(raw.post(raw.directory["newOrder"], {"identifiers": identifiers}, key, kid=account)) == expected
+        refused = raw.post(raw.directory["newOrder"], {"identifiers": identifiers}, key, kid=account)
+        assert problem(refused) == expected
     # bad bodies: not JSON, wrong media type, too large, not a flattened JWS
     assert problem(raw.send(account, "not json")) == "malformed"
     assert raw.send(account, "{}", content_type="application/json").status_code == 415
     oversized = raw.send(account, "x" * (1024 * 1024))
     assert (problem(oversized), oversized.status_code) == ("malformed", 413)
-    assert problem(raw.send(account, json.dumps({"protected": "!!", "payload": "", "signature": ""}))) == "malformed"
+    not_base64 = json.dumps({"protected": "!!", "payload": "", "signature": ""})
+    assert problem(raw.send(account, not_base64)) == "malformed"
     # resources are read with POST-as-GET: a plain GET is a problem document too, never a bare 404/405
     got = raw.http.get(account)
     assert (problem(got), got.status_code, got.headers["Allow"]) == ("malformed", 405, "POST")
@@ -358,8 +376,8 @@ def test_order_refusals_with_the_acme_library(server: RunningServer, peers) -> N
     # a CSR that differs from the order: other names, then an extra one; the order stays ready
     answer(acme, order, peers)
     order = acme.poll_authorizations(order, deadline())
-    assert acme_code(lambda: acme.begin_finalization(order.update(csr_pem=new_csr(["other.example.com"])[1]))) \
-        == "badCSR"
+    assert acme_code(lambda: acme.begin_finalization(
+        order.update(csr_pem=new_csr(["other.example.com"])[1]))) == "badCSR"
     assert acme_code(lambda: acme.begin_finalization(
         order.update(csr_pem=new_csr([GATEWAY], [LOOPBACK_IP])[1]))) == "badCSR"
     issued = chain_verifies(server, acme.finalize_order(order, deadline()).fullchain_pem, server.ca.home)
@@ -392,7 +410,8 @@ def test_revocation_by_the_certificate_key(server: RunningServer, peers) -> None
     assert problem(raw.post(raw.directory["revokeCert"], payload, stranger)) == "unauthorized"
     assert problem(raw.post(raw.directory["revokeCert"], {**payload, "reason": 6},
                             serialization.load_pem_private_key(key_pem, None))) == "badRevocationReason"
-    revoked = raw.post(raw.directory["revokeCert"], payload, serialization.load_pem_private_key(key_pem, None))
+    revoked = raw.post(raw.directory["revokeCert"], payload,
+                       serialization.load_pem_private_key(key_pem, None))
     assert revoked.status_code == 200, revoked.text
     record = server.ca.store.get_certificate(f"{cert.serial_number:x}")
     assert record is not None and (record.status, record.revocation_reason) == ("revoked", "keyCompromise")
@@ -408,7 +427,8 @@ def test_key_rollover_algorithms_and_deactivation(server: RunningServer, peers) 
     old, new = ec.generate_private_key(ec.SECP256R1()), ed25519.Ed25519PrivateKey.generate()
     eab = eab_create(server.ca, GATEWAY)
     account = raw.post(raw.directory["newAccount"], {
-        "externalAccountBinding": eab_binding(eab, raw.directory["newAccount"], old)}, old).headers["Location"]
+        "externalAccountBinding": eab_binding(eab, raw.directory["newAccount"], old)},
+        old).headers["Location"]
     # keyChange: the inner JWS, signed by the new (Ed25519) key, names the account and the old key
     url = raw.directory["keyChange"]
     inner = json.loads(signed(url, {"account": account, "oldKey": public_jwk(old)}, new))
@@ -428,9 +448,9 @@ def test_key_rollover_algorithms_and_deactivation(server: RunningServer, peers) 
                      new, kid=account)
     assert (clash.status_code, clash.headers["Location"]) == (409, other)
     # an inner JWS for another account, or with the wrong old key
-    assert problem(raw.post(url, json.loads(signed(url, {"account": other, "oldKey": public_jwk(new)},
-                                                   ec.generate_private_key(ec.SECP256R1()))), new, kid=account)) \
-        == "unauthorized"
+    not_ours = json.loads(signed(url, {"account": other, "oldKey": public_jwk(new)},
+                                 ec.generate_private_key(ec.SECP256R1())))
+    assert problem(raw.post(url, not_ours, new, kid=account)) == "unauthorized"
     # authorization deactivation, then account deactivation: the account can do nothing more
     order = raw.post(raw.directory["newOrder"], {"identifiers": [{"type": "dns", "value": GATEWAY}]}, new,
                      kid=account)
@@ -472,8 +492,8 @@ def test_certbot_enrolls_renews_and_revokes(tmp_path: Path, softhsm, peers) -> N
         assert first.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
             .get_values_for_type(x509.DNSName) == [CERTBOT_NAME]
 
-        run([certbot, "renew", *common, "--force-renewal", "--no-random-sleep-on-renew", "--http-01-port", str(http01_port),
-             "--http-01-address", LOOPBACK_IP], env=env)
+        run([certbot, "renew", *common, "--force-renewal", "--no-random-sleep-on-renew",
+             "--http-01-port", str(http01_port), "--http-01-address", LOOPBACK_IP], env=env)
         renewed = chain_verifies(server, (live / "fullchain.pem").read_text(), tmp_path)
         assert renewed.serial_number != first.serial_number
 
@@ -569,7 +589,10 @@ def test_a_nonce_with_a_bad_mac_or_out_of_its_lifetime_is_bad_nonce(server: Runn
     ours = Nonces(repo.nonce_key, lifetime).make()
     assert raw.post(account, None, key, kid=account, nonce=ours).status_code == 200
     for skew in (-lifetime.total_seconds() - 1, 3600):
-        minted = Nonces(repo.nonce_key, lifetime, clock=lambda: time.time() + skew).make()
+        def clock(skew: float = skew) -> float:  # bound now, not when the loop has moved on
+            return time.time() + skew
+
+        minted = Nonces(repo.nonce_key, lifetime, clock=clock).make()
         response = raw.post(account, None, key, kid=account, nonce=minted)
         assert (problem(response), response.status_code) == ("badNonce", 400)
     assert raw.post(account, None, key, kid=account, nonce=good).status_code == 200  # still unused

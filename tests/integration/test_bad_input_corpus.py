@@ -10,6 +10,7 @@ where; keys and signatures are fresh each run.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import random
@@ -108,10 +109,8 @@ def raw_http(port: int, payload: bytes, *, tls: bool = False, cafile: Path | Non
             context = ssl.create_default_context(cafile=str(cafile))
             sock = context.wrap_socket(sock, server_hostname="localhost")
         sock.sendall(payload)
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
         answer = b""
         while b"\r\n" not in answer:
             chunk = sock.recv(4096)
@@ -144,7 +143,8 @@ def rss_kib(pids: set[int]) -> int:
     return total
 
 
-def build_corpus(server: RunningServer, rng: random.Random, https: httpx.Client, http: httpx.Client) -> list[Case]:
+def build_corpus(server: RunningServer, rng: random.Random, https: httpx.Client,
+                 http: httpx.Client) -> list[Case]:
     ca = server.ca
     cases: list[Case] = []
     root = ca.home / "ca/root.pem"
@@ -155,11 +155,11 @@ def build_corpus(server: RunningServer, rng: random.Random, https: httpx.Client,
     good_csr = csr_der("corpus.example.com", SEED)
     labels = ["", "device/", "gateway/", "nope/", "../", "device/../gateway/", "%00/", "a" * 300 + "/"]
     operations = ["simpleenroll", "simplereenroll", "serverkeygen", "csrattrs", "cacerts", "fullcmc", "x"]
-    content_types = ["application/pkcs10", "application/pkcs10; charset=x", "text/plain", "", "application/json",
-                     "multipart/form-data; boundary=" + "b" * 200]
+    content_types = ["application/pkcs10", "application/pkcs10; charset=x", "text/plain", "",
+                     "application/json", "multipart/form-data; boundary=" + "b" * 200]
     auths = [basic, "", "Basic", "Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode(),
              "Bearer x", "Basic " + base64.b64encode(b"\xff\xfe:\x00").decode(), basic[:-4] + "AAAA"]
-    for i in range(CASES["est"]):
+    for _ in range(CASES["est"]):
         body_kind = rng.randrange(5)
         if body_kind == 0:
             body = base64.encodebytes(mutate(good_csr, rng))
@@ -168,7 +168,8 @@ def build_corpus(server: RunningServer, rng: random.Random, https: httpx.Client,
         elif body_kind == 2:
             body = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 3000)))
         elif body_kind == 3:
-            body = base64.b64encode(b"\x30\x82" + bytes(rng.randrange(256) for _ in range(rng.randrange(2, 400))))
+            body = base64.b64encode(
+                b"\x30\x82" + bytes(rng.randrange(256) for _ in range(rng.randrange(2, 400))))
         else:
             body = b"A" * rng.choice([0, 1, 17000, 70000])
         if rng.random() < 0.7:  # most cases reach the CSR parser: a real enrollment path and credential
@@ -192,15 +193,17 @@ def build_corpus(server: RunningServer, rng: random.Random, https: httpx.Client,
     client_key = rsa.generate_private_key(65537, 2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scep-corpus.example.com")])
     now = datetime.now(UTC)
-    signer = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(client_key.public_key())
-              .serial_number(9).not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=1))
+    signer = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+              .public_key(client_key.public_key()).serial_number(9)
+              .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=1))
               .sign(client_key, hashes.SHA256()))
     scep_csr = (x509.CertificateSigningRequestBuilder().subject_name(name)
                 .add_attribute(x509.ObjectIdentifier(scep.OID_CHALLENGE_PASSWORD), scep_credential.encode())
                 .sign(client_key, hashes.SHA256())).public_bytes(serialization.Encoding.DER)
     messages = {
-        message_type: scep.signed_message(signer, client_key, message_type=message_type, transaction_id="corpus",
-                                          sender_nonce=bytes(16), content=scep.envelope(content, ra))
+        message_type: scep.signed_message(signer, client_key, message_type=message_type,
+                                          transaction_id="corpus", sender_nonce=bytes(16),
+                                          content=scep.envelope(content, ra))
         for message_type, content in [(scep.PKCS_REQ, scep_csr), (scep.RENEWAL_REQ, scep_csr),
                                       (scep.CERT_POLL, b"\x30\x00"), (scep.GET_CERT, b"\x04\x02ab"),
                                       (scep.GET_CRL, b"\x30\x03\x02\x01\x01")]
@@ -219,9 +222,11 @@ def build_corpus(server: RunningServer, rng: random.Random, https: httpx.Client,
         elif choice == 2:
             operation = rng.choice(["GetCACaps", "GetCACert", "GetNextCACert", "", "PKIOperation", "x" * 500])
 
-            def send_scep(operation: str = operation, message: bytes = message) -> int:
+            def send_operation(operation: str = operation, message: bytes = message) -> int:
                 return http.get("/scep", params={"operation": operation,
                                                  "message": b64url(message[:200])}).status_code
+            cases.append(Case("scep", f"scep #{i}", send_operation))
+            continue
         else:
             def send_scep(message: bytes = message) -> int:
                 return http.post("/scep", params={"operation": rng.choice(["PKIOperation", "GetCACert"])},
@@ -241,17 +246,20 @@ def build_corpus(server: RunningServer, rng: random.Random, https: httpx.Client,
                 json.dumps({"identifiers": [{"type": "dns", "value": "x" * 5000}]}),
                 json.dumps({"identifiers": "not-a-list"}), json.dumps({"csr": "!!!"}), "", "null", "1e999999",
                 json.dumps({"contact": [None, 1, {"a": deep(900)}]}), '{"a":' * 3000 + "1" + "}" * 3000]
-    for i in range(CASES["acme"]):
+    for _ in range(CASES["acme"]):
         url = rng.choice([e for e in endpoints if e])
-        protected = {"alg": rng.choice(["ES256", "RS256", "none", "HS256", "ES999", ""]), "nonce": b64url(os.urandom(16)),
-                     "url": url, rng.choice(["jwk", "kid"]): rng.choice([jwk, "http://x/acct/1", deep(700), None])}
+        protected = {"alg": rng.choice(["ES256", "RS256", "none", "HS256", "ES999", ""]),
+                     "nonce": b64url(os.urandom(16)), "url": url,
+                     rng.choice(["jwk", "kid"]): rng.choice([jwk, "http://x/acct/1", deep(700), None])}
         protected_text = json.dumps(protected) if rng.random() < 0.7 else rng.choice(payloads)
-        body_obj = {"protected": b64url(protected_text.encode()), "payload": b64url(rng.choice(payloads).encode()),
+        body_obj = {"protected": b64url(protected_text.encode()),
+                    "payload": b64url(rng.choice(payloads).encode()),
                     "signature": b64url(os.urandom(rng.choice([0, 64, 512])))}
         body = json.dumps(body_obj).encode()
         if rng.random() < 0.3:
             body = mutate(body, rng)
-        content_type = rng.choice(["application/jose+json", "application/jose+json", "application/json", "text/x"])
+        content_type = rng.choice(["application/jose+json", "application/jose+json", "application/json",
+                                   "text/x"])
         path = httpx.URL(url).path
 
         def send_acme(path: str = path, body: bytes = body, content_type: str = content_type) -> int:
@@ -260,9 +268,11 @@ def build_corpus(server: RunningServer, rng: random.Random, https: httpx.Client,
 
     # -- OCSP -----------------------------------------------------------------------------------
     key = ec.generate_private_key(ec.SECP256R1())
-    issued = ca.authority.issue(IssueRequest(profile="device", identities=(IkeIdentity.parse("ocsp-corpus.example.com"),),
+    issued = ca.authority.issue(IssueRequest(profile="device",
+                                             identities=(IkeIdentity.parse("ocsp-corpus.example.com"),),
                                              public_key=key.public_key(), requester="corpus"))
-    good_ocsp = (ocsp.OCSPRequestBuilder().add_certificate(issued.certificate, ca.authority.certificate, hashes.SHA1())
+    good_ocsp = (ocsp.OCSPRequestBuilder()
+                 .add_certificate(issued.certificate, ca.authority.certificate, hashes.SHA1())
                  .add_extension(x509.OCSPNonce(os.urandom(16)), critical=False).build()
                  .public_bytes(serialization.Encoding.DER))
     plain_ocsp = (ocsp.OCSPRequestBuilder().add_certificate(issued.certificate, ca.authority.certificate,
@@ -270,15 +280,18 @@ def build_corpus(server: RunningServer, rng: random.Random, https: httpx.Client,
     for i in range(CASES["ocsp"]):
         request = mutate(rng.choice([good_ocsp, plain_ocsp]), rng)
         if rng.random() < 0.6:
-            content_type = rng.choice(["application/ocsp-request", "application/ocsp-request", "text/plain", ""])
+            content_type = rng.choice(["application/ocsp-request", "application/ocsp-request", "text/plain",
+                                       ""])
 
             def send_ocsp(request: bytes = request, content_type: str = content_type) -> int:
                 return http.post("/ocsp", content=request, headers={"Content-Type": content_type}).status_code
         else:
             encoded = rng.choice([base64.b64encode(request).decode(), b64url(request), "%%%", "A" * 20000])
 
-            def send_ocsp(encoded: str = encoded) -> int:
+            def get_ocsp(encoded: str = encoded) -> int:
                 return http.get(f"/ocsp/{encoded}").status_code
+            cases.append(Case("ocsp", f"ocsp #{i}", get_ocsp))
+            continue
         cases.append(Case("ocsp", f"ocsp #{i}", send_ocsp))
 
     # -- raw HTTP on both listeners -------------------------------------------------------------
@@ -289,11 +302,13 @@ def build_corpus(server: RunningServer, rng: random.Random, https: httpx.Client,
         b"POST /ocsp HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcde",
         b"GET /crl/../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", b"BREW /ocsp HTTP/1.1\r\nHost: x\r\n\r\n",
         b"GET /ocsp/" + b"A" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"GET / HTTP/9.9\r\nHost: x\r\n\r\n",
-        b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 12000 + b"\r\n\r\n", b"GET / HTTP/1.1\r\n: novalue\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 12000 + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\n: novalue\r\n\r\n",
         b"GET /\x00\x01 HTTP/1.1\r\nHost: x\r\n\r\n",
     ]
     for i in range(CASES["raw"]):
-        payload = templates[i % len(templates)] if i < len(templates) * 2 else mutate(rng.choice(templates), rng)
+        payload = (templates[i % len(templates)] if i < len(templates) * 2
+                   else mutate(rng.choice(templates), rng))
         tls = i % 2 == 1
 
         def send_raw(payload: bytes = payload, tls: bool = tls) -> int | None:

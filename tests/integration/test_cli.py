@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tests.conftest import CaHome
 from tests.helpers import openssl_csr, require_tool, run
+from vpnca.files import restrict_state_files
 
 VPNCA = [sys.executable, "-m", "vpnca.cli"]
 
@@ -32,6 +33,23 @@ def test_init_from_scratch_with_a_development_softhsm_token(tmp_path: Path) -> N
     again = run([*VPNCA, "init"], env=env, check=False)
     assert again.returncode == 1 and "refusing to overwrite" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
+    # the state (the database holds EAB HMAC keys) is nothing for other users
+    home = tmp_path / "fresh"
+    state = [home / "vpnca.toml", home / "vpnca.db", *(home / "log").glob("*")]
+    assert state and all(path.stat().st_mode & 0o007 == 0 for path in state), \
+        {str(p): oct(p.stat().st_mode & 0o777) for p in state}
+
+
+def test_serve_tightens_the_state_files_of_an_older_deployment(tmp_path: Path) -> None:
+    home = tmp_path / "old"
+    (home / "log").mkdir(parents=True)
+    files = [home / "vpnca.toml", home / "vpnca.db", home / "vpnca.db-wal", home / "log" / "vpnca.jsonl"]
+    for path in files:
+        path.write_text("x")
+        path.chmod(0o666)
+    changed = restrict_state_files(home, f"sqlite:///{home / 'vpnca.db'}")
+    assert sorted(changed) == sorted(files)
+    assert all(path.stat().st_mode & 0o777 == 0o640 for path in files)
 
 
 def test_issue_with_generated_key_then_list_show_revoke(ca_home: CaHome, tmp_path: Path) -> None:
@@ -48,7 +66,8 @@ def test_issue_with_generated_key_then_list_show_revoke(ca_home: CaHome, tmp_pat
     key_pub = run([openssl, "pkey", "-in", str(key), "-pubout"]).stdout
     assert cert_pub == key_pub
     listed = json.loads(vpnca(ca_home, "list", "--json").stdout)
-    assert [(r["serial"], r["status"], r["identities"]) for r in listed] == [(serial, "valid", ["vpn.example.com"])]
+    assert ([(r["serial"], r["status"], r["identities"]) for r in listed]
+            == [(serial, "valid", ["vpn.example.com"])])
     assert serial in vpnca(ca_home, "list").stdout
     shown = json.loads(vpnca(ca_home, "show", serial, "--json").stdout)
     assert shown["profile"] == "gateway"
@@ -100,7 +119,8 @@ def test_status_reports_an_interrupted_issuance(ca_home: CaHome) -> None:
 
 
 def test_audit_verify_names_a_tampered_entry(ca_home: CaHome) -> None:
-    vpnca(ca_home, "issue", "--profile", "device", "--id", "a.example.com", "--key-out", str(ca_home.home / "a.key"))
+    vpnca(ca_home, "issue", "--profile", "device", "--id", "a.example.com",
+          "--key-out", str(ca_home.home / "a.key"))
     assert vpnca(ca_home, "audit", "verify").returncode == 0
     with sqlite3.connect(ca_home.home / "vpnca.db") as conn:
         conn.execute("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2")

@@ -6,6 +6,7 @@ its certificate)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import ssl
@@ -50,8 +51,9 @@ class Service:
         self.starts += 1
         log = self.ca.home / f"serve-{self.starts}.log"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "vpnca.cli", "serve", "--workers", "2", "--https-port", str(self.https_port),
-             "--http-port", str(self.http_port)], env=self.ca.env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+            [sys.executable, "-m", "vpnca.cli", "serve", "--workers", "2",
+             "--https-port", str(self.https_port), "--http-port", str(self.http_port)],
+            env=self.ca.env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
         wait_for_port(self.https_port, self.process, log)
 
     def kill_everything(self) -> None:
@@ -61,10 +63,8 @@ class Service:
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
             pids += [int(p) for p in (task / "children").read_text().split()]
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.process.wait()
         for pid in pids[1:]:  # the workers are gone too (they are not our children: poll /proc)
             deadline = time.monotonic() + 10
@@ -98,13 +98,13 @@ def _csr(name: str) -> bytes:
 def test_kill_9_under_load_loses_no_certificate_and_no_token(service: Service) -> None:
     ca = service.ca
     jobs = []
-    for client in range(CLIENTS):
+    for owner in range(CLIENTS):
         for n in range(ENROLLMENTS_PER_CLIENT):
-            name = f"c{client}-{n}.example.com"
+            name = f"c{owner}-{n}.example.com"
             token = create_token(ca.store, identities=(IkeIdentity.parse(name),), profile="device",
                                  protocol="est", ttl=timedelta(hours=1), created_by="test")
             remember_secret(token.secret)
-            jobs.append((client, name, f"{token.token_id}:{token.secret}", _csr(name)))
+            jobs.append((owner, name, f"{token.token_id}:{token.secret}", _csr(name)))
     received: dict[str, x509.Certificate] = {}
     cut_off: list[str] = []
     failures: list[str] = []
@@ -113,7 +113,8 @@ def test_kill_9_under_load_loses_no_certificate_and_no_token(service: Service) -
 
     def client(number: int) -> None:
         mine = [job for job in jobs if job[0] == number]
-        with httpx.Client(base_url=f"https://localhost:{service.https_port}", verify=trust, timeout=10) as http:
+        with httpx.Client(base_url=f"https://localhost:{service.https_port}", verify=trust,
+                          timeout=10) as http:
             for _, name, credential, csr in mine:
                 deadline = time.monotonic() + 120
                 attempts = 0
@@ -121,7 +122,8 @@ def test_kill_9_under_load_loses_no_certificate_and_no_token(service: Service) -
                     attempts += 1
                     try:
                         token_id, secret = credential.split(":", 1)
-                        answer = http.post("/.well-known/est/simpleenroll", content=csr, auth=(token_id, secret),
+                        answer = http.post("/.well-known/est/simpleenroll", content=csr,
+                                           auth=(token_id, secret),
                                            headers={"Content-Type": "application/pkcs10"})
                     except httpx.TransportError:  # the server was killed under us: retry the same request
                         if time.monotonic() > deadline:
@@ -135,7 +137,8 @@ def test_kill_9_under_load_loses_no_certificate_and_no_token(service: Service) -
                         continue
                     if answer.status_code != 200:
                         with lock:
-                            failures.append(f"{name}: {answer.status_code} {answer.text[:200]} after {attempts}")
+                            failures.append(f"{name}: {answer.status_code} {answer.text[:200]} "
+                                            f"after {attempts}")
                         break
                     certificate = pkcs7.load_der_pkcs7_certificates(base64.b64decode(answer.content))[0]
                     with lock:
@@ -169,4 +172,5 @@ def test_kill_9_under_load_loses_no_certificate_and_no_token(service: Service) -
     verify = run([sys.executable, "-m", "vpnca.cli", "audit", "verify"], env=ca.env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     print(f"{len(received)} certificates, {len(cut_off)} requests cut off and retried, "
-          f"{len([r for r in rows.values() if r.status == CertStatus.FAILED])} reservations resolved as failed")
+          f"{len([r for r in rows.values() if r.status == CertStatus.FAILED])} "
+          "reservations resolved as failed")

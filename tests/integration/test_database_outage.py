@@ -63,7 +63,8 @@ def test_database_outage_keeps_presigned_ocsp_and_enrollment_recovers(
         server: RunningServer, cluster: PostgresCluster) -> None:
     ca = server.ca
     key = ec.generate_private_key(ec.SECP256R1())
-    issued = ca.authority.issue(IssueRequest(profile="device", identities=(IkeIdentity.parse("db.example.com"),),
+    issued = ca.authority.issue(IssueRequest(profile="device",
+                                             identities=(IkeIdentity.parse("db.example.com"),),
                                              public_key=key.public_key(), requester="test"))
     load_ocsp_service(ca.settings, ca.store).presign_backlog()
     request = (ocsp.OCSPRequestBuilder().add_certificate(issued.certificate, ca.authority.certificate,
@@ -75,14 +76,16 @@ def test_database_outage_keeps_presigned_ocsp_and_enrollment_recovers(
     ca.store.dispose()
     trust = ssl.create_default_context(cafile=str(ca.home / "ca/root.pem"))
     with httpx.Client(base_url=server.http, timeout=15) as http, \
-            httpx.Client(base_url=f"https://localhost:{server.https_port}", verify=trust, timeout=15) as https:
+            httpx.Client(base_url=f"https://localhost:{server.https_port}", verify=trust,
+                         timeout=15) as https:
         def ocsp_status() -> ocsp.OCSPCertStatus:
             answer = http.post("/ocsp", content=request, headers={"Content-Type": "application/ocsp-request"})
             assert answer.status_code == 200
             return ocsp.load_der_ocsp_response(answer.content).certificate_status
 
         def enroll() -> httpx.Response:
-            return https.post("/.well-known/est/simpleenroll", content=csr, auth=(token.token_id, token.secret),
+            return https.post("/.well-known/est/simpleenroll", content=csr,
+                              auth=(token.token_id, token.secret),
                               headers={"Content-Type": "application/pkcs10"})
 
         assert ocsp_status() == ocsp.OCSPCertStatus.GOOD  # in memory from now on

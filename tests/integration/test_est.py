@@ -75,7 +75,8 @@ def curl(server: RunningServer, path: str, *args: str, data: Path | None = None)
            "-D", str(headers), "-w", "%{http_code}", *args]
     if data is not None:
         cmd += ["-H", "Content-Type: application/pkcs10", "--data-binary", f"@{data}"]
-    result = subprocess.run([*cmd, f"{server.est}/{path}"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([*cmd, f"{server.est}/{path}"], capture_output=True, text=True, timeout=60,
+                            check=False)
     status = int(result.stdout or 0)
     return status, out.read_bytes() if out.exists() and status else b"", headers.read_text() if status else \
         result.stderr
@@ -94,7 +95,8 @@ def certs_from_pkcs7(tmp_path: Path, body: bytes, name: str = "issued") -> Path:
     p7 = tmp_path / f"{name}.p7"
     p7.write_bytes(base64.b64decode(body))
     pem = tmp_path / f"{name}.pem"
-    run([require_tool("openssl"), "pkcs7", "-inform", "DER", "-in", str(p7), "-print_certs", "-out", str(pem)])
+    run([require_tool("openssl"), "pkcs7", "-inform", "DER", "-in", str(p7), "-print_certs",
+         "-out", str(pem)])
     return pem
 
 
@@ -124,7 +126,8 @@ def test_cacerts_returns_the_chain_as_base64_pkcs7(server: RunningServer, tmp_pa
     assert "vpnca Issuing CA" in pem and "vpnca Root CA" in pem
 
 
-def test_curl_openssl_enroll_then_reenroll_with_the_client_certificate(server: RunningServer, tmp_path: Path) -> None:
+def test_curl_openssl_enroll_then_reenroll_with_the_client_certificate(server: RunningServer,
+                                                                        tmp_path: Path) -> None:
     credential = new_token(server, "laptop.example.com")
     csr = base64_csr(tmp_path, "/CN=laptop.example.com", ["DNS:laptop.example.com"])
     status, body, _ = curl(server, "simpleenroll", "-u", credential, data=csr)
@@ -142,8 +145,8 @@ def test_curl_openssl_enroll_then_reenroll_with_the_client_certificate(server: R
     old, new = cert_of(first), cert_of(second)
     assert new.serial_number != old.serial_number
     assert new.subject == old.subject and sans_of(new) == sans_of(old)
-    assert new.public_key() == x509.load_pem_x509_csr(
-        run([require_tool("openssl"), "req", "-in", str(tmp_path / "renew.csr")]).stdout.encode()).public_key()
+    renewal_csr = run([require_tool("openssl"), "req", "-in", str(tmp_path / "renew.csr")]).stdout
+    assert new.public_key() == x509.load_pem_x509_csr(renewal_csr.encode()).public_key()
 
 
 def test_strongswan_pki_est_enroll_and_reenroll(server: RunningServer, tmp_path: Path) -> None:
@@ -157,8 +160,8 @@ def test_strongswan_pki_est_enroll_and_reenroll(server: RunningServer, tmp_path:
         csr = run([pki, "--req", "--in", str(tmp_path / f"{name}.key"), "--type", "priv",
                    "--dn", "CN=phone.example.com", "--san", "phone.example.com", "--outform", "pem"]).stdout
         (tmp_path / f"{name}.csr").write_text(csr)
-    enrolled = run([pki, "--est", "--url", url, *cas, "--in", str(tmp_path / "p1.csr"), "--userpass", credential,
-                    "--outform", "pem"])
+    enrolled = run([pki, "--est", "--url", url, *cas, "--in", str(tmp_path / "p1.csr"),
+                    "--userpass", credential, "--outform", "pem"])
     (tmp_path / "p1.pem").write_text(enrolled.stdout)
     verify_chain(server, tmp_path / "p1.pem")
     renewed = run([pki, "--est", "--url", url, *cas, "--in", str(tmp_path / "p2.csr"),
@@ -203,7 +206,9 @@ def test_serverkeygen_returns_a_pkcs8_key_and_its_certificate(server: RunningSer
     content_type = next(line.split(":", 1)[1].strip() for line in headers.splitlines()
                         if line.lower().startswith("content-type"))
     message = email.message_from_bytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    parts = {part.get_content_type(): part.get_payload() for part in message.walk() if not part.is_multipart()}
+    # a part that is not multipart has a str payload (still base64: the transfer encoding is not undone)
+    parts = {part.get_content_type(): str(part.get_payload())
+             for part in message.walk() if not part.is_multipart()}
     key = serialization.load_der_private_key(base64.b64decode(parts["application/pkcs8"]), None)
     pem = certs_from_pkcs7(tmp_path, parts["application/pkcs7-mime"].encode())
     verify_chain(server, pem)
@@ -213,7 +218,8 @@ def test_serverkeygen_returns_a_pkcs8_key_and_its_certificate(server: RunningSer
         assert record is not None and record.der is not None
 
 
-def test_bootstrap_ca_client_certificate_authenticates_first_enrollment(server: RunningServer, tmp_path: Path) -> None:
+def test_bootstrap_ca_client_certificate_authenticates_first_enrollment(server: RunningServer,
+                                                                        tmp_path: Path) -> None:
     home = server.ca.home
     ca_key = serialization.load_pem_private_key((home / "bootstrap-ca.key").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((home / "bootstrap-ca.pem").read_bytes())
@@ -224,7 +230,8 @@ def test_bootstrap_ca_client_certificate_authenticates_first_enrollment(server: 
               .issuer_name(ca_cert.subject).public_key(device_key.public_key())
               .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
               .not_valid_after(now + timedelta(days=30))
-              .add_extension(x509.SubjectAlternativeName([x509.DNSName("sensor7.example.com")]), critical=False)
+              .add_extension(x509.SubjectAlternativeName([x509.DNSName("sensor7.example.com")]),
+                             critical=False)
               .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
     (tmp_path / "idevid.pem").write_bytes(idevid.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "idevid.key").write_bytes(device_key.private_bytes(
@@ -239,7 +246,8 @@ def test_bootstrap_ca_client_certificate_authenticates_first_enrollment(server: 
     assert status == 403
 
 
-def test_trusted_proxy_passes_the_client_certificate_in_a_header(server: RunningServer, tmp_path: Path) -> None:
+def test_trusted_proxy_passes_the_client_certificate_in_a_header(server: RunningServer,
+                                                                 tmp_path: Path) -> None:
     credential = new_token(server, "kiosk.example.com")
     csr = base64_csr(tmp_path, "/CN=kiosk.example.com", ["DNS:kiosk.example.com"])
     status, body, _ = curl(server, "simpleenroll", "-u", credential, data=csr)
@@ -339,7 +347,8 @@ def test_reenroll_with_an_expired_certificate_is_refused(server: RunningServer, 
 def _issued_files(server: RunningServer, tmp_path: Path, profile: str, identity: str) -> tuple[str, str]:
     key = ec.generate_private_key(ec.SECP384R1())
     issued = server.ca.authority.issue(IssueRequest(
-        profile=profile, identities=(IkeIdentity.parse(identity),), public_key=key.public_key(), requester="test"))
+        profile=profile, identities=(IkeIdentity.parse(identity),), public_key=key.public_key(),
+        requester="test"))
     cert, key_file = tmp_path / f"{profile}.pem", tmp_path / f"{profile}.key"
     cert.write_bytes(issued.certificate.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(key.private_bytes(
@@ -402,7 +411,8 @@ def test_bootstrap_certificate_gets_only_the_bootstrap_profile(server: RunningSe
               .issuer_name(ca_cert.subject).public_key(device_key.public_key())
               .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
               .not_valid_after(now + timedelta(days=30))
-              .add_extension(x509.SubjectAlternativeName([x509.DNSName("sensor9.example.com")]), critical=False)
+              .add_extension(x509.SubjectAlternativeName([x509.DNSName("sensor9.example.com")]),
+                             critical=False)
               .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
     (tmp_path / "idevid.pem").write_bytes(idevid.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "idevid.key").write_bytes(device_key.private_bytes(
@@ -417,8 +427,8 @@ def test_enrollment_body_must_be_application_pkcs10(server: RunningServer, tmp_p
     credential = new_token(server, "typed.example.com")
     csr = base64_csr(tmp_path, "/CN=typed.example.com", ["DNS:typed.example.com"])
     for content_type in ("text/plain", "application/x-www-form-urlencoded"):
-        status, body, _ = curl(server, "simpleenroll", "-u", credential, "-H", f"Content-Type: {content_type}",
-                               "--data-binary", f"@{csr}")
+        status, body, _ = curl(server, "simpleenroll", "-u", credential,
+                               "-H", f"Content-Type: {content_type}", "--data-binary", f"@{csr}")
         assert status == 415 and b"application/pkcs10" in body
     status, _, _ = curl(server, "simpleenroll", "-u", credential, data=csr)
     assert status == 200

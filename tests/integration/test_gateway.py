@@ -78,7 +78,8 @@ def load_road_warrior(rw: Charon, ca: CaHome, cert_der: bytes, key_der: bytes, g
         session.load_cert({"type": "X509", "flag": "NONE", "data": cert_der})
         for name in ("sub.pem", "root.pem"):
             ca_cert = x509.load_pem_x509_certificate((ca.home / "ca" / name).read_bytes())
-            session.load_cert({"type": "X509", "flag": "CA", "data": ca_cert.public_bytes(serialization.Encoding.DER)})
+            session.load_cert({"type": "X509", "flag": "CA",
+                               "data": ca_cert.public_bytes(serialization.Encoding.DER)})
         session.load_conn({"home": {
             "version": "2", "local_addrs": [rw.address], "remote_addrs": [gw.address],
             "proposals": ["aes256gcm16-prfsha384-ecp384"],
@@ -188,7 +189,8 @@ def test_scheduler_renews_the_gateway_certificate_and_pushes_it(lab: Lab) -> Non
     initiate(lab.rw)
     assert established(lab.gw)
     runs = {j.job: j for j in lab.ca.store.job_runs()}
-    audited = [e.details for e in lab.ca.store.audit_entries() if e.action == "job" and "gateway-renewal" in e.details]
+    audited = [e.details for e in lab.ca.store.audit_entries()
+               if e.action == "job" and "gateway-renewal" in e.details]
     assert runs["gateway-renewal"].ok and any("renewed" in d for d in audited)
 
 

@@ -153,7 +153,8 @@ def ocsp_request(server: Server, cert: x509.Certificate, *, nonce: bool) -> byte
 def post_ocsp(server: Server, body: bytes) -> ocsp.OCSPResponse:
     """One OCSP POST on a new connection; an HTTP error fails the test (urllib raises)."""
     request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/ocsp", data=body,
-                                     headers={"Content-Type": "application/ocsp-request", "Connection": "close"})
+                                     headers={"Content-Type": "application/ocsp-request",
+                                              "Connection": "close"})
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
         return ocsp.load_der_ocsp_response(response.read())
@@ -231,7 +232,7 @@ SCRIPT = textwrap.dedent("""
     from cryptography.hazmat.primitives.asymmetric import ec
     from hsm import HsmUnavailable, KeyNotFound, KeySpec, open_token
     from hsm.softhsm import init_softhsm_token
-    from vpnca.ca import token_key
+    from vpnca.issuer import token_key
 
     created = init_softhsm_token(Path(sys.argv[1]), "recovery")
     os.environ["SOFTHSM2_CONF"] = str(created.conf)

@@ -76,6 +76,15 @@ def ca_at_baseline(tmp_path: Path, softhsm: SoftHsmToken, url: str | None,
     return ca
 
 
+def down_to_baseline(ca: CaHome) -> None:
+    """Take a CA's database, rows and all, down to the baseline: what a vpnca of revision 0001 would
+    have written. Today's code writes only today's columns (a revision may add some, 0003 does), so
+    rows are written at head and the later revisions' downgrades take their columns away."""
+    with ca.store.write_core() as conn:
+        command.downgrade(migrations.config(conn), BASELINE)
+    assert ca.store.schema_revision() == BASELINE
+
+
 def vpnca(ca: CaHome, *args: str, check: bool = True) -> Any:
     return run([*VPNCA, *args], env=ca.env, check=check)
 
@@ -120,36 +129,65 @@ def fill(ca: CaHome) -> dict[str, str]:
     acme = AcmeRepository(store)
     kid = new_id()
     acme.add_eab_key(AcmeEabKey(kid=kid, hmac_key=b"k" * 32,
-                                allowed_identities=json.dumps([["fqdn", "vpn.example.com"]]), profile="gateway",
-                                created_by="op", created_at=now, expires_at=now + timedelta(days=7)))
+                                allowed_identities=json.dumps([["fqdn", "vpn.example.com"]]),
+                                profile="gateway", created_by="op", created_at=now,
+                                expires_at=now + timedelta(days=7)))
     account = acme.create_account(AcmeAccount(
-        id=new_id(), key_thumbprint=new_id(), jwk='{"crv":"P-256","kty":"EC","x":"x","y":"y"}', status="valid",
-        contact='["mailto:ops@example.com"]', eab_kid=kid, allowed_identities=json.dumps([["fqdn", "vpn.example.com"]]),
-        profile="gateway", created_at=now))
+        id=new_id(), key_thumbprint=new_id(), jwk='{"crv":"P-256","kty":"EC","x":"x","y":"y"}',
+        status="valid", contact='["mailto:ops@example.com"]', eab_kid=kid,
+        allowed_identities=json.dumps([["fqdn", "vpn.example.com"]]), profile="gateway", created_at=now))
     authz = AcmeAuthorization(id=new_id(), account_id=account.id, identifier_type="dns",
-                              identifier_value="vpn.example.com", status="pending", expires_at=now + timedelta(days=1))
-    challenge = AcmeChallenge(id=new_id(), authorization_id=authz.id, type="http-01", token=new_id(), status="pending")
+                              identifier_value="vpn.example.com", status="pending",
+                              expires_at=now + timedelta(days=1))
+    challenge = AcmeChallenge(id=new_id(), authorization_id=authz.id, type="http-01", token=new_id(),
+                              status="pending")
     order = AcmeOrder(id=new_id(), account_id=account.id, status="pending",
-                      identifiers='[{"type":"dns","value":"vpn.example.com"}]', authorizations=json.dumps([authz.id]),
-                      expires_at=now + timedelta(days=1), created_at=now, certificate_serial=serials["gateway"])
+                      identifiers='[{"type":"dns","value":"vpn.example.com"}]',
+                      authorizations=json.dumps([authz.id]), expires_at=now + timedelta(days=1),
+                      created_at=now, certificate_serial=serials["gateway"])
     acme.add_order(order, [authz], [challenge])
     assert acme.start_challenge(challenge.id, authz.id, now)
     acme.finish_challenge(challenge.id, error=None, valid_until=now + timedelta(days=7))
     acme.new_nonce(timedelta(hours=1))
 
     store.record_job("crl", ok=True, message="CRL 3 published", next_attempt=None)
-    store.record_job("gateway", ok=False, message="VICI socket missing", next_attempt=now + timedelta(minutes=5))
+    store.record_job("gateway", ok=False, message="VICI socket missing",
+                     next_attempt=now + timedelta(minutes=5))
     store.audit("op", "note", {"text": "before the upgrade"})
     return serials
 
 
-def snapshot(store: Store) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every vpnca table, in primary-key order."""
+def columns_of(store: Store) -> dict[str, list[str]]:
+    """The columns each vpnca table has in the database (at its revision, not the models')."""
+    inspector = sa.inspect(store.engine)
+    return {table.name: [c["name"] for c in inspector.get_columns(table.name)]
+            for table in Base.metadata.sorted_tables}
+
+
+def snapshot(store: Store, columns: dict[str, list[str]] | None = None) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every vpnca table, in primary-key order: the columns the database has, or `columns`
+    (those of an earlier revision)."""
+    columns = columns or columns_of(store)
     rows = {}
     with store.engine.connect() as conn:
         for table in Base.metadata.sorted_tables:
-            rows[table.name] = [tuple(r) for r in conn.execute(sa.select(table).order_by(*table.primary_key))]
+            query = sa.select(*(table.c[name] for name in columns[table.name])).order_by(*table.primary_key)
+            rows[table.name] = [tuple(r) for r in conn.execute(query)]
     return rows
+
+
+def not_null_in_added_columns(store: Store, earlier: dict[str, list[str]]) -> dict[str, int]:
+    """{table.column: rows with a value} for the columns added since `earlier`."""
+    found = {}
+    with store.engine.connect() as conn:
+        for table in Base.metadata.sorted_tables:
+            for column in table.columns:
+                if column.name not in earlier[table.name]:
+                    count = conn.scalar(sa.select(sa.func.count()).select_from(table)
+                                        .where(column.is_not(None)))
+                    if count:
+                        found[f"{table.name}.{column.name}"] = int(count)
+    return found
 
 
 def differences(store: Store) -> list[Any]:
@@ -167,10 +205,13 @@ def refused(result: Any, revision: str) -> None:
 
 
 def test_baseline_ca_keeps_every_row_and_its_audit_chain_through_db_upgrade(
-        database_url: str | None, tmp_path: Path, softhsm: SoftHsmToken, monkeypatch: pytest.MonkeyPatch) -> None:
-    ca = ca_at_baseline(tmp_path, softhsm, database_url, monkeypatch)
+        database_url: str | None, tmp_path: Path, softhsm: SoftHsmToken,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = make_ca_home(tmp_path / "home", softhsm, database_url=database_url)
     serials = fill(ca)
+    down_to_baseline(ca)
     before = snapshot(ca.store)
+    baseline_columns = columns_of(ca.store)
     empty = [name for name, rows in before.items() if not rows]
     assert not empty, f"no rows of {empty}"
     assert verify_chain(ca.store.audit_entries()).ok
@@ -179,8 +220,8 @@ def test_baseline_ca_keeps_every_row_and_its_audit_chain_through_db_upgrade(
     with pytest.raises(SchemaOutdated, match="vpnca db upgrade"):
         ca.store.require_current_schema()
     refused(vpnca(ca, "list", check=False), BASELINE)
-    refused(vpnca(ca, "serve", "--https-port", str(free_port()), "--http-port", str(free_port()), check=False),
-            BASELINE)
+    refused(vpnca(ca, "serve", "--https-port", str(free_port()), "--http-port", str(free_port()),
+                  check=False), BASELINE)
     refused(vpnca(ca, "init", check=False), BASELINE)
     current = vpnca(ca, "db", "current", "--json", check=False)
     assert current.returncode == 1
@@ -191,7 +232,8 @@ def test_baseline_ca_keeps_every_row_and_its_audit_chain_through_db_upgrade(
     upgraded = vpnca(ca, "db", "upgrade")
     assert f"{BASELINE} -> {HEAD}" in upgraded.stdout
     assert ca.store.schema_revision() == HEAD
-    after = snapshot(ca.store)
+    after = snapshot(ca.store, baseline_columns)
+    assert not_null_in_added_columns(ca.store, baseline_columns) == {}  # rows from before have none
     audit_before, audit_after = before.pop("audit_log"), after.pop("audit_log")
     assert after == before
     assert audit_after[:len(audit_before)] == audit_before
@@ -199,7 +241,8 @@ def test_baseline_ca_keeps_every_row_and_its_audit_chain_through_db_upgrade(
     assert differences(ca.store) == []
 
     verified = json.loads(vpnca(ca, "audit", "verify", "--json").stdout)
-    assert verified["ok"] and verified["entries"] > len(audit_after)  # and the `config` entry this CLI run added
+    # and the `config` entry this CLI run added
+    assert verified["ok"] and verified["entries"] > len(audit_after)
     assert verify_chain(ca.store.audit_entries()).ok
     listed = {r["serial"]: r["status"] for r in json.loads(vpnca(ca, "list", "--json").stdout)}
     assert listed == {serials["valid"]: "valid", serials["gateway"]: "valid", serials["revoked"]: "revoked",
@@ -207,7 +250,8 @@ def test_baseline_ca_keeps_every_row_and_its_audit_chain_through_db_upgrade(
     assert vpnca(ca, "db", "current").stdout.splitlines()[-1] == "up to date"
     assert "up to date" in vpnca(ca, "db", "upgrade").stdout  # a second upgrade has nothing to do
     expiring = json.loads(vpnca(ca, "report", "expiring", "--within", "14d", "--json").stdout)
-    assert [r["serial"] for r in expiring] == [serials["valid"]]  # the gateway's runs 30 days, held is revoked
+    # the gateway's runs 30 days, held is revoked
+    assert [r["serial"] for r in expiring] == [serials["valid"]]
     # the CA works on at head
     vpnca(ca, "revoke", serials["valid"], "--reason", "superseded")
     assert verify_chain(ca.store.audit_entries()).ok
@@ -219,16 +263,20 @@ def test_ca_from_before_migrations_is_adopted_at_the_baseline_and_upgraded(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables but no alembic_version: a CA deployed before migrations existed ("acme": one deployed
     before the ACME tables, which the old create_all would have added on the next start)."""
-    ca = ca_at_baseline(tmp_path, softhsm, database_url, monkeypatch)
+    ca = make_ca_home(tmp_path / "home", softhsm, database_url=database_url)
     serial = ca.authority.issue(IssueRequest(
         profile="device", identities=(IkeIdentity.parse("old.example.com"),),
         public_key=ec.generate_private_key(ec.SECP384R1()).public_key(), requester="test")).serial
+    down_to_baseline(ca)
     with ca.store.write_core() as conn:
         conn.execute(sa.text("DROP TABLE alembic_version"))
         if made_before == "acme":
             for name in ACME_TABLES:
                 conn.execute(sa.text(f"DROP TABLE {name}"))
-    before = snapshot_of(ca.store, ("certificates", "ca_certificates", "audit_log"))
+    kept = ("certificates", "ca_certificates", "audit_log")
+    inspector = sa.inspect(ca.store.engine)
+    baseline_columns = {name: [c["name"] for c in inspector.get_columns(name)] for name in kept}
+    before = snapshot_of(ca.store, kept, baseline_columns)
     assert ca.store.schema_revision() is None and ca.store.schema_state().pre_migrations
 
     refused(vpnca(ca, "status", check=False), "none (created before migrations)")
@@ -236,23 +284,30 @@ def test_ca_from_before_migrations_is_adopted_at_the_baseline_and_upgraded(
     assert f"none (created before migrations) -> {HEAD}" in upgraded.stdout
     assert ca.store.schema_revision() == HEAD
     assert differences(ca.store) == []
-    after = snapshot_of(ca.store, ("certificates", "ca_certificates", "audit_log"))
-    assert after["certificates"] == before["certificates"] and after["ca_certificates"] == before["ca_certificates"]
+    after = snapshot_of(ca.store, kept, baseline_columns)
+    assert after["certificates"] == before["certificates"]
+    assert after["ca_certificates"] == before["ca_certificates"]
     assert after["audit_log"][:-1] == before["audit_log"]
     assert json.loads(vpnca(ca, "audit", "verify", "--json").stdout)["ok"]
     assert [r["serial"] for r in json.loads(vpnca(ca, "list", "--json").stdout)] == [serial]
 
 
-def snapshot_of(store: Store, tables: tuple[str, ...]) -> dict[str, list[tuple[Any, ...]]]:
+def snapshot_of(store: Store, tables: tuple[str, ...],
+                columns: dict[str, list[str]] | None = None) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows of `tables`: every column the database has, or `columns` (those of an earlier revision)."""
+    if columns is None:
+        inspector = sa.inspect(store.engine)
+        columns = {name: [c["name"] for c in inspector.get_columns(name)] for name in tables}
     with store.engine.connect() as conn:
-        return {name: [tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {name} ORDER BY 1"))]
-                for name in tables}
+        return {name: [tuple(r) for r in conn.execute(sa.text(
+            f"SELECT {', '.join(columns[name])} FROM {name} ORDER BY 1"))] for name in tables}
 
 
 def test_adopting_refuses_a_table_without_the_baseline_columns(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'old.db'}")
     with store.write_core() as conn:
-        conn.execute(sa.text("CREATE TABLE certificates (serial VARCHAR(40) PRIMARY KEY, issuer VARCHAR(128))"))
+        conn.execute(sa.text("CREATE TABLE certificates "
+                             "(serial VARCHAR(40) PRIMARY KEY, issuer VARCHAR(128))"))
     with pytest.raises(SchemaOutdated, match="table certificates lacks columns profile, subject"):
         store.upgrade_schema()
     assert store.schema_revision() is None  # all or nothing: the failed upgrade left no trace
@@ -260,7 +315,8 @@ def test_adopting_refuses_a_table_without_the_baseline_columns(tmp_path: Path) -
     store.dispose()
 
 
-def test_new_database_is_created_at_head_and_equals_the_models(database_url: str | None, tmp_path: Path) -> None:
+def test_new_database_is_created_at_head_and_equals_the_models(database_url: str | None,
+                                                               tmp_path: Path) -> None:
     store = Store(database_url or f"sqlite:///{tmp_path / 'new.db'}")
     assert store.schema_state().empty
     with pytest.raises(SchemaOutdated, match="no vpnca schema: run `vpnca init`"):
@@ -281,7 +337,7 @@ def test_new_database_is_created_at_head_and_equals_the_models(database_url: str
 def test_a_schema_from_a_newer_vpnca_is_refused(ca_home: CaHome) -> None:
     with ca_home.store.write_core() as conn:
         conn.execute(sa.text("UPDATE alembic_version SET version_num = '9999'"))
-    with pytest.raises(SchemaOutdated, match="revision 9999, which this vpnca .* does not know"):
+    with pytest.raises(SchemaOutdated, match=r"revision 9999, which this vpnca .* does not know"):
         ca_home.store.upgrade_schema()
     result = vpnca(ca_home, "list", check=False)
     assert result.returncode == 1 and "a newer vpnca upgraded it" in result.stderr

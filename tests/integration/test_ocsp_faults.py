@@ -45,13 +45,13 @@ class AwayKey(ec.EllipticCurvePrivateKey):
     def key_size(self) -> int:
         return self._real.key_size
 
-    def exchange(self, *args: object) -> bytes:  # type: ignore[override]
+    def exchange(self, *args: object) -> bytes:
         raise NotImplementedError
 
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
         raise NotImplementedError
 
-    def private_bytes(self, *args: object) -> bytes:  # type: ignore[override]
+    def private_bytes(self, *args: object) -> bytes:
         raise NotImplementedError
 
     def __copy__(self) -> AwayKey:
@@ -70,7 +70,8 @@ def two_cert_ids(first: int, second: int) -> bytes:
     name_hash, key_hash = HASHES.by_algorithm["sha1"]
     items = [{"req_cert": {"hash_algorithm": {"algorithm": "sha1"}, "issuer_name_hash": name_hash,
                            "issuer_key_hash": key_hash, "serial_number": s}} for s in (first, second)]
-    return aocsp.OCSPRequest({"tbs_request": {"request_list": items}}).dump()
+    der: bytes = aocsp.OCSPRequest({"tbs_request": {"request_list": items}}).dump()
+    return der
 
 
 @pytest.fixture
@@ -88,8 +89,9 @@ def responder(tmp_path: Path) -> OcspService:
     key = AwayKey()
     now = datetime.now(UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "OCSP signer")])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(ISSUER.subject).public_key(key.public_key())
-            .serial_number(2).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(ISSUER.subject)
+            .public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now).not_valid_after(now + timedelta(days=1))
             .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
     answering.signer = OcspSigner(cert, key)
     return answering

@@ -9,16 +9,20 @@ import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from tests.conftest import CaHome, RunningServer, make_ca_home, stop_server, wait_for_port
 from tests.helpers import free_port, require_tool, run
+from vpnca.authority import IssueRequest
+from vpnca.crl import generate_crl
+from vpnca.identities import IkeIdentity
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +52,8 @@ def issue(ca: CaHome, tmp_path: Path, name: str) -> tuple[Path, str]:
 def openssl_ocsp(server: RunningServer, leaf: Path, *extra: str, port: int | None = None) -> str:
     ca = server.ca.home / "ca"
     result = run([require_tool("openssl"), "ocsp", "-issuer", str(ca / "sub.pem"), "-cert", str(leaf),
-                  "-url", f"http://127.0.0.1:{port or server.http_port}/ocsp", "-CAfile", str(ca / "root.pem"),
-                  *extra])
+                  "-url", f"http://127.0.0.1:{port or server.http_port}/ocsp",
+                  "-CAfile", str(ca / "root.pem"), *extra])
     return result.stdout + result.stderr
 
 
@@ -58,10 +62,14 @@ def post_ocsp(server: RunningServer, body: bytes, port: int | None = None) -> by
                                      headers={"Content-Type": "application/ocsp-request"})
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
-        return response.read()
+        answer: bytes = response.read()
+        return answer
 
 
-def ocsp_request(leaf: Path, issuer: Path, algorithm: hashes.HashAlgorithm = hashes.SHA1()) -> bytes:
+SHA1 = hashes.SHA1()  # OCSP's customary CertID hash (a default argument, shared: hash objects are immutable)
+
+
+def ocsp_request(leaf: Path, issuer: Path, algorithm: hashes.HashAlgorithm = SHA1) -> bytes:
     cert = x509.load_pem_x509_certificate(leaf.read_bytes())
     ca = x509.load_pem_x509_certificate(issuer.read_bytes())
     return ocsp.OCSPRequestBuilder().add_certificate(cert, ca, algorithm).build().public_bytes(
@@ -77,7 +85,8 @@ def test_openssl_ocsp_good_then_revoked_with_nonce_and_reason(server: RunningSer
     assert "Response verify OK" in out and f"{leaf}: revoked" in out and "Reason: keyCompromise" in out
 
 
-def test_presigned_answer_is_served_without_signing_and_get_is_cacheable(server: RunningServer, tmp_path: Path) -> None:
+def test_presigned_answer_is_served_without_signing_and_get_is_cacheable(server: RunningServer,
+                                                                         tmp_path: Path) -> None:
     leaf, serial = issue(server.ca, tmp_path, "ocsp2")
     vpnca(server.ca, "revoke", serial, "--reason", "superseded")  # re-signs this serial at once
     request = ocsp_request(leaf, server.ca.home / "ca/sub.pem")
@@ -90,8 +99,9 @@ def test_presigned_answer_is_served_without_signing_and_get_is_cacheable(server:
     with urllib.request.urlopen(f"{server.http}/ocsp/{encoded}", timeout=30) as response:
         assert response.read() == first
         assert "max-age=" in response.headers["Cache-Control"]
-    get = run([require_tool("openssl"), "ocsp", "-issuer", str(server.ca.home / "ca/sub.pem"), "-cert", str(leaf),
-               "-url", f"{server.http}/ocsp", "-CAfile", str(server.ca.home / "ca/root.pem"), "-no_nonce",
+    get = run([require_tool("openssl"), "ocsp", "-issuer", str(server.ca.home / "ca/sub.pem"),
+               "-cert", str(leaf), "-url", f"{server.http}/ocsp",
+               "-CAfile", str(server.ca.home / "ca/root.pem"), "-no_nonce",
                "-reqout", str(tmp_path / "req.der")])
     assert "revoked" in get.stdout
 
@@ -117,7 +127,8 @@ def test_unknown_serial_and_unknown_issuer(server: RunningServer, tmp_path: Path
     root = x509.load_pem_x509_certificate((server.ca.home / "ca/root.pem").read_bytes())
     unknown = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
         *_hashes_of(sub), 0xDEADBEEF, hashes.SHA1()).build().public_bytes(serialization.Encoding.DER)
-    assert ocsp.load_der_ocsp_response(post_ocsp(server, unknown)).certificate_status == ocsp.OCSPCertStatus.UNKNOWN
+    unknown_answer = ocsp.load_der_ocsp_response(post_ocsp(server, unknown))
+    assert unknown_answer.certificate_status == ocsp.OCSPCertStatus.UNKNOWN
     foreign = ocsp.OCSPRequestBuilder().add_certificate(cert, root, hashes.SHA1()).build().public_bytes(
         serialization.Encoding.DER)
     assert ocsp.load_der_ocsp_response(post_ocsp(server, foreign)).response_status == \
@@ -130,7 +141,8 @@ def _hashes_of(issuer: x509.Certificate) -> tuple[bytes, bytes]:
     return IssuerHashes.of(issuer).by_algorithm["sha1"]
 
 
-@pytest.mark.parametrize("body", [b"", b"\x30\x82\x01", os.urandom(200), b"\x30" + b"\xff" * 64, b"A" * 1_000_000],
+@pytest.mark.parametrize("body", [b"", b"\x30\x82\x01", os.urandom(200), b"\x30" + b"\xff" * 64,
+                                  b"A" * 1_000_000],
                          ids=["empty", "truncated", "random", "bad-length", "1MB"])
 def test_bad_ocsp_input_gets_malformed_request_and_the_responder_keeps_serving(
         server: RunningServer, tmp_path: Path, body: bytes) -> None:
@@ -161,7 +173,8 @@ def test_crl_check_with_openssl_and_http_caching(server: RunningServer, tmp_path
     vpnca(ca, "revoke", bad_serial, "--reason", "keyCompromise", "--invalidity-date", "2026-11-01T10:00:00Z")
     _, held_serial = issue(ca, tmp_path, "crlheld")
     vpnca(ca, "revoke", held_serial, "--reason", "certificateHold")
-    vpnca(ca, "crl")  # with delta CRLs configured, a revocation publishes a delta at once; this is the full one
+    # with delta CRLs configured, a revocation publishes a delta at once; this is the full one
+    vpnca(ca, "crl")
     crl_path = tmp_path / "sub.crl"
     url = f"{server.http}/crl/{ca.settings.ca.name}.crl"
     with urllib.request.urlopen(url, timeout=30) as response:
@@ -192,7 +205,8 @@ def test_crl_check_with_openssl_and_http_caching(server: RunningServer, tmp_path
     assert delta.extensions.get_extension_for_class(x509.DeltaCRLIndicator).value.crl_number >= 1
     released = delta.get_revoked_certificate_by_serial_number(int(held_serial, 16))
     assert released is not None
-    assert released.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.remove_from_crl
+    reason = released.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    assert reason == x509.ReasonFlags.remove_from_crl
     vpnca(ca, "crl")
     crl = x509.load_der_x509_crl((ca.home / "crl" / f"{ca.settings.ca.name}.crl").read_bytes())
     assert crl.get_revoked_certificate_by_serial_number(int(held_serial, 16)) is None
@@ -220,14 +234,15 @@ def test_standalone_ocsp_responder_without_ca_key(server: RunningServer, tmp_pat
         stop_server(RunningServer(server.ca, 0, port, process, log))
 
 
-def test_root_crl_covers_the_sub_ca_and_full_chain_crl_checking_passes(server: RunningServer, tmp_path: Path) -> None:
+def test_root_crl_covers_the_sub_ca_and_full_chain_crl_checking_passes(server: RunningServer,
+                                                                       tmp_path: Path) -> None:
     ca = server.ca
     leaf, _ = issue(ca, tmp_path, "chaincheck")
     sub = x509.load_pem_x509_certificate((ca.home / "ca/sub.pem").read_bytes())
     cdp = sub.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     assert cdp[0].full_name[0].value == ca.settings.root_crl_url
     vpnca(ca, "crl", "--root")
-    crls = []
+    crls: list[Path] = []
     for url in (ca.settings.root_crl_url, f"{server.http}/crl/{ca.settings.ca.name}.crl"):
         path = url.replace(ca.settings.http_base_url, server.http)
         with urllib.request.urlopen(path, timeout=30) as response:
@@ -239,9 +254,9 @@ def test_root_crl_covers_the_sub_ca_and_full_chain_crl_checking_passes(server: R
     root_crl = x509.load_pem_x509_crl(crls[0].read_bytes())
     assert root_crl.is_signature_valid(
         x509.load_pem_x509_certificate((ca.home / "ca/root.pem").read_bytes()).public_key())  # type: ignore[arg-type]
-    result = run([require_tool("openssl"), "verify", "-crl_check_all", "-CAfile", str(ca.home / "ca/root.pem"),
-                  "-untrusted", str(ca.home / "ca/sub.pem"), "-CRLfile", str(crls[0]), "-CRLfile", str(crls[1]),
-                  str(leaf)])
+    result = run([require_tool("openssl"), "verify", "-crl_check_all",
+                  "-CAfile", str(ca.home / "ca/root.pem"), "-untrusted", str(ca.home / "ca/sub.pem"),
+                  "-CRLfile", str(crls[0]), "-CRLfile", str(crls[1]), str(leaf)])
     assert result.stdout.strip().endswith("OK")
 
 
@@ -263,3 +278,23 @@ def test_revocation_is_recorded_without_the_token_and_published_by_the_next_pres
     assert ca.store.count_ocsp_backlog(ca.settings.ca.name, datetime.now(UTC)) >= 1
     Publisher(ca.authority).presign_backlog()  # what the scheduler's next run does
     assert f"{leaf}: revoked" in openssl_ocsp(server, leaf, "-no_nonce")
+
+
+def test_an_expired_revoked_certificate_leaves_the_crl_after_one_crl_beyond_its_validity(
+        ca_home: CaHome) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    issued = ca_home.authority.issue(IssueRequest(
+        profile="device", identities=(IkeIdentity.parse("short.example.com"),), public_key=key.public_key(),
+        requester="t", lifetime=timedelta(hours=1)))
+    ca_home.authority.revoke(issued.serial, "keyCompromise", actor="t")
+    expiry = issued.certificate.not_valid_after_utc
+    serial = int(issued.serial, 16)
+
+    def listed(crl: x509.CertificateRevocationList) -> bool:
+        return crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+    now = datetime.now(UTC)
+    assert listed(generate_crl(ca_home.authority, now=now).crl)  # still valid: listed
+    beyond = generate_crl(ca_home.authority, now=expiry + timedelta(hours=1)).crl
+    assert listed(beyond)  # the first CRL issued beyond its validity still lists it
+    assert not listed(generate_crl(ca_home.authority, now=expiry + timedelta(hours=2)).crl)  # then it goes

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import json
 import os
-import urllib.parse
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -40,8 +40,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, softhsm) -> Iterator[Runnin
 
 
 def token(server: RunningServer, identity: str, *extra: str) -> str:
-    credential = run([sys.executable, "-m", "vpnca.cli", "token", "create", "--protocol", "scep", "--id", identity,
-                      *extra], env=server.ca.env).stdout.strip()
+    credential = run([sys.executable, "-m", "vpnca.cli", "token", "create", "--protocol", "scep",
+                      "--id", identity, *extra], env=server.ca.env).stdout.strip()
     remember_secret(credential.partition(":")[2])
     return credential
 
@@ -71,7 +71,8 @@ def pki_scep(server: RunningServer, files: dict[str, Path], key: Path, out: Path
 
 
 def rsa_key(path: Path) -> Path:
-    path.write_text(run([require_tool("pki"), "--gen", "--type", "rsa", "--size", "3072", "--outform", "pem"]).stdout)
+    path.write_text(run([require_tool("pki"), "--gen", "--type", "rsa", "--size", "3072",
+                         "--outform", "pem"]).stdout)
     return path
 
 
@@ -90,7 +91,8 @@ def test_get_ca_caps_and_ca_certs(server: RunningServer, ca_files: dict[str, Pat
     assert "SCEP RA" in ra.subject.rfc4514_string() and isinstance(ra.public_key(), rsa.RSAPublicKey)
 
 
-def test_pki_scep_enrolls_with_a_challenge_password_and_renews(server: RunningServer, ca_files: dict[str, Path],
+def test_pki_scep_enrolls_with_a_challenge_password_and_renews(server: RunningServer,
+                                                               ca_files: dict[str, Path],
                                                                tmp_path: Path) -> None:
     credential = token(server, "mdm1.example.com")
     first = tmp_path / "first.pem"
@@ -113,8 +115,8 @@ def test_wrong_or_reused_challenge_password_gets_failure(server: RunningServer, 
     wrong = pki_scep(server, ca_files, rsa_key(tmp_path / "a.pem"), tmp_path / "a.crt", "--dn",
                      "CN=mdm2.example.com", "--password", credential[:-3] + "xyz", check=False)
     assert wrong.returncode != 0 and "badRequest" in wrong.stderr and "not 'SUCCESS'" in wrong.stderr
-    ok = pki_scep(server, ca_files, rsa_key(tmp_path / "b.pem"), tmp_path / "b.crt", "--dn", "CN=mdm2.example.com",
-                  "--password", credential)
+    ok = pki_scep(server, ca_files, rsa_key(tmp_path / "b.pem"), tmp_path / "b.crt", "--dn",
+                  "CN=mdm2.example.com", "--password", credential)
     assert "BEGIN CERTIFICATE" in ok.stdout
     reused = pki_scep(server, ca_files, rsa_key(tmp_path / "c.pem"), tmp_path / "c.crt", "--dn",
                       "CN=mdm2.example.com", "--password", credential, check=False)
@@ -126,16 +128,19 @@ def test_pending_until_approved_then_certpoll_delivers(server: RunningServer, ca
     credential = token(server, "gw7.example.com", "--profile", "gateway")
     key = rsa_key(tmp_path / "gw.pem")
     process = subprocess.Popen(
-        [require_tool("pki"), "--scep", "--url", url(server), "--in", str(key), "--cacert-enc", str(ca_files["ra"]),
-         "--cacert-sig", str(ca_files["ra"]), "--cacert", str(ca_files["sub"]), "--cacert", str(ca_files["root"]),
-         "--dn", "CN=gw7.example.com", "--san", "gw7.example.com", "--password", credential, "--interval", "1",
-         "--maxpolltime", "60", "--outform", "pem"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [require_tool("pki"), "--scep", "--url", url(server), "--in", str(key),
+         "--cacert-enc", str(ca_files["ra"]), "--cacert-sig", str(ca_files["ra"]),
+         "--cacert", str(ca_files["sub"]), "--cacert", str(ca_files["root"]),
+         "--dn", "CN=gw7.example.com", "--san", "gw7.example.com", "--password", credential,
+         "--interval", "1", "--maxpolltime", "60", "--outform", "pem"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     pending: list[dict[str, str]] = []
     while not pending:
         assert time.monotonic() < deadline and process.poll() is None, process.communicate()
-        pending = [p for p in json.loads(run([sys.executable, "-m", "vpnca.cli", "pending", "--json"],
-                                             env=server.ca.env).stdout) if p["identities"] == "gw7.example.com"]
+        listed = json.loads(run([sys.executable, "-m", "vpnca.cli", "pending", "--json"],
+                                env=server.ca.env).stdout)
+        pending = [p for p in listed if p["identities"] == "gw7.example.com"]
         time.sleep(0.5)
     time.sleep(2)  # at least one CertPoll answered PENDING
     run([sys.executable, "-m", "vpnca.cli", "approve", pending[0]["request_id"]], env=server.ca.env)
@@ -154,8 +159,8 @@ def client_identity() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "probe.example.com")])
     now = datetime.now(UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=1))
-            .sign(key, hashes.SHA256()))
+            .serial_number(1).not_valid_before(now - timedelta(hours=1))
+            .not_valid_after(now + timedelta(hours=1)).sign(key, hashes.SHA256()))
     return key, cert
 
 
@@ -214,14 +219,13 @@ def pkcs_req(server: RunningServer, identity: str, credential: str, cipher: str,
            .sign(key, hashes.SHA256()))
     now = datetime.now(UTC)
     signer = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-              .serial_number(7).not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(hours=1))
-              .sign(key, hashes.SHA256()))
+              .serial_number(7).not_valid_before(now - timedelta(hours=1))
+              .not_valid_after(now + timedelta(hours=1)).sign(key, hashes.SHA256()))
     ra = x509.load_pem_x509_certificate((server.ca.home / "ca/scep-ra.pem").read_bytes())
     extra = [("1.2.840.113549.1.9.5", cms.Time(name="utc_time", value=signing_time))] if signing_time else []
+    content = scep.envelope(csr.public_bytes(serialization.Encoding.DER), ra, cipher)
     return scep.signed_message(signer, key, message_type=scep.PKCS_REQ, transaction_id=f"tx-{identity}",
-                               sender_nonce=os.urandom(16),
-                               content=scep.envelope(csr.public_bytes(serialization.Encoding.DER), ra, cipher),
-                               extra=extra)
+                               sender_nonce=os.urandom(16), content=content, extra=extra)
 
 
 def test_des3_only_for_the_named_legacy_profiles(server: RunningServer) -> None:
@@ -252,7 +256,8 @@ def test_get_cert_over_http_get_for_an_unknown_serial_is_bad_cert_id(server: Run
     message = scep.signed_message(cert, key, message_type=scep.GET_CERT, transaction_id="get-1",
                                   sender_nonce=os.urandom(16), content=scep.envelope(query, ra))
     encoded = urllib.parse.quote(base64.b64encode(message).decode(), safe="")
-    with urllib.request.urlopen(f"{url(server)}?operation=PKIOperation&message={encoded}", timeout=30) as response:
+    get_url = f"{url(server)}?operation=PKIOperation&message={encoded}"
+    with urllib.request.urlopen(get_url, timeout=30) as response:
         assert status_of(response.read()) == (scep.FAILURE, scep.BAD_CERT_ID)
 
 
@@ -260,7 +265,7 @@ def test_get_crl_returns_the_crl_enveloped_to_the_requester(server: RunningServe
     run([sys.executable, "-m", "vpnca.cli", "crl"], env=server.ca.env)
     key, cert = client_identity()
     ra = x509.load_pem_x509_certificate((server.ca.home / "ca/scep-ra.pem").read_bytes())
-    sub = cms.Certificate.load((server.ca.hierarchy.sub.public_bytes(serialization.Encoding.DER)))
+    sub = cms.Certificate.load(server.ca.hierarchy.sub.public_bytes(serialization.Encoding.DER))
     query = cms.IssuerAndSerialNumber({"issuer": sub.issuer, "serial_number": sub.serial_number}).dump()
     message = scep.signed_message(cert, key, message_type=scep.GET_CRL, transaction_id="crl-1",
                                   sender_nonce=os.urandom(16), content=scep.envelope(query, ra))
@@ -405,4 +410,76 @@ def test_certpoll_finds_a_certificate_issued_without_approval(server: RunningSer
     assert status == 200 and status_of(refused) == (scep.FAILURE, scep.BAD_MESSAGE_CHECK)
     status, unknown = post(server, cert_poll(server, key, "poll.example.com", "no-such-transaction"))
     assert status == 200 and status_of(unknown) == (scep.FAILURE, scep.BAD_CERT_ID)
+    assert "Traceback" not in server.log.read_text()
+
+
+def openssl_verifies(server: RunningServer, reply: bytes, directory: Path) -> None:
+    """`openssl smime -verify` (PKCS7_verify, what certmonger's scep-submit calls) and `openssl cms -verify`
+    accept the CertRep: the RA's signature over the encapsulated content, the RA certificate chained to
+    our root."""
+    der, cas = directory / "certrep.der", directory / "cas.pem"
+    der.write_bytes(reply)
+    # PKCS7_verify builds the chain from the message's certificates and the store only: the sub-CA goes
+    # beside the root (certmonger's store holds the CA and RA certificates the same way)
+    cas.write_bytes(b"".join((server.ca.home / "ca" / name).read_bytes() for name in ("root.pem", "sub.pem")))
+    chain = ["-CAfile", str(cas), "-purpose", "any"]
+    for command in ("smime", "cms"):
+        result = run([require_tool("openssl"), command, "-verify", "-inform", "DER", "-in", str(der), *chain,
+                      "-out", str(directory / f"{command}.out")], check=False)
+        assert result.returncode == 0 and "Verification successful" in result.stderr, result.stderr
+
+
+def test_failure_and_pending_certreps_carry_content_openssl_verifies(server: RunningServer,
+                                                                     tmp_path: Path) -> None:
+    """RFC 8894 3.3.2: no pkcsPKIEnvelope in a FAILURE or PENDING CertRep, but the SignedData still
+    encapsulates (empty) data: without it OpenSSL calls the message detached and refuses it ("no
+    content"), and certmonger reported every refusal as CA_UNREACHABLE."""
+    status, failure = post(server, request(server, b"\x30\x03\x02\x01\x00"))
+    assert status == 200 and status_of(failure) == (scep.FAILURE, scep.BAD_REQUEST)
+    encapsulated = cms.ContentInfo.load(failure)["content"]["encap_content_info"]
+    assert encapsulated["content_type"].native == "data" and encapsulated["content"].native == b""
+    openssl_verifies(server, failure, tmp_path)
+    credential = token(server, "wait1.example.com", "--profile", "gateway")
+    pending = pkcs_req(server, "wait1.example.com", credential, "aes256_cbc")
+    status, reply = post(server, pending)
+    assert status == 200 and status_of(reply) == (scep.PENDING, None)
+    openssl_verifies(server, reply, tmp_path)
+
+
+def renewal_pkcs_req(server: RunningServer, current: x509.Certificate, current_key: rsa.RSAPrivateKey,
+                     new_key: rsa.RSAPrivateKey, identity: str) -> bytes:
+    """What certmonger sends to renew: a PKCSReq for the new key, signed by the current certificate."""
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName(identity)]), critical=False)
+           .sign(new_key, hashes.SHA256()))
+    content = scep.envelope(csr.public_bytes(serialization.Encoding.DER), ra_cert(server))
+    return scep.signed_message(current, current_key, message_type=scep.PKCS_REQ,
+                               transaction_id=os.urandom(20).hex(), sender_nonce=os.urandom(16),
+                               content=content)
+
+
+def test_pkcsreq_signed_by_a_current_certificate_renews_and_by_a_revoked_one_is_refused(
+        server: RunningServer) -> None:
+    name = "renew-pkcsreq.example.com"
+    key = rsa.generate_private_key(65537, 2048)
+    credential = token(server, name)
+    status, reply = post(server, enrollment_request(server, key, name, credential, os.urandom(8).hex()))
+    assert status == 200 and status_of(reply) == (scep.SUCCESS, None)
+    first = delivered(reply, key)
+    new_key = rsa.generate_private_key(65537, 2048)
+    status, reply = post(server, renewal_pkcs_req(server, first, key, new_key, name))
+    assert status == 200 and status_of(reply) == (scep.SUCCESS, None), status_of(reply)
+    second = delivered(reply, key)  # enveloped to the signer: the current certificate's key
+    assert second.public_key() == new_key.public_key() and second.subject == first.subject
+    old_serial, new_serial = f"{first.serial_number:x}", f"{second.serial_number:x}"
+    record = server.ca.store.get_certificate(new_serial)
+    assert record is not None and record.requester == f"cert:{old_serial}"
+    renews = [json.loads(e.details) for e in server.ca.store.audit_entries()]
+    assert any(d.get("serial") == new_serial and d.get("renews") == old_serial for d in renews)
+    run([sys.executable, "-m", "vpnca.cli", "revoke", new_serial, "--reason", "keyCompromise"],
+        env=server.ca.env)
+    another = rsa.generate_private_key(65537, 2048)
+    status, refused = post(server, renewal_pkcs_req(server, second, new_key, another, name))
+    assert status == 200 and status_of(refused) == (scep.FAILURE, scep.BAD_REQUEST)
     assert "Traceback" not in server.log.read_text()

@@ -21,8 +21,8 @@ from cryptography.x509.oid import NameOID
 from enrollment import scep
 from hsm import HsmUnavailable
 from tests.conftest import CaHome
-from vpnca.store import Store
 from vpnca.app import scep_context
+from vpnca.store import Store
 
 CLIENT = "192.0.2.7"
 

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from tests.conftest import CaHome
 from vpnca.audit import verify_chain
-from vpnca.authority import IssueRequest, IssuedCertificate
+from vpnca.authority import IssuedCertificate, IssueRequest
 from vpnca.errors import Conflict, NotFound
 from vpnca.identities import IkeIdentity
 from vpnca.store import CertStatus
@@ -38,7 +38,7 @@ def test_eight_threads_issue_at_once_through_the_token(any_ca_home: CaHome) -> N
 
 def test_serials_are_unique_by_database_constraint(any_ca_home: CaHome) -> None:
     serial = issue(any_ca_home, "a.example.com").serial
-    with pytest.raises(Exception, match="(?i)unique|duplicate"), any_ca_home.store.write() as session:
+    with pytest.raises(Exception, match=r"(?i)unique|duplicate"), any_ca_home.store.write() as session:
         session.execute(text(
             "INSERT INTO certificates (serial, issuer, profile, subject, identities, status, not_before,"
             " not_after, requester, protocol, created_at) VALUES (:s, 'x', 'device', 'CN=x', '[]', 'valid',"

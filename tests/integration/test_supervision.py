@@ -72,7 +72,9 @@ def events(home: Path, name: str, **match: Any) -> list[dict[str, Any]]:
 def worker_pids(home: Path, server: str) -> dict[int, int]:
     """Index -> pid of the current workers, from the supervisor's events."""
     pids: dict[int, int] = {}
-    for record in events(home, "worker.started", server=server) + events(home, "worker.restarted", server=server):
+    started = events(home, "worker.started", server=server)
+    restarted = events(home, "worker.restarted", server=server)
+    for record in started + restarted:
         pids[record["index"]] = record["worker_pid"]  # restarted events come after the started ones
     return pids
 
@@ -100,8 +102,8 @@ def csr_for(identity: str) -> bytes:
 
 
 def est_token(ca: CaHome, identity: str) -> tuple[str, str]:
-    token = create_token(ca.store, identities=(IkeIdentity.parse(identity),), profile="device", protocol="est",
-                         ttl=timedelta(hours=1), created_by="test")
+    token = create_token(ca.store, identities=(IkeIdentity.parse(identity),), profile="device",
+                         protocol="est", ttl=timedelta(hours=1), created_by="test")
     remember_secret(token.secret)
     return token.token_id, token.secret
 
@@ -112,8 +114,9 @@ def tls_context(ca: CaHome) -> ssl.SSLContext:
 
 def est_enroll(server: RunningServer, identity: str) -> x509.Certificate:
     """A first enrollment with a one-time token over HTTPS: the issued certificate."""
-    response = httpx.post(f"{server.est}/simpleenroll", content=csr_for(identity), auth=est_token(server.ca, identity),
-                          headers={"Content-Type": "application/pkcs10"}, verify=tls_context(server.ca), timeout=30)
+    response = httpx.post(f"{server.est}/simpleenroll", content=csr_for(identity),
+                          auth=est_token(server.ca, identity), headers={"Content-Type": "application/pkcs10"},
+                          verify=tls_context(server.ca), timeout=30)
     assert response.status_code == 200, response.text
     [cert] = pkcs7.load_der_pkcs7_certificates(base64.b64decode(response.content))
     return cert
@@ -132,7 +135,8 @@ def assert_ocsp_good(ca: CaHome, base: str, cert: x509.Certificate) -> None:
     assert response.status_code == 200
     answer = ocsp.load_der_ocsp_response(response.content)
     assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
-    assert answer.serial_number == cert.serial_number and answer.certificate_status == ocsp.OCSPCertStatus.GOOD
+    assert answer.serial_number == cert.serial_number
+    assert answer.certificate_status == ocsp.OCSPCertStatus.GOOD
 
 
 def replaced(home: Path, server: str, index: int, old_pid: int) -> int | None:
@@ -209,8 +213,9 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(tmp_path: Path, softh
         token_id, secret = est_token(ca, identity)
         body = csr_for(identity)
         basic = base64.b64encode(f"{token_id}:{secret}".encode()).decode()
-        conn = tls_context(ca).wrap_socket(socket.create_connection(("127.0.0.1", server.https_port), timeout=30),
-                                           server_hostname="localhost")
+        conn = tls_context(ca).wrap_socket(
+            socket.create_connection(("127.0.0.1", server.https_port), timeout=30),
+            server_hostname="localhost")
         with conn:
             # the request is in the application, reading its body, when the server answers 100 Continue
             conn.sendall((f"POST /.well-known/est/simpleenroll HTTP/1.1\r\nHost: localhost\r\n"
@@ -248,7 +253,8 @@ def test_killed_ocsp_workers_are_replaced(ca_home: CaHome) -> None:
     base = f"http://127.0.0.1:{port}"
     log = ca_home.home / "ocsp.log"
     process = subprocess.Popen([sys.executable, "-m", "vpnca.cli", "ocsp", "serve", "--port", str(port),
-                                "--workers", "2"], env=ca_home.env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+                                "--workers", "2"],
+                               env=ca_home.env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, process, log)
         device = issue(ca_home, "ocsp-heal.example.com")

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 
 from hsm import HsmError, KeySpec, open_token, read_pin
 from hsm.softhsm import SoftHsmToken
-from vpnca.ca import token_key
+from vpnca.issuer import token_key
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,8 @@ def test_token_keys_sign_and_verify(token, algorithm: str) -> None:  # type: ign
         signature = key.sign(data, ec.ECDSA(hashes.SHA256()))
         key.public_key().verify(signature, data, ec.ECDSA(hashes.SHA256()))
     else:
-        for pad in (padding.PKCS1v15(), padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH)):
+        pss = padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH)
+        for pad in (padding.PKCS1v15(), pss):
             signature = key.sign(data, pad, hashes.SHA256())
             key.public_key().verify(signature, data, pad, hashes.SHA256())
 

@@ -17,9 +17,9 @@ from enrollment.service import Enrollment, enroll
 from hsm import HsmError, KeySpec
 from tests.conftest import CaHome
 from vpnca.authority import Authority
-from vpnca.ca import open_settings_token, token_key
 from vpnca.errors import NotAuthenticated
 from vpnca.identities import IkeIdentity
+from vpnca.issuer import open_settings_token, token_key
 from vpnca.store import CertificateRecord, CertStatus
 
 
@@ -64,7 +64,8 @@ def test_token_survives_a_token_failure_and_is_spent_by_the_issued_certificate(c
     issued = enroll(ca_home.authority, requester, enrollment)
 
     # the client lost the answer: the same token and CSR get the same certificate, not a new one
-    again = enroll(ca_home.authority, check_token(ca_home.store, token_id, secret, protocol="est"), enrollment)
+    again = enroll(ca_home.authority, check_token(ca_home.store, token_id, secret, protocol="est"),
+                   enrollment)
     assert again.serial == issued.serial and again.der == issued.der
     assert ca_home.store.count_by_status().get("valid") == 1
     other = Enrollment(csr=_csr("laptop.example.com"), profile="device", protocol="est")
@@ -78,8 +79,8 @@ def test_a_reservation_cut_off_by_a_crash_is_resolved_and_gives_the_token_back(c
     stuck = CertificateRecord(serial="7f" + uuid.uuid4().hex[:30], issuer=ca_home.settings.ca.name,
                               profile="device", subject="CN=phone.example.com",
                               identities='[["fqdn", "phone.example.com"]]', status=CertStatus.ISSUING,
-                              not_before=now, not_after=now + timedelta(days=7), requester=f"token:{token_id}",
-                              protocol="est", created_at=now)
+                              not_before=now, not_after=now + timedelta(days=7),
+                              requester=f"token:{token_id}", protocol="est", created_at=now)
     ca_home.store.reserve_serial(stuck, spend_token=token_id)  # then the process died before signing
     with pytest.raises(NotAuthenticated):
         enroll(ca_home.authority, check_token(ca_home.store, token_id, secret, protocol="est"),

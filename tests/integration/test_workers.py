@@ -75,7 +75,8 @@ def test_ocsp_workers_go_with_their_parent(ca_home: CaHome) -> None:
     port = free_port()
     log = ca_home.home / "ocsp.log"
     process = subprocess.Popen([sys.executable, "-m", "vpnca.cli", "ocsp", "serve", "--port", str(port),
-                                "--workers", "2"], env=ca_home.env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+                                "--workers", "2"],
+                               env=ca_home.env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, process, log)
         workers = workers_of(process.pid, 2)

@@ -18,17 +18,21 @@ from vpnca.errors import ConfigError
 # RFC 7638 section 3.1: the example RSA key and its SHA-256 thumbprint
 RFC7638_JWK = {
     "kty": "RSA", "e": "AQAB", "alg": "RS256", "kid": "2011-04-29",
-    "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZC"
-         "iFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9"
-         "c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF"
-         "44-csFCur-kEgU8awapJzKnqDKgw",
+    "n": (
+        "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWK"
+        "RXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMic"
+        "AtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3"
+        "XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"
+    ),
 }
 
 
-def jws_for(key: ec.EllipticCurvePrivateKey, protected: dict[str, object], payload: bytes = b"{}") -> dict[str, str]:
+def jws_for(key: ec.EllipticCurvePrivateKey, protected: dict[str, object],
+            payload: bytes = b"{}") -> dict[str, str]:
     protected_b64 = jose.b64url(json.dumps(protected).encode())
     payload_b64 = jose.b64url(payload)
-    r, s = decode_dss_signature(key.sign(f"{protected_b64}.{payload_b64}".encode(), ec.ECDSA(hashes.SHA256())))
+    signature = key.sign(f"{protected_b64}.{payload_b64}".encode(), ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(signature)
     return {"protected": protected_b64, "payload": payload_b64,
             "signature": jose.b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))}
 
@@ -36,7 +40,8 @@ def jws_for(key: ec.EllipticCurvePrivateKey, protected: dict[str, object], paylo
 def ec_jwk(key: ec.EllipticCurvePrivateKey, size: int = 32) -> dict[str, str]:
     numbers = key.public_key().public_numbers()
     return {"kty": "EC", "crv": "P-256" if size == 32 else "P-384",
-            "x": jose.b64url(numbers.x.to_bytes(size, "big")), "y": jose.b64url(numbers.y.to_bytes(size, "big"))}
+            "x": jose.b64url(numbers.x.to_bytes(size, "big")),
+            "y": jose.b64url(numbers.y.to_bytes(size, "big"))}
 
 
 def problem_type(call: object) -> str:
@@ -83,7 +88,8 @@ def test_weak_unknown_and_private_keys_are_refused() -> None:
     small = rsa.generate_private_key(65537, 1024).public_key().public_numbers()
     weak = {"kty": "RSA", "n": jose.b64url(small.n.to_bytes(128, "big")), "e": "AQAB"}
     assert problem_type(lambda: jose.public_key(weak)) == "badPublicKey"
-    assert problem_type(lambda: jose.public_key({"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"})) == "badPublicKey"
+    p521 = {"kty": "EC", "crv": "P-521", "x": "AA", "y": "AA"}
+    assert problem_type(lambda: jose.public_key(p521)) == "badPublicKey"
     key = ec.generate_private_key(ec.SECP256R1())
     off_curve = {**ec_jwk(key), "y": jose.b64url((5).to_bytes(32, "big"))}
     assert problem_type(lambda: jose.public_key(off_curve)) == "badPublicKey"
@@ -92,12 +98,14 @@ def test_weak_unknown_and_private_keys_are_refused() -> None:
 
 
 def test_identifiers_are_canonical_and_typed() -> None:
-    parsed = parse_identifiers([{"type": "dns", "value": "VPN.Example.COM."}, {"type": "dns", "value": "vpn.example.com"},
+    parsed = parse_identifiers([{"type": "dns", "value": "VPN.Example.COM."},
+                                {"type": "dns", "value": "vpn.example.com"},
                                 {"type": "ip", "value": "2001:DB8::1"}])
     assert parsed == [Identifier("dns", "vpn.example.com"), Identifier("ip", "2001:db8::1")]
-    assert problem_type(lambda: parse_identifiers([{"type": "dns", "value": "10.0.0.1"}])) == "rejectedIdentifier"
-    assert problem_type(lambda: parse_identifiers([{"type": "ip", "value": "vpn.example.com"}])) == "malformed"
-    assert problem_type(lambda: parse_identifiers([{"type": "dns", "value": "*.example.com"}])) == "rejectedIdentifier"
+    for value, refused in (({"type": "dns", "value": "10.0.0.1"}, "rejectedIdentifier"),
+                           ({"type": "ip", "value": "vpn.example.com"}, "malformed"),
+                           ({"type": "dns", "value": "*.example.com"}, "rejectedIdentifier")):
+        assert problem_type(lambda value=value: parse_identifiers([value])) == refused
     assert problem_type(lambda: parse_identifiers([{"type": "dns"}])) == "malformed"
 
 

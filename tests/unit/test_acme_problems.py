@@ -7,7 +7,6 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy.exc import OperationalError
 
 from enrollment.acme import jose
 from enrollment.acme.nonces import Nonces
@@ -21,6 +20,7 @@ from vpnca.errors import (
     NotAuthorized,
     NotFound,
     PolicyViolation,
+    StoreUnavailable,
 )
 
 KEY = b"k" * 32
@@ -55,7 +55,7 @@ def test_core_errors_map_to_one_problem_type_each(error: Exception, subject: str
 
 def test_the_cas_own_troubles_are_503_with_retry_after_and_a_fixed_text() -> None:
     for error in (HsmUnavailable("token vpnca: DeviceRemoved at slot 0x2f"),
-                  OperationalError("SELECT", {}, Exception("could not connect to db.internal:5432"))):
+                  StoreUnavailable("the database cannot be reached: db.internal:5432")):
         problem = problem_for(error)
         assert (problem.type, problem.status) == ("serverInternal", 503)
         assert "Retry-After" in problem.headers
@@ -118,7 +118,7 @@ def test_a_nonce_checks_by_its_mac_and_age_alone() -> None:
     another_key = Nonces(lambda: b"x" * 32, timedelta(hours=1))
     assert problem_type(lambda: another_key.check(nonce)) == ("badNonce", 400)
     for bad in (None, 7, "", "made-up", nonce + "A", "!" * len(nonce)):
-        assert problem_type(lambda: nonces.check(bad)) == ("badNonce", 400)
+        assert problem_type(lambda bad=bad: nonces.check(bad)) == ("badNonce", 400)
     now[0] += 3600  # expired
     assert problem_type(lambda: nonces.check(nonce)) == ("badNonce", 400)
     future = Nonces(lambda: KEY, timedelta(hours=1), clock=lambda: time.time() + 3600).make()

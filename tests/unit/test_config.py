@@ -93,17 +93,20 @@ def test_unknown_sections_and_keys_are_errors(home: Path, text: str, message: st
 
 @pytest.mark.parametrize(("text", "key", "expected"), [
     ('[server]\nhttps_port = "x"\n', "server.https_port", 'expected an integer, got "x"'),
-    ('[profiles.gateway]\napproval = "yes"\n', "profiles.gateway.approval", 'expected true or false, got "yes"'),
+    ('[profiles.gateway]\napproval = "yes"\n', "profiles.gateway.approval",
+     'expected true or false, got "yes"'),
     ('[ca]\nname_constraints = "false"\n', "ca.name_constraints", "expected true or false"),
     ("[crl]\ndelta = 1\n", "crl.delta", "expected true or false"),
     ("[est]\nmax_body_bytes = 1.5\n", "est.max_body_bytes", "expected an integer"),
     ('[policy]\nallowed_domains = "example.com"\n', "policy.allowed_domains", "expected a list"),
     ('[policy]\nallowed_ip_ranges = ["10.0.0.1/8"]\n', "policy.allowed_ip_ranges[0]", "host bits set"),
-    ('[profiles.device]\nlifetime_days = "7"\n', "profiles.device.lifetime_days", "expected a number of days"),
+    ('[profiles.device]\nlifetime_days = "7"\n', "profiles.device.lifetime_days",
+     "expected a number of days"),
     ('[ca]\nroot_key = "hsm"\n', "ca.root_key", "expected 'software' or 'token'"),
     ("ca = 1\n", "ca", "expected a table"),
 ])
-def test_wrong_types_name_the_key_and_what_was_expected(home: Path, text: str, key: str, expected: str) -> None:
+def test_wrong_types_name_the_key_and_what_was_expected(home: Path, text: str, key: str,
+                                                        expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(home, text)
     assert str(info.value).startswith(f"invalid {key} in {home / 'vpnca.toml'}: ")
@@ -126,11 +129,12 @@ def test_out_of_range_values_are_errors(home: Path, text: str, key: str, expecte
 
 
 def test_a_duration_takes_exactly_one_unit(home: Path) -> None:
-    with pytest.raises(ConfigError, match="profiles.device.lifetime .*several units .*lifetime_hours"):
+    with pytest.raises(ConfigError, match=r"profiles\.device\.lifetime .*several units .*lifetime_hours"):
         load(home, "[profiles.device]\nlifetime_days = 1\nlifetime_hours = 2\n")
-    with pytest.raises(ConfigError, match="profiles.device.lifetime .*lifetime_days"):
+    with pytest.raises(ConfigError, match=r"profiles\.device\.lifetime .*lifetime_days"):
         load(home, "[profiles.device]\nlifetime = 7\n")
-    assert load(home, "[profiles.device]\nlifetime_hours = 36\n").profiles["device"].lifetime == timedelta(hours=36)
+    settings = load(home, "[profiles.device]\nlifetime_hours = 36\n")
+    assert settings.profiles["device"].lifetime == timedelta(hours=36)
 
 
 @pytest.mark.parametrize("text", [
@@ -186,13 +190,14 @@ def test_types_the_code_relies_on(home: Path) -> None:
     with pytest.raises(ValueError):
         settings.ca.name = "other"
     assert settings.model_copy(update={"http_base_url": "http://x"}).ocsp_url == "http://x/ocsp"
-    policy = PolicySettings(allowed_domains=("example.com",), allowed_ip_ranges=(ipaddress.ip_network("::/0"),))
+    policy = PolicySettings(allowed_domains=("example.com",),
+                            allowed_ip_ranges=(ipaddress.ip_network("::/0"),))
     assert policy.allow_dn_identities
 
 
 def test_settings_from_dict_checks_like_the_file(tmp_path: Path) -> None:
     assert settings_from_dict(tmp_path, {"ca": {"name": "x"}}).ca.name == "x"
-    with pytest.raises(ConfigError, match="unknown key ca.nmae"):
+    with pytest.raises(ConfigError, match=r"unknown key ca\.nmae"):
         settings_from_dict(tmp_path, {"ca": {"nmae": "x"}})
 
 
@@ -299,6 +304,7 @@ trusted_proxies = ["10.0.0.5"]
 client_cert_header = "x-client-cert"
 max_body_bytes = 8192
 retry_after_seconds = 30
+reenroll_grace_hours = 12
 
 [crl]
 next_update_hours = 12

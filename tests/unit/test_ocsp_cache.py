@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +34,8 @@ def _issuer() -> x509.Certificate:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Issuing CA")])
     return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=9))
+            .serial_number(1).not_valid_before(NOW - timedelta(days=1))
+            .not_valid_after(NOW + timedelta(days=9))
             .sign(key, hashes.SHA256()))
 
 
@@ -79,7 +81,8 @@ def request(serial: int, *, alg: str = "sha1", extensions: list[dict[str, object
         "serial_number": serial}}]}
     if extensions:
         tbs["request_extensions"] = extensions
-    return aocsp.OCSPRequest({"tbs_request": tbs}).dump()
+    der: bytes = aocsp.OCSPRequest({"tbs_request": tbs}).dump()
+    return der
 
 
 def _tlv(tag: int, value: bytes) -> bytes:
@@ -180,12 +183,12 @@ def test_answers_in_memory_are_served_while_the_database_is_down(
     responder = service(tmp_path, store)
     cached = responder.respond(request(1)).body
     clock = [1000.0]
-    monkeypatch.setattr(cache_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])  # ocsp.cache's clock
     (tmp_path / "db").rename(tmp_path / "away")  # the database goes away: new connections cannot open it
     store.engine.dispose()
     caplog.set_level(logging.INFO, logger="vpnca.events")
     try_later = error_response("try_later")
-    for i in range(1000):
+    for _ in range(1000):
         clock[0] += 0.1  # 100 s of polling
         assert responder.respond_presigned(request(1)) == OcspAnswer(cached, responder.cache.entries[
             HASHES.key("sha1", 1)][1])

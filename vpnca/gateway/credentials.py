@@ -50,7 +50,8 @@ def enroll_gateway(authority: Authority, identity: str | None = None, *, request
         raise ConfigError("no gateway identity: pass --id or set gateway.id in vpnca.toml")
     key = generate_software_key("ec-p384")
     issued = authority.issue(IssueRequest(profile="gateway", identities=(IkeIdentity.parse(identity),),
-                                          public_key=key.public_key(), requester=requester, protocol="gateway"))
+                                          public_key=key.public_key(), requester=requester,
+                                          protocol="gateway"))
     files = GatewayFiles.of(settings)
     files.cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_private(files.key, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -59,7 +60,8 @@ def enroll_gateway(authority: Authority, identity: str | None = None, *, request
     return issued.certificate
 
 
-def renewal_due(authority: Authority, certificate: x509.Certificate, *, rng: random.Random | None = None) -> datetime:
+def renewal_due(authority: Authority, certificate: x509.Certificate, *,
+                rng: random.Random | None = None) -> datetime:
     """When to renew: 2/3 of the way from issuance to expiry, moved by up to ±jitter of the lifetime."""
     record = authority.store.get_certificate(serial_hex(certificate.serial_number))
     issued = record.created_at if record is not None else certificate.not_valid_before_utc

@@ -29,7 +29,8 @@ def gateway_identity(settings: Settings) -> str:
                       "`vpnca gateway enroll --id ...`")
 
 
-def connection(settings: Settings, *, gateway_cert: Any = "gateway.pem", ca_cert: Any = "sub.pem") -> dict[str, Any]:
+def connection(settings: Settings, *, gateway_cert: Any = "gateway.pem",
+               ca_cert: Any = "sub.pem") -> dict[str, Any]:
     """The IKEv2 connection. Certificates are file names for swanctl.conf and DER blobs over VICI."""
     gw = settings.gateway
     return {
@@ -79,7 +80,8 @@ def _render(name: str, body: dict[str, Any], indent: int) -> list[str]:
 
 def render_swanctl(settings: Settings) -> str:
     """swanctl.conf for the gateway: the same connection and authority that `vpnca gateway push` loads."""
-    lines = ["# Rendered by `vpnca gateway render` from the crypto policy; `vpnca gateway push` loads the same.",
+    lines = [("# Rendered by `vpnca gateway render` from the crypto policy; "
+              "`vpnca gateway push` loads the same."),
              "# Files beside it: x509/gateway.pem, private/gateway.pem, x509ca/sub.pem, x509ca/root.pem."]
     lines += _render("connections", {CONNECTION: connection(settings)}, 0)
     lines += _render("authorities", {AUTHORITY: authority(settings)}, 0)

@@ -16,6 +16,7 @@ dies, however it dies, so no worker is left serving on its own.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -66,8 +67,8 @@ def exit_fields(exitcode: int | None) -> dict[str, Any]:
 class Supervisor:
     """Runs `target(*args_for(i))` in worker processes i = 0..workers-1 and keeps them running."""
 
-    def __init__(self, target: Callable[..., Any], args_for: Callable[[int], tuple[Any, ...]], workers: int, *,
-                 server: str, on_exit: Callable[[int], None] | None = None,
+    def __init__(self, target: Callable[..., Any], args_for: Callable[[int], tuple[Any, ...]],
+                 workers: int, *, server: str, on_exit: Callable[[int], None] | None = None,
                  grace: float = SHUTDOWN_GRACE) -> None:
         self.target = target
         self.args_for = args_for
@@ -90,7 +91,8 @@ class Supervisor:
             for slot in self.slots:
                 self._start(slot)
             while not self.signals:
-                self._wait([slot.process for slot in self.slots if slot.process is not None], self._next_restart())
+                self._wait([slot.process for slot in self.slots if slot.process is not None],
+                           self._next_restart())
                 self._reap()
                 self._restart_due()
         finally:
@@ -115,10 +117,8 @@ class Supervisor:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signals.append(signum)
         if self._wake_w >= 0:
-            try:
+            with contextlib.suppress(OSError):  # the pipe is full: the loop is awake anyway
                 os.write(self._wake_w, b"\0")
-            except OSError:  # the pipe is full: the loop is awake anyway
-                pass
 
     def _wait(self, processes: list[BaseProcess], timeout: float | None) -> None:
         """Until a process exits, a signal arrives or `timeout` passes (a signal that came before is
@@ -166,7 +166,8 @@ class Supervisor:
                          error=str(exc), restart_in_seconds=delay)
 
     def _start(self, slot: _Slot) -> None:
-        process = self.context.Process(target=_worker, args=(self.target, self.args_for(slot.index), os.getpid()),
+        process = self.context.Process(target=_worker,
+                                       args=(self.target, self.args_for(slot.index), os.getpid()),
                                        name=f"vpnca-{self.server}-{slot.index}", daemon=True)
         process.start()
         slot.process, slot.started = process, time.monotonic()
@@ -175,8 +176,8 @@ class Supervisor:
             return
         slot.restart_at = None
         metrics.worker_restarted(self.server)
-        emit("worker.restarted", logging.WARNING, server=self.server, index=slot.index, worker_pid=process.pid,
-             previous_worker_pid=slot.previous_pid, **exit_fields(slot.exit_code))
+        emit("worker.restarted", logging.WARNING, server=self.server, index=slot.index,
+             worker_pid=process.pid, previous_worker_pid=slot.previous_pid, **exit_fields(slot.exit_code))
 
     def _gone(self, index: int, pid: int | None) -> None:
         if pid is not None:
@@ -187,7 +188,8 @@ class Supervisor:
     # -- stopping ----------------------------------------------------------------------------------
 
     def _stop_all(self) -> None:
-        """SIGTERM to every worker; wait up to the grace period (a second signal: not at all); kill the rest."""
+        """SIGTERM to every worker; wait up to the grace period (a second signal: not at all); kill the
+        rest."""
         running = [slot.process for slot in self.slots if slot.process is not None]
         emit("workers.stopping", server=self.server, workers=len(running), grace_seconds=self.grace,
              signal=signal.Signals(self.signals[0]).name if self.signals else None)
@@ -203,7 +205,8 @@ class Supervisor:
         for process in running:
             if process.is_alive():
                 emit("worker.killed", logging.WARNING, server=self.server, worker_pid=process.pid,
-                     reason="second signal" if len(self.signals) >= 2 else f"still running after {self.grace:g} s")
+                     reason=("second signal" if len(self.signals) >= 2
+                             else f"still running after {self.grace:g} s"))
                 process.kill()
             process.join(5)
             if process.pid is not None:
@@ -214,17 +217,17 @@ class Supervisor:
 
 def _worker(target: Callable[..., Any], args: tuple[Any, ...], parent: int) -> None:
     PR_SET_PDEATHSIG = 1  # linux/prctl.h
-    try:
+    # not Linux: the parent's SIGTERM handler still stops us
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the parent's SIGTERM handler still stops us
-        pass
     if os.getppid() != parent:  # the parent went before the request took effect
         return
     target(*args)
 
 
 def run_workers(target: Callable[..., Any], args_for: Callable[[int], tuple[Any, ...]], workers: int, *,
-                server: str, on_exit: Callable[[int], None] | None = None, grace: float = SHUTDOWN_GRACE) -> None:
+                server: str, on_exit: Callable[[int], None] | None = None,
+                grace: float = SHUTDOWN_GRACE) -> None:
     """Run `target(*args_for(0))` here, or `workers` supervised worker processes (see the module)."""
     if workers <= 1:
         target(*args_for(0))

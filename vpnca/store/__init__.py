@@ -21,6 +21,6 @@ from vpnca.store.repository import Store
 
 __all__ = [
     "AcmeAccount", "AcmeAuthorization", "AcmeChallenge", "AcmeEabKey", "AcmeNonce", "AcmeOrder",
-    "AuditEntry", "CaCertificate", "CertStatus", "CertificateRecord", "CrlRecord", "EnrollmentToken", "JobRun", "OcspResponseRecord", "PendingRequest",
-    "Store",
+    "AuditEntry", "CaCertificate", "CertStatus", "CertificateRecord", "CrlRecord", "EnrollmentToken",
+    "JobRun", "OcspResponseRecord", "PendingRequest", "Store",
 ]

@@ -170,7 +170,7 @@ class AcmeRepository:
                                        AcmeAuthorization.status.in_(("pending", "valid")))
                                 .values(status="deactivated"))
             self.store._append_audit(session, f"acme:{account_id}", "acme-account-update",
-                                     {"account": account_id, **{k: v for k, v in values.items()}})
+                                     {"account": account_id, **values})
             return account
 
     def change_key(self, account_id: str, old_thumbprint: str, jwk: str, thumbprint: str) -> AcmeAccount:
@@ -210,6 +210,16 @@ class AcmeRepository:
     def order_with_certificate(self, serial: str) -> AcmeOrder | None:
         with self.store.read() as session:
             return session.scalars(select(AcmeOrder).where(AcmeOrder.certificate_serial == serial)).first()
+
+    def replacement_of(self, serial: str, *, other_than: str | None = None) -> AcmeOrder | None:
+        """The order that replaced certificate `serial` (RFC 9773 `replaces`), being finalized or
+        finalized; orders still pending, ready or invalid have not replaced it (yet)."""
+        query = select(AcmeOrder).where(AcmeOrder.replaces == serial,
+                                        AcmeOrder.status.in_(("processing", "valid")))
+        if other_than is not None:
+            query = query.where(AcmeOrder.id != other_than)
+        with self.store.read() as session:
+            return session.scalars(query.order_by(AcmeOrder.created_at)).first()
 
     def authorization(self, authz_id: str) -> AcmeAuthorization | None:
         with self.store.read() as session:

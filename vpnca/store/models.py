@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import DateTime, Dialect, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -28,11 +28,12 @@ class UtcDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        moment: datetime = value
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {datetime: UtcDateTime}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime}
 
 
 class CertStatus(StrEnum):
@@ -64,10 +65,12 @@ class CertificateRecord(Base):
     revocation_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     invalidity_date: Mapped[datetime | None] = mapped_column(nullable=True)
     hold_released_at: Mapped[datetime | None] = mapped_column(nullable=True)  # for delta CRLs (removeFromCRL)
+    renew_after: Mapped[datetime | None] = mapped_column(nullable=True)  # `vpnca renew-early`: renew now
 
     # a schema change here needs a migration (vpnca/store/migrations/versions) that makes the same change
     __table_args__ = (Index("ix_certificates_issuer_status", "issuer", "status"),
-                      Index("ix_certificates_status_not_after", "status", "not_after"))
+                      Index("ix_certificates_status_not_after", "status", "not_after"),
+                      Index("ix_certificates_status_serial", "status", "serial"))  # `vpnca list --status`
 
 
 class CaCertificate(Base):
@@ -235,6 +238,7 @@ class AcmeOrder(Base):
     created_at: Mapped[datetime] = mapped_column()
     error: Mapped[str | None] = mapped_column(Text, nullable=True)  # a problem document, JSON
     certificate_serial: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    replaces: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)  # RFC 9773: serial
 
 
 class AcmeAuthorization(Base):

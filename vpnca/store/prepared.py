@@ -38,7 +38,8 @@ class Prepared:
 
     def run(self, cursor: Any, **params: Any) -> Any:
         values = self._convert(params)
-        cursor.execute(self.sql, [values[name] for name in self._order] if self._order is not None else values)
+        cursor.execute(self.sql,
+                       [values[name] for name in self._order] if self._order is not None else values)
         return cursor
 
 

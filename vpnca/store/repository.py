@@ -7,28 +7,40 @@ on upgrade. On PostgreSQL the audit chain head is taken under a transaction-scop
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future
-from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import (Connection, Dialect, Engine, bindparam, create_engine, delete, event, func, insert, select,
-                        text, update)
+from sqlalchemy import (
+    Connection,
+    Dialect,
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from vpnca.audit import GENESIS_HASH, canonical_details, entry_hash
 from vpnca.errors import Conflict, NotAuthenticated, NotFound, StoreUnavailable
 from vpnca.store import migrations
-from vpnca.store.prepared import Prepared
 from vpnca.store.models import (
     AuditEntry,
     CaCertificate,
@@ -40,6 +52,7 @@ from vpnca.store.models import (
     OcspResponseRecord,
     PendingRequest,
 )
+from vpnca.store.prepared import Prepared
 
 AUDIT_LOCK_KEY = 0x7670_6E63  # "vpnc": the advisory lock serialising audit appends on PostgreSQL
 
@@ -57,17 +70,21 @@ class HotStatements:
     """The statements of the issuance hot path, compiled once for the engine's dialect."""
 
     def __init__(self, dialect: Dialect) -> None:
-        certs, tokens, audit = CertificateRecord.__table__, EnrollmentToken.__table__, AuditEntry.__table__
+        # a declarative model's __table__ is typed as the FromClause base; these are Tables
+        certs = cast(Table, CertificateRecord.__table__)
+        tokens = cast(Table, EnrollmentToken.__table__)
+        audit = cast(Table, AuditEntry.__table__)
         self.spend_token = Prepared(
             update(tokens).where(tokens.c.token_id == bindparam("token_id_p"), tokens.c.used_at.is_(None),
                                  tokens.c.expires_at > bindparam("now_p"))
             .values(used_at=bindparam("now_p"), used_for_serial=bindparam("serial_p")), dialect)
         self.reserve = Prepared(insert(certs), dialect)
         self.complete = Prepared(
-            update(certs).where(certs.c.serial == bindparam("serial_p"), certs.c.status == CertStatus.ISSUING.value)
+            update(certs)
+            .where(certs.c.serial == bindparam("serial_p"), certs.c.status == CertStatus.ISSUING.value)
             .values(der=bindparam("der_p"), status=CertStatus.VALID.value), dialect)
-        self.audit_head = Prepared(select(audit.c.seq, audit.c.entry_hash).order_by(audit.c.seq.desc()).limit(1),
-                                   dialect)
+        self.audit_head = Prepared(
+            select(audit.c.seq, audit.c.entry_hash).order_by(audit.c.seq.desc()).limit(1), dialect)
         self.audit_insert = Prepared(insert(audit), dialect)
         self.audit_lock = Prepared(select(func.pg_advisory_xact_lock(bindparam("key"))), dialect)
         self.token = Prepared(select(tokens).where(tokens.c.token_id == bindparam("token_id_p")), dialect)
@@ -193,6 +210,36 @@ class GroupCommitter:
                     future.set_exception(error)
 
 
+class ChangeWatch:
+    """SQLite's `PRAGMA data_version` on a dedicated connection: it changes whenever another
+    connection has committed (a few microseconds to read, no table touched)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._raw: Any = None
+        self._version = -1
+
+    def changed(self) -> bool:
+        """Whether anything was committed since the last call (True the first time)."""
+        with self._store._reachable():
+            if self._raw is None:
+                self._raw = self._store.engine.raw_connection()
+            try:
+                cursor = self._raw.cursor()
+                cursor.execute("PRAGMA data_version")
+                version = int(cursor.fetchone()[0])
+                cursor.close()
+            except BaseException:
+                raw, self._raw = self._raw, None
+                with contextlib.suppress(Exception):  # the connection is being dropped anyway
+                    raw.invalidate()
+                raise
+        if version == self._version:
+            return False
+        self._version = version
+        return True
+
+
 class Store:
     """Repository over the vpnca database."""
 
@@ -284,8 +331,8 @@ class Store:
                     session.begin():
                 yield session
             return
-        with self._reachable(), self._writer.hold(), Session(self._write_engine, expire_on_commit=False) as session, \
-                session.begin():
+        with self._reachable(), self._writer.hold(), \
+                Session(self._write_engine, expire_on_commit=False) as session, session.begin():
             yield session
 
     # -- audit ---------------------------------------------------------------------------
@@ -298,7 +345,7 @@ class Store:
             select(AuditEntry.seq, AuditEntry.entry_hash).order_by(AuditEntry.seq.desc()).limit(1)
         ).first()
         row = _audit_row(head, actor, action, details)
-        session.execute(insert(AuditEntry.__table__), row)
+        session.execute(insert(cast(Table, AuditEntry.__table__)), row)
         return AuditEntry(**row)
 
     def _append_audit_hot(self, cursor: Any, actor: str, action: str, details: dict[str, Any]) -> None:
@@ -409,7 +456,8 @@ class Store:
             return list(session.scalars(query))
 
     def list_expiring(self, start: datetime, end: datetime) -> list[CertificateRecord]:
-        """Valid certificates whose notAfter falls in [start, end], soonest first (index on status, not_after)."""
+        """Valid certificates whose notAfter falls in [start, end], soonest first (index on status,
+        not_after)."""
         with self.read() as session:
             return list(session.scalars(
                 select(CertificateRecord)
@@ -428,7 +476,123 @@ class Store:
             rows = session.execute(
                 select(CertificateRecord.status, func.count()).group_by(CertificateRecord.status)
             )
-            return {status: count for status, count in rows}
+            return dict(rows.tuples().all())  # not dict(rows): a Result has keys(), the column names
+
+    # -- operators' streaming queries (`vpnca list`, `vpnca report expiring`, `vpnca audit export`) --------
+
+    REGISTER_COLUMNS = ("serial", "issuer", "profile", "subject", "identities", "status", "not_before",
+                        "not_after", "requester", "protocol", "created_at", "error", "revoked_at",
+                        "revocation_reason", "invalidity_date", "hold_released_at", "renew_after")
+
+    def _stream(self, query: Any, batch: int) -> Generator[Any, None, None]:
+        """Rows of a Core query fetched `batch` at a time (a server-side cursor on PostgreSQL, the
+        driver's stepping cursor on SQLite): memory stays that of one batch, whatever the table's size."""
+        with self._reachable(), self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
+            try:
+                yield from result
+            finally:
+                result.close()
+
+    def iter_certificates(
+        self, *, status: str | None = None, on_hold: bool = False, profile: str | None = None,
+        identity: str | None = None, expires_before: datetime | None = None,
+        expires_after: datetime | None = None, issued_since: datetime | None = None,
+        after: str | None = None, limit: int | None = None, by_expiry: bool = False, batch: int = 500,
+    ) -> Generator[Any, None, None]:
+        """Certificate rows (every column but the DER) streamed in keyset order: by serial, or
+        (`by_expiry`) by (not_after, serial). `after`: the serial the previous page ended with.
+        `identity` is matched as a case-insensitive substring of the stored identities (the caller checks
+        the decoded values); `expires_before` is exclusive, `expires_after` and `issued_since` inclusive."""
+        from sqlalchemy import and_, or_
+
+        table = cast(Table, CertificateRecord.__table__)
+        c = table.c
+        query = select(*(c[name] for name in self.REGISTER_COLUMNS))
+        if status:
+            query = query.where(c.status == status)
+        if on_hold:
+            query = query.where(c.status == CertStatus.REVOKED.value,
+                                c.revocation_reason == "certificateHold")
+        if profile:
+            query = query.where(c.profile == profile)
+        if identity:
+            escaped = identity.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            query = query.where(c.identities.ilike(f"%{escaped}%", escape="\\"))
+        if expires_before is not None:
+            query = query.where(c.not_after < expires_before)
+        if expires_after is not None:
+            query = query.where(c.not_after >= expires_after)
+        if issued_since is not None:
+            query = query.where(c.created_at >= issued_since)
+        if by_expiry:
+            if after is not None:
+                with self.read() as session:
+                    moment = session.scalar(select(c.not_after).where(c.serial == after))
+                if moment is None:
+                    raise NotFound(f"no certificate with serial {after}")
+                query = query.where(or_(c.not_after > moment, and_(c.not_after == moment, c.serial > after)))
+            query = query.order_by(c.not_after, c.serial)
+        else:
+            if after is not None:
+                query = query.where(c.serial > after)
+            query = query.order_by(c.serial)
+        if limit is not None:
+            query = query.limit(limit)
+        return self._stream(query, batch)
+
+    def iter_register(self, since: datetime, until: datetime, *, batch: int = 1000
+                      ) -> Generator[Any, None, None]:
+        """The register of a period [since, until): certificates issued or revoked in it, and every
+        certificate that was valid at some moment of it, by serial."""
+        from sqlalchemy import and_, or_
+
+        table = cast(Table, CertificateRecord.__table__)
+        c = table.c
+        query = (select(*(c[name] for name in self.REGISTER_COLUMNS)).where(or_(
+            and_(c.created_at >= since, c.created_at < until),
+            and_(c.revoked_at >= since, c.revoked_at < until),
+            and_(c.status.in_([CertStatus.VALID.value, CertStatus.REVOKED.value]),
+                 c.not_after >= since, c.not_before < until,
+                 or_(c.revoked_at.is_(None), c.revoked_at >= since))))
+                 .order_by(c.serial))
+        return self._stream(query, batch)
+
+    def audit_head(self) -> tuple[int, str]:
+        """(seq, entry_hash) of the newest audit entry; (0, the genesis hash) for an empty chain."""
+        with self.read() as session:
+            head = session.execute(select(AuditEntry.seq, AuditEntry.entry_hash)
+                                   .order_by(AuditEntry.seq.desc()).limit(1)).first()
+        return (int(head[0]), str(head[1])) if head else (0, GENESIS_HASH)
+
+    def audit_entry(self, seq: int) -> AuditEntry | None:
+        with self.read() as session:
+            return session.get(AuditEntry, seq)
+
+    def audit_seq_at(self, moment: datetime) -> int:
+        """The seq of the first audit entry written at or after `moment` (head + 1 if none): a binary
+        search over the primary key, as entries are appended in time order (no index on created_at)."""
+        low, high = 1, self.audit_head()[0] + 1
+        with self._reachable(), self.engine.connect() as conn:
+            while low < high:
+                middle = (low + high) // 2
+                written = conn.scalar(select(AuditEntry.created_at).where(AuditEntry.seq == middle))
+                if written is None or datetime.fromisoformat(written) < moment:
+                    low = middle + 1
+                else:
+                    high = middle
+        return low
+
+    def iter_audit(self, first: int = 1, last: int | None = None, *, action: str | None = None,
+                   batch: int = 1000) -> Generator[Any, None, None]:
+        """Audit entries with first <= seq <= last (all columns), in chain order, streamed."""
+        table = cast(Table, AuditEntry.__table__)
+        query = select(table).where(table.c.seq >= first).order_by(table.c.seq)
+        if last is not None:
+            query = query.where(table.c.seq <= last)
+        if action is not None:
+            query = query.where(table.c.action == action)
+        return self._stream(query, batch)
 
     def revoke(
         self,
@@ -475,6 +639,38 @@ class Store:
             record.hold_released_at = utcnow()
             self._append_audit(session, actor, "release-hold", {"serial": serial})
             return record
+
+    # -- early renewal (`vpnca renew-early`; ACME renewalInfo, RFC 9773; `vpnca agent`) ----------------
+
+    def mark_renew_early(self, *, actor: str, serials: Sequence[str] = (), profile: str | None = None,
+                         everything: bool = False) -> list[str]:
+        """Ask for the renewal of valid, unexpired certificates now: the ones named, a profile's, or
+        (`everything`) all. Marked in the database, so that every worker and machine answers the same;
+        a certificate marked already keeps its earlier moment. Returns the serials marked; one audit entry."""
+        if not (serials or profile or everything):
+            raise ValueError("name serials, a profile, or everything")
+        now = utcnow()
+        cert = CertificateRecord
+        query = select(cert.serial).where(cert.status == CertStatus.VALID, cert.not_after > now,
+                                          cert.renew_after.is_(None))
+        if serials:
+            query = query.where(cert.serial.in_(list(serials)))
+        if profile:
+            query = query.where(cert.profile == profile)
+        with self.write() as session:
+            marked = sorted(session.scalars(query))
+            if marked:
+                session.execute(update(cert).where(cert.serial.in_(marked)).values(renew_after=now))
+            self._append_audit(session, actor, "renew-early", {
+                "serials": marked, "profile": profile, "all": everything, "renew_after": now.isoformat()})
+        return marked
+
+    def renew_early_due(self, serial: str, now: datetime | None = None) -> bool:
+        """Whether an operator asked that this certificate be renewed now (`vpnca renew-early`)."""
+        with self.read() as session:
+            renew_after = session.scalar(select(CertificateRecord.renew_after)
+                                         .where(CertificateRecord.serial == serial))
+        return renew_after is not None and renew_after <= (now or utcnow())
 
     # -- CA certificates ----------------------------------------------------------------------
 
@@ -525,7 +721,7 @@ class Store:
             return None
         convert = self._hot.token_results
         return EnrollmentToken(**{name: convert[name](value) if convert[name] else value  # type: ignore[misc]
-                                  for name, value in zip(names, row)})
+                                  for name, value in zip(names, row, strict=True)})
 
     # -- pending requests ----------------------------------------------------------------------
 
@@ -550,7 +746,8 @@ class Store:
 
     def pending_by_transaction(self, transaction_id: str) -> PendingRequest | None:
         with self.read() as session:
-            return session.scalars(select(PendingRequest).where(PendingRequest.transaction_id == transaction_id)
+            return session.scalars(select(PendingRequest)
+                                   .where(PendingRequest.transaction_id == transaction_id)
                                    .order_by(PendingRequest.created_at.desc()).limit(1)).first()
 
     def list_pending(self) -> list[PendingRequest]:
@@ -582,11 +779,15 @@ class Store:
 
     # -- CRLs ----------------------------------------------------------------------------------
 
-    def revoked_entries(self, issuer: str) -> list[tuple[str, datetime, str | None, datetime | None]]:
-        """(serial, revoked_at, reason, invalidity_date) of every revoked or held certificate."""
-        query = (select(CertificateRecord.serial, CertificateRecord.revoked_at, CertificateRecord.revocation_reason,
-                        CertificateRecord.invalidity_date)
+    def revoked_entries(self, issuer: str, *, expired_since: datetime | None = None
+                        ) -> list[tuple[str, datetime, str | None, datetime | None]]:
+        """(serial, revoked_at, reason, invalidity_date) of every revoked or held certificate, leaving
+        out those that expired before `expired_since`."""
+        query = (select(CertificateRecord.serial, CertificateRecord.revoked_at,
+                        CertificateRecord.revocation_reason, CertificateRecord.invalidity_date)
                  .where(CertificateRecord.issuer == issuer, CertificateRecord.status == CertStatus.REVOKED))
+        if expired_since is not None:
+            query = query.where(CertificateRecord.not_after >= expired_since)
         with self.read() as session:
             return [tuple(row) for row in session.execute(query)]  # type: ignore[misc]
 
@@ -617,6 +818,27 @@ class Store:
 
     # -- OCSP ------------------------------------------------------------------------------------
 
+    def ocsp_answer(self, serial: str, hash_algorithm: str) -> tuple[bytes, datetime] | None:
+        """The pre-signed answer (DER, nextUpdate) for one serial and CertID hash, if there is one."""
+        table = OcspResponseRecord.__table__
+        with self._reachable(), self.engine.connect() as conn:
+            row = conn.execute(select(table.c.der, table.c.next_update).where(
+                table.c.serial == serial, table.c.hash_algorithm == hash_algorithm)).first()
+        return None if row is None else (bytes(row[0]), row[1])
+
+    def ocsp_answers_since(self, since: datetime) -> list[tuple[str, str, bytes, datetime]]:
+        """(serial, hash algorithm, DER, nextUpdate) of every answer signed at or after `since`."""
+        table = OcspResponseRecord.__table__
+        with self._reachable(), self.engine.connect() as conn:
+            return [(serial, algorithm, bytes(der), next_update) for serial, algorithm, der, next_update in
+                    conn.execute(select(table.c.serial, table.c.hash_algorithm, table.c.der,
+                                        table.c.next_update)
+                                 .where(table.c.this_update >= since))]
+
+    def change_watch(self) -> ChangeWatch | None:
+        """On SQLite, a cheap way to see that another connection committed; None elsewhere (poll)."""
+        return ChangeWatch(self) if self.engine.dialect.name == "sqlite" else None
+
     def save_ocsp_responses(self, records: list[OcspResponseRecord]) -> None:
         """Replace the stored answers for these (serial, hash) pairs in one transaction."""
         if not records:
@@ -640,7 +862,8 @@ class Store:
                  .join(CertificateRecord, CertificateRecord.serial == OcspResponseRecord.serial)
                  .where(OcspResponseRecord.hash_algorithm == "sha256",
                         OcspResponseRecord.next_update >= refresh_before,
-                        (OcspResponseRecord.cert_status == "good") == (CertificateRecord.status == CertStatus.VALID)))
+                        ((OcspResponseRecord.cert_status == "good")
+                         == (CertificateRecord.status == CertStatus.VALID))))
         return (CertificateRecord.issuer == issuer,
                 CertificateRecord.status.in_([CertStatus.VALID, CertStatus.REVOKED]),
                 CertificateRecord.serial.not_in(fresh))

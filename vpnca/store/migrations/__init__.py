@@ -98,8 +98,9 @@ class SchemaState:
             return SchemaOutdated(f"database schema is at revision {self.current}, which this vpnca "
                                   f"(head {self.head}) does not know: a newer vpnca upgraded it; run that "
                                   "version", current=self.current, required=self.head)
-        return SchemaOutdated(f"database schema is at revision {self.describe()}, this vpnca needs {self.head}: "
-                              f"{UPGRADE_HINT}", current=self.current, required=self.head)
+        return SchemaOutdated(f"database schema is at revision {self.describe()}, "
+                              f"this vpnca needs {self.head}: {UPGRADE_HINT}",
+                              current=self.current, required=self.head)
 
 
 def schema_state(connection: sa.Connection) -> SchemaState:
@@ -113,7 +114,8 @@ def upgrade(connection: sa.Connection, target: str = "head") -> tuple[SchemaStat
     """Upgrade the database to `target` inside the caller's transaction (all or nothing, on SQLite
     and PostgreSQL alike); a database from before migrations is adopted at the baseline first.
     Returns the state before and the revision after."""
-    if connection.dialect.name == "postgresql":  # two upgrades at once: the second waits, then has nothing to do
+    # two upgrades at once: the second waits, then has nothing to do
+    if connection.dialect.name == "postgresql":
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     before = schema_state(connection)
     if not before.known:
