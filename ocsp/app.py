@@ -57,10 +57,16 @@ async def _send(send: Asgi, status: int, body: bytes, headers: list[tuple[bytes,
     await send({"type": "http.response.body", "body": body})
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its request body was complete."""
+
+
 async def _read(receive: Asgi, limit: int) -> bytes | None:
     chunks, size = [], 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -90,7 +96,11 @@ def revocation_app(service: OcspService, fallback: Asgi) -> Asgi:
     async def ocsp(scope: Asgi, receive: Asgi, send: Asgi) -> None:
         method, path = scope["method"], scope["path"]
         if method == "POST" and path in ("/ocsp", "/ocsp/"):
-            body = await _read(receive, limit)
+            try:
+                body = await _read(receive, limit)
+            except ClientGone:
+                log.info("OCSP client closed the connection during its request")
+                return
             if body is None:
                 log.warning("OCSP request over %d bytes refused", limit)
                 await _send(send, 200, error_response("malformed_request"),

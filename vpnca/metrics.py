@@ -51,7 +51,7 @@ def _register() -> dict[str, Any]:
         "gw_established": prom.Counter("vpnca_gateway_established_total", "IKE SAs established",
                                        ["gateway"]),
         "gw_down": prom.Counter("vpnca_gateway_down_total",
-                                "IKE SAs gone: deleted (a DELETE exchange) or failed (DPD, rekey)",
+                                "IKE SAs gone: deleted, lost (DPD, rekey) or failed (never up)",
                                 ["gateway", "reason"]),
         "gw_terminated": prom.Counter("vpnca_gateway_terminated_total",
                                       "IKE SAs cut off because their certificate was revoked", ["gateway"]),

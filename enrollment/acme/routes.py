@@ -9,6 +9,7 @@ import logging
 
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from enrollment.acme.problems import PROBLEM_JSON, AcmeProblem, is_expected, malformed, problem_for
 from enrollment.acme.service import AcmeService, Reply, Urls
@@ -103,6 +104,8 @@ def make_router(service: AcmeService) -> APIRouter:
             url = str(request.url.replace(query=""))
             client = request.client.host if request.client else None
             reply: Reply = await run_in_threadpool(service.handle, path, body, url, urls, client)
+        except ClientDisconnect:
+            raise  # the client went away mid-upload: said at INFO by the edge, nothing to answer
         except Exception as exc:  # noqa: BLE001 - every failure becomes a problem document
             return await problem_response(_problem(exc, path), urls, request, path)
         try:

@@ -17,6 +17,7 @@ import random
 import socket
 import ssl
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -359,3 +360,32 @@ def test_bad_input_corpus_gets_protocol_errors_and_no_5xx(server: RunningServer)
     log = server.log.read_text()
     assert "Traceback" not in log, log[-5000:]
     print(sorted(statuses.items(), key=str))
+
+
+def test_aborted_uploads_are_the_clients_doing(server: RunningServer) -> None:
+    """A client that closes mid-body gets no answer and costs one INFO line, no ERROR, no traceback."""
+    credential = base64.b64encode(_token(server, "aborted.example.com").encode()).decode()
+    before = server.log.read_text()
+    targets = [(server.https_port, True, "/.well-known/est/simpleenroll", "application/pkcs10"),
+               (server.https_port, True, "/acme/new-account", "application/jose+json"),
+               (server.http_port, False, "/scep?operation=PKIOperation", "application/x-pki-message"),
+               (server.http_port, False, "/ocsp", "application/ocsp-request")]
+    for port, tls, path, content_type in targets:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        if tls:
+            context = ssl.create_default_context(cafile=str(server.ca.home / "ca/root.pem"))
+            sock = context.wrap_socket(sock, server_hostname="localhost")
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n"
+                     f"Authorization: Basic {credential}\r\nContent-Length: 1000\r\n\r\n".encode()
+                     + b"0123456789")
+        time.sleep(0.2)
+        sock.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        added = server.log.read_text()[len(before):]
+        if added.count("closed the connection") >= len(targets):
+            break
+        time.sleep(0.1)
+    added = server.log.read_text()[len(before):]
+    assert added.count("closed the connection") >= len(targets), added
+    assert "Traceback" not in added and '"level":"error"' not in added.replace(" ", ""), added

@@ -65,7 +65,7 @@ def test_issue_with_generated_key_then_list_show_revoke(ca_home: CaHome, tmp_pat
     cert_pub = run([openssl, "x509", "-in", str(cert), "-noout", "-pubkey"]).stdout
     key_pub = run([openssl, "pkey", "-in", str(key), "-pubout"]).stdout
     assert cert_pub == key_pub
-    listed = json.loads(vpnca(ca_home, "list", "--json").stdout)
+    listed = [json.loads(line) for line in vpnca(ca_home, "list", "--json").stdout.splitlines()]
     assert ([(r["serial"], r["status"], r["identities"]) for r in listed]
             == [(serial, "valid", ["vpn.example.com"])])
     assert serial in vpnca(ca_home, "list").stdout
@@ -102,7 +102,7 @@ def test_bad_input_gives_one_line_errors_and_non_zero_exit(ca_home: CaHome, tmp_
         assert result.returncode == 1, args
         assert result.stderr.startswith("vpnca: error:") and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
-    assert json.loads(vpnca(ca_home, "list", "--json").stdout) == []
+    assert vpnca(ca_home, "list", "--json").stdout == ""  # JSON Lines: no row, no line
 
 
 def test_status_reports_an_interrupted_issuance(ca_home: CaHome) -> None:

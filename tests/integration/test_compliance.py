@@ -218,7 +218,8 @@ def test_metrics_count_issuance_refusals_ocsp_and_state(story: Story) -> None:
 
 
 def test_evidence_pack_holds_the_register_and_verifies(story: Story) -> None:
-    register = {r["serial"]: r for r in json.loads((story.pack / "register/certificates.json").read_text())}
+    lines = (story.pack / "register/certificates.jsonl").read_text().splitlines()  # JSON Lines
+    register = {r["serial"]: r for r in map(json.loads, lines)}
     assert register[story.issued]["status"] == "revoked"
     assert register[story.issued]["revocation_reason"] == "superseded"
     assert register[story.renewed]["status"] == "valid" and register[story.renewed]["renews"] == story.issued
@@ -234,7 +235,7 @@ def test_evidence_pack_holds_the_register_and_verifies(story: Story) -> None:
     assert out.returncode == 0 and "intact" in out.stdout
 
 
-@pytest.mark.parametrize("target", ["register/certificates.csv", "register/certificates.json",
+@pytest.mark.parametrize("target", ["register/certificates.csv", "register/certificates.jsonl",
                                     "audit/chain.jsonl", "audit/verification.json", "policy.json",
                                     "ca/fingerprints.json",
                                     "config/vpnca.toml", "crl/*.crl", "ca/sub-*.pem", "MANIFEST.sha256"])
@@ -265,10 +266,11 @@ def test_a_rewritten_manifest_is_caught_against_the_database(story: Story, tmp_p
 
 
 def test_expiring_report_and_status(story: Story) -> None:
-    report = json.loads(vpnca(story.ca, "report", "expiring", "--within", "14d", "--json").stdout)
+    report = [json.loads(line) for line in
+              vpnca(story.ca, "report", "expiring", "--within", "14d", "--json").stdout.splitlines()]
     serials = {r["serial"] for r in report}
     assert story.renewed in serials and story.issued not in serials
-    assert not json.loads(vpnca(story.ca, "report", "expiring", "--within", "1h", "--json").stdout)
+    assert vpnca(story.ca, "report", "expiring", "--within", "1h", "--json").stdout == ""
     status = json.loads(vpnca(story.ca, "status", "--json").stdout)
     assert status["token"]["ok"] and status["crl"]["fresh"] and status["audit"]["ok"]
     assert {j["job"] for j in status["jobs"]} >= {"crl", "ocsp-presign"}

@@ -44,7 +44,8 @@ class Lab:
 
 def issue(ca: CaHome, identity: str, out: Path) -> tuple[bytes, bytes, str]:
     cert_pem, key_pem = out.with_suffix(".pem"), out.with_suffix(".key")
-    vpnca(ca, "issue", "--profile", "device", "--id", identity, "--out", str(cert_pem), "--key-out", str(key_pem))
+    vpnca(ca, "issue", "--profile", "device", "--id", identity, "--out", str(cert_pem),
+          "--key-out", str(key_pem))
     cert = x509.load_pem_x509_certificate(cert_pem.read_bytes())
     key = serialization.load_pem_private_key(key_pem.read_bytes(), None)
     return (cert.public_bytes(serialization.Encoding.DER),
@@ -53,7 +54,8 @@ def issue(ca: CaHome, identity: str, out: Path) -> tuple[bytes, bytes, str]:
             format(cert.serial_number, "x"))
 
 
-def load_tunnel(lab_rw: Charon, gw: Charon, ca: CaHome, tunnel: Tunnel, cert_der: bytes, key_der: bytes) -> None:
+def load_tunnel(lab_rw: Charon, gw: Charon, ca: CaHome, tunnel: Tunnel, cert_der: bytes,
+                key_der: bytes) -> None:
     with lab_rw.session() as session:
         session.load_key({"type": "any", "data": key_der})
         session.load_cert({"type": "X509", "flag": "NONE", "data": cert_der})
@@ -122,7 +124,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, softhsm) -> Iterator[Lab]:  # 
             vpnca(ca, "gateway", "enroll")
             vpnca(ca, "gateway", "push")
             tunnels = {}
-            for name, identity, inner in (("home", CLIENT_ID, "10.200.2.1"), ("again", CLIENT_ID, "10.200.2.2"),
+            for name, identity, inner in (("home", CLIENT_ID, "10.200.2.1"),
+                                          ("again", CLIENT_ID, "10.200.2.2"),
                                           ("other", OTHER_ID, "10.200.2.3")):
                 if inner != rw.inner:
                     run([require_tool("ip"), "-n", rw.netns, "addr", "add", f"{inner}/32", "dev", "lo"])
@@ -170,8 +173,8 @@ def test_tunnels_come_up_with_connection_records(lab: Lab) -> None:
         assert event["gateway"] == GATEWAY_ID and event["state"] == "ESTABLISHED"
         assert event["local_address"] == lab.gw.address and event["remote_address"] == lab.rw.address
         assert event["remote_port"] == 4500 and isinstance(event["nat"], dict)
-        assert event["ike"] == {"encr_alg": "AES_GCM_16", "encr_keysize": "256", "prf_alg": "PRF_HMAC_SHA2_384",
-                                "dh_group": "ECP_384"}, event["ike"]
+        assert event["ike"] == {"encr_alg": "AES_GCM_16", "encr_keysize": "256",
+                                "prf_alg": "PRF_HMAC_SHA2_384", "dh_group": "ECP_384"}, event["ike"]
     child_up = wait_for("gateway.child.up", lambda: [e for e in events(lab, "gateway.child.up")
                                                      if e.get("remote_ts") == ["10.200.2.1/32"]])
     assert child_up[0]["local_ts"] == ["10.200.1.0/24"] and child_up[0]["esp"]["encr_alg"] == "AES_GCM_16"
@@ -192,7 +195,7 @@ def test_revocation_cuts_off_only_that_certificates_tunnel(lab: Lab) -> None:
     # the same identity, re-enrolled with a new certificate, has a tunnel of its own
     initiate(lab.rw, "again")
     wait_for("gateway.ike.up of again", lambda: up_event(lab, lab.tunnels["again"]))
-    revoked, renewed, other = (lab.tunnels[n] for n in ("home", "again", "other"))
+    revoked = lab.tunnels["home"]
     doomed = gateway_sa_of(lab, "home")
     assert doomed is not None
     run([require_tool("ip"), "netns", "exec", lab.rw.netns, "ping", "-c", "2", "-W", "2", "-I", revoked.inner,
@@ -205,7 +208,8 @@ def test_revocation_cuts_off_only_that_certificates_tunnel(lab: Lab) -> None:
     assert elapsed < 5, elapsed
     print(f"cut-off {elapsed:.2f}s after `vpnca revoke` started")
     assert gateway_sa_of(lab, "again") is not None and gateway_sa_of(lab, "other") is not None
-    entries = [json.loads(e.details) for e in lab.ca.store.audit_entries() if e.action == "gateway.terminated"]
+    entries = [json.loads(e.details) for e in lab.ca.store.audit_entries()
+               if e.action == "gateway.terminated"]
     assert len(entries) == 1, entries
     assert entries[0]["serial"] == revoked.serial and entries[0]["identity"] == CLIENT_ID
     assert entries[0]["gateway"] == GATEWAY_ID and entries[0]["sas"][0]["ike_id"] == doomed["uniqueid"]
@@ -217,7 +221,38 @@ def test_revocation_cuts_off_only_that_certificates_tunnel(lab: Lab) -> None:
     child_down = wait_for("gateway.child.down", lambda: [e for e in events(lab, "gateway.child.down")
                                                          if e.get("ike_id") == doomed["uniqueid"]])
     assert "bytes_in" in child_down[0] and "packets_out" in child_down[0], child_down[0]
+    assert child_down[0]["serial"] == revoked.serial
     # the revoked certificate cannot come back: charon's cached OCSP answer was dropped
     with pytest.raises(vici.exception.CommandException):
         initiate(lab.rw, "home")
     assert gateway_sa_of(lab, "again") is not None and gateway_sa_of(lab, "other") is not None
+
+
+def test_hold_cuts_off_and_release_brings_nothing_back(lab: Lab) -> None:
+    held, other = lab.tunnels["again"], lab.tunnels["other"]
+    doomed = gateway_sa_of(lab, "again")
+    assert doomed is not None
+    vpnca(lab.ca, "revoke", held.serial, "--reason", "certificateHold")
+    wait_for("the held certificate's IKE SA to go",
+             lambda: all(sa["uniqueid"] != doomed["uniqueid"] for sa in established(lab.gw)), timeout=5)
+    vpnca(lab.ca, "release", held.serial)
+    time.sleep(1)
+    assert gateway_sa_of(lab, "again") is None and gateway_sa_of(lab, "other") is not None
+    serials = [json.loads(e.details)["serial"] for e in lab.ca.store.audit_entries()
+               if e.action == "gateway.terminated"]
+    assert serials.count(held.serial) == 1 and other.serial not in serials
+
+
+def test_watcher_reconnects_after_a_charon_restart_and_reconciles(lab: Lab) -> None:
+    reconciled = len(events(lab, "gateway.reconciled"))
+    lab.gw.stop()
+    (lab.gw.directory / "charon.vici").unlink(missing_ok=True)
+    lab.gw.start()
+    vpnca(lab.ca, "gateway", "push")
+    wait_for("gateway.reconciled after the restart",
+             lambda: len(events(lab, "gateway.reconciled")) > reconciled, timeout=20)
+    initiate(lab.rw, "again")  # released from hold: valid again, and a new tunnel is recorded
+    event = wait_for("gateway.ike.up after the restart", lambda: up_event(lab, lab.tunnels["again"]))
+    assert event["serial"] == lab.tunnels["again"].serial
+    rows = json.loads(vpnca(lab.ca, "sessions", "--json"))
+    assert [r["serial"] for r in rows] == [lab.tunnels["again"].serial], rows

@@ -244,12 +244,14 @@ def test_baseline_ca_keeps_every_row_and_its_audit_chain_through_db_upgrade(
     # and the `config` entry this CLI run added
     assert verified["ok"] and verified["entries"] > len(audit_after)
     assert verify_chain(ca.store.audit_entries()).ok
-    listed = {r["serial"]: r["status"] for r in json.loads(vpnca(ca, "list", "--json").stdout)}
+    rows = [json.loads(line) for line in vpnca(ca, "list", "--json").stdout.splitlines()]  # JSON Lines
+    listed = {r["serial"]: r["status"] for r in rows}
     assert listed == {serials["valid"]: "valid", serials["gateway"]: "valid", serials["revoked"]: "revoked",
                       serials["held"]: "on-hold"}
     assert vpnca(ca, "db", "current").stdout.splitlines()[-1] == "up to date"
     assert "up to date" in vpnca(ca, "db", "upgrade").stdout  # a second upgrade has nothing to do
-    expiring = json.loads(vpnca(ca, "report", "expiring", "--within", "14d", "--json").stdout)
+    expiring = [json.loads(line) for line in
+                vpnca(ca, "report", "expiring", "--within", "14d", "--json").stdout.splitlines()]
     # the gateway's runs 30 days, held is revoked
     assert [r["serial"] for r in expiring] == [serials["valid"]]
     # the CA works on at head
@@ -289,7 +291,8 @@ def test_ca_from_before_migrations_is_adopted_at_the_baseline_and_upgraded(
     assert after["ca_certificates"] == before["ca_certificates"]
     assert after["audit_log"][:-1] == before["audit_log"]
     assert json.loads(vpnca(ca, "audit", "verify", "--json").stdout)["ok"]
-    assert [r["serial"] for r in json.loads(vpnca(ca, "list", "--json").stdout)] == [serial]
+    rows = [json.loads(line) for line in vpnca(ca, "list", "--json").stdout.splitlines()]  # JSON Lines
+    assert [r["serial"] for r in rows] == [serial]
 
 
 def snapshot_of(store: Store, tables: tuple[str, ...],

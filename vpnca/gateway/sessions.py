@@ -162,26 +162,24 @@ def candidates(sa: dict[str, Any], cache: dict[str, x509.Certificate], now: date
 
 
 def attribute_new_sa(sa: dict[str, Any], smap: SessionMap, cache: dict[str, x509.Certificate],
-                     now: datetime) -> dict[str, Any]:
-    """When an IKE SA comes up: the certificate of its identity that is new in charon's cache; else the
-    only one there; else the one the same identity last used; else the newest."""
+                     now: datetime, *, fresh: bool = True) -> dict[str, Any]:
+    """When an IKE SA comes up (`fresh`): the certificate of its identity that is new in charon's
+    cache; else the only one there. Otherwise the serial stays unknown (`candidates` lists the choice,
+    `likely` the one the same identity last used): a revocation of any candidate cuts it off."""
     found = candidates(sa, cache, now)
     new = [s for s in found if s not in smap.cached]
     identity = sa.get("remote-id")
-    if len(new) == 1:
+    likely = None
+    if fresh and len(new) == 1:
         serial, how = new[0], "received"
     elif len(found) == 1:
         serial, how = found[0], "only-candidate"
     else:
+        serial, how = None, "ambiguous" if found else "unknown"
         previous = sorted((v for v in smap.sas.values() if v.get("identity") == identity
                            and v.get("serial") in found), key=lambda v: str(v.get("since")))
-        if previous:
-            serial, how = previous[-1]["serial"], "same-as-before"
-        elif found:
-            serial, how = found[0], "newest"
-        else:
-            serial, how = None, "unknown"
-    return {"serial": serial, "identity": identity, "how": how, "candidates": found,
+        likely = previous[-1]["serial"] if previous else None
+    return {"serial": serial, "identity": identity, "how": how, "candidates": found, "likely": likely,
             "since": _established_at(sa, now).isoformat(timespec="seconds")}
 
 
@@ -291,6 +289,7 @@ class Watcher:
         self.sweep_every = sweep_every
         self.stop = threading.Event()
         self.smap = SessionMap(settings)
+        self.recent: dict[str, dict[str, Any]] = {}  # IKE SAs just gone, for their CHILD SAs' events
         self.thread = threading.Thread(target=self.run, name="vpnca-gateway-watcher", daemon=True)
 
     def start(self) -> Watcher:
@@ -340,7 +339,8 @@ class Watcher:
         added = 0
         for sa in sas:
             if sa.get("state") == "ESTABLISHED" and sa_key(sa) not in self.smap.sas:
-                self.smap.sas[sa_key(sa)] = attribute_new_sa(sa, self.smap, cache, now) | {"reconciled": True}
+                self.smap.sas[sa_key(sa)] = attribute_new_sa(sa, self.smap, cache, now, fresh=False) | {
+                    "reconciled": True}
                 added += 1
         self.smap.cached = set(cache)
         self.smap.save()
@@ -352,15 +352,20 @@ class Watcher:
     def sweep(self) -> None:
         """Cut off live SAs whose recorded certificate is revoked (a revocation `vpnca revoke` could not
         push to the gateway, or one made while the gateway was unreachable)."""
-        serials = {v.get("serial") for v in self.smap.sas.values() if v.get("serial")}
-        for serial in serials:
-            record = self.store.get_certificate(serial)
-            if record is not None and record.status == "revoked":
+        serials: set[str] = set()
+        for known in self.smap.sas.values():
+            serials.update([known["serial"]] if known.get("serial") else known.get("candidates", []))
+        for serial in sorted(serials):
+            if self._revoked(serial):
                 try:
                     if cut_off(self.settings, self.store, str(serial), actor="gateway-watcher"):
                         log.info("gateway %s: cut off SAs of revoked %s", self.gateway, serial)
                 except GatewayError as exc:
                     log.warning("gateway %s: cut-off of %s failed: %s", self.gateway, serial, exc)
+
+    def _revoked(self, serial: str) -> bool:
+        record = self.store.get_certificate(serial)
+        return record is not None and record.status == "revoked"
 
     def handle(self, label: str, message: dict[str, Any]) -> None:
         up = message.get("up") == "yes"
@@ -387,7 +392,7 @@ class Watcher:
                          old_child_id=old.get("uniqueid"), **child_record(new))
 
     def _peer(self, sa: dict[str, Any]) -> dict[str, Any]:
-        known = self.smap.sas.get(sa_key(sa)) or {}
+        known = self.smap.sas.get(sa_key(sa)) or self.recent.get(sa_key(sa)) or {}
         return {"identity": sa.get("remote-id"), "ike_id": sa.get("uniqueid"), "serial": known.get("serial"),
                 "remote_address": sa.get("remote-host"), "remote_port": _int(sa.get("remote-port"))}
 
@@ -397,7 +402,10 @@ class Watcher:
             with self._command() as session:
                 cache = peer_certificates(session)
                 count = sum(1 for s in ike_sas(session) if s.get("state") == "ESTABLISHED")
-            found = attribute_new_sa(sa, self.smap, cache, datetime.now(UTC))
+            # charon accepted the peer just now, after any revocation already cut off and flushed
+            # charon's OCSP cache: a certificate revoked before cannot have authenticated this SA
+            live = {serial: c for serial, c in cache.items() if not self._revoked(serial)}
+            found = attribute_new_sa(sa, self.smap, live, datetime.now(UTC))
             self.smap.sas[key] = found
             self.smap.cached = set(cache)
             self.smap.save()
@@ -408,8 +416,15 @@ class Watcher:
             return
         known: dict[str, Any] = self.smap.sas.pop(key, {})
         self.smap.save()
-        # a DELETE exchange leaves the SA DELETING; another state (DPD timeout, failed rekey) is a failure
-        reason = "deleted" if sa.get("state") in ("DELETING", "DESTROYING") else "failed"
+        if known:  # the CHILD SAs' down events follow: they still name the certificate
+            self.recent[key] = known
+            while len(self.recent) > 64:
+                self.recent.pop(next(iter(self.recent)))
+        # DELETING: a DELETE exchange ended it; CONNECTING: it never came up (authentication failed,
+        # no proposal); any other state: an established SA lost (DPD timeout, failed rekey)
+        state = sa.get("state")
+        reason = ("deleted" if state in ("DELETING", "DESTROYING") else
+                  "failed" if state == "CONNECTING" else "lost")
         metrics.gateway_down(self.gateway, reason)
         try:
             with self._command() as session:

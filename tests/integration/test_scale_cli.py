@@ -1,0 +1,298 @@
+"""The operator's commands on a large store: `vpnca list` and `vpnca report expiring` stream (first row at
+once, bounded memory, keyset pages, filters, a closed pipe ends quietly), `vpnca audit export` writes the
+pack of a period, `vpnca status` stays fast. The store is filled with synthetic rows (no signing):
+VPNCA_SCALE_ROWS of them, 200,000 by default (about 2 minutes in all)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import Table, insert
+
+from tests.conftest import CaHome, make_ca_home
+from tests.helpers import run
+from vpnca.audit import canonical_details, entry_hash
+from vpnca.store import AuditEntry, CertificateRecord, Store
+
+VPNCA = [sys.executable, "-m", "vpnca.cli"]
+ROWS = int(os.environ.get("VPNCA_SCALE_ROWS", "200000"))
+LIFETIME = timedelta(days=365)
+SPAN = timedelta(days=400)  # issuance times spread over the last 400 days
+
+
+def fill(store: Store, issuer: str, count: int, *, now: datetime, audit_entries: int = 0,
+         batch: int = 20_000) -> None:
+    """`count` certificate rows: every 10th revoked (every 20th on hold), every 50th (from the 8th) a
+    gateway, issued evenly over SPAN before `now`, identities dev{i}.example.com; and `audit_entries`
+    issue entries appended to the audit chain (hashes computed, so the chain stays intact)."""
+    table = cast(Table, CertificateRecord.__table__)
+    rows: list[dict[str, Any]] = []
+    with store.write_core() as conn:
+        for i in range(count):
+            created = now - SPAN + SPAN * i / count
+            revoked = i % 10 == 0
+            rows.append({
+                "serial": format(secrets.randbits(127) | (1 << 126), "x"), "issuer": issuer,
+                "profile": "gateway" if i % 50 == 7 else "device", "subject": f"CN=dev{i}.example.com",
+                "identities": json.dumps([["fqdn", f"dev{i}.example.com"]]),
+                "status": "revoked" if revoked else "valid", "not_before": created,
+                "not_after": created + LIFETIME, "requester": "scale", "protocol": "est",
+                "created_at": created, "revoked_at": created + timedelta(days=1) if revoked else None,
+                "revocation_reason": (None if not revoked else
+                                      "certificateHold" if i % 20 == 0 else "keyCompromise"),
+            })
+            if len(rows) == batch:
+                conn.execute(insert(table), rows)
+                rows = []
+        if rows:
+            conn.execute(insert(table), rows)
+    if audit_entries:
+        append_audit(store, audit_entries, batch=batch)
+
+
+def append_audit(store: Store, count: int, *, batch: int = 20_000) -> None:
+    seq, prev = store.audit_head()
+    table = cast(Table, AuditEntry.__table__)
+    rows: list[dict[str, Any]] = []
+    with store.write_core() as conn:
+        for _ in range(count):
+            seq += 1
+            created_at = datetime.now(UTC).isoformat()
+            details = canonical_details({"serial": format(secrets.randbits(127), "x"), "profile": "device"})
+            digest = entry_hash(prev, seq, created_at, "scale", "issue", details)
+            rows.append({"seq": seq, "created_at": created_at, "actor": "scale", "action": "issue",
+                         "details": details, "prev_hash": prev, "entry_hash": digest})
+            prev = digest
+            if len(rows) == batch:
+                conn.execute(insert(table), rows)
+                rows = []
+        if rows:
+            conn.execute(insert(table), rows)
+
+
+@dataclass
+class Big:
+    ca: CaHome
+    now: datetime
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory, softhsm: Any) -> Iterator[Big]:
+    ca = make_ca_home(tmp_path_factory.mktemp("scale") / "home", softhsm)
+    now = datetime.now(UTC)
+    fill(ca.store, ca.settings.ca.name, ROWS, now=now)
+    yield Big(ca, now)
+    ca.store.dispose()
+
+
+def vpnca(ca: CaHome, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return run([*VPNCA, *args], env=ca.env, check=check)
+
+
+def lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def measured(ca: CaHome, *args: str) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of `vpnca ARGS > /dev/null`, through GNU time: the rusage of a
+    child forked from this (large) process would count the memory it had before exec."""
+    time_tool = shutil.which("time", path="/usr/bin:/bin")
+    assert time_tool, "GNU time (/usr/bin/time) is needed to measure memory"
+    with tempfile.NamedTemporaryFile("r") as report:
+        start = time.monotonic()
+        result = subprocess.run([time_tool, "-f", "%M", "-o", report.name, *VPNCA, *args], env=ca.env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+        seconds = time.monotonic() - start
+        assert result.returncode == 0, result.stderr
+        return seconds, int(report.read().split()[-1])
+
+
+def peak_rss_kb(ca: CaHome, *args: str) -> int:
+    return measured(ca, *args)[1]
+
+
+def first_bytes(ca: CaHome, *args: str, size: int = 1000) -> tuple[bytes, float, int, str]:
+    """Read `size` bytes of the command's output, then close the pipe as `head -c` does: the bytes, the
+    seconds to them, the exit status and stderr."""
+    start = time.monotonic()
+    process = subprocess.Popen([*VPNCA, *args], env=ca.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    data = b""
+    while len(data) < size:
+        chunk = os.read(process.stdout.fileno(), size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    elapsed = time.monotonic() - start
+    process.stdout.close()
+    try:
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    return data, elapsed, process.returncode, stderr
+
+
+def test_list_json_streams_its_first_bytes_at_once_and_a_closed_pipe_ends_quietly(big: Big) -> None:
+    data, elapsed, status, stderr = first_bytes(big.ca, "list", "--status", "valid", "--json")
+    assert len(data) == 1000 and elapsed < 5, elapsed
+    first = json.loads(data.split(b"\n")[0])
+    assert first["status"] == "valid" and first["identities"][0].startswith("dev")
+    assert status == 0 and stderr == "", stderr  # no BrokenPipeError traceback
+    data, _, status, stderr = first_bytes(big.ca, "report", "expiring", "--within", "30d", "--json")
+    assert status == 0 and stderr == "" and len(data) == 1000
+
+
+def test_memory_stays_bounded_whatever_the_number_of_rows(big: Big) -> None:
+    everything = peak_rss_kb(big.ca, "list", "--json")
+    page = peak_rss_kb(big.ca, "list", "--json", "--limit", "100")
+    # all rows cost the same memory as 100 rows (not the ~1 GB a list of every row would take)
+    assert everything < page + 40_000 and everything < 250_000, (everything, page)
+
+
+def test_pages_continue_after_the_last_serial_of_the_previous_one(big: Big) -> None:
+    ten = lines(vpnca(big.ca, "list", "--json", "--limit", "10").stdout)
+    first = lines(vpnca(big.ca, "list", "--json", "--limit", "5").stdout)
+    second = lines(vpnca(big.ca, "list", "--json", "--limit", "5", "--after", first[-1]["serial"]).stdout)
+    assert [r["serial"] for r in first + second] == [r["serial"] for r in ten]
+    assert [r["serial"] for r in ten] == sorted(r["serial"] for r in ten)
+    table = vpnca(big.ca, "list", "--limit", "3").stdout.splitlines()
+    assert table[0].startswith("SERIAL") and len(table) == 4 and ten[0]["serial"] in table[1]
+
+
+def test_filters(big: Big) -> None:
+    found = lines(vpnca(big.ca, "list", "--json", "--identity", "DEV1234.example").stdout)
+    assert [r["identities"] for r in found] == [["dev1234.example.com"]]
+    gateways = lines(vpnca(big.ca, "list", "--json", "--profile", "gateway", "--limit", "200").stdout)
+    assert len(gateways) == 200 and {r["profile"] for r in gateways} == {"gateway"}
+    held = lines(vpnca(big.ca, "list", "--json", "--status", "on-hold", "--limit", "50").stdout)
+    assert len(held) == 50 and {r["status"] for r in held} == {"on-hold"}
+    revoked = lines(vpnca(big.ca, "list", "--json", "--status", "revoked", "--limit", "200").stdout)
+    assert {r["status"] for r in revoked} == {"revoked", "on-hold"}
+    start, end = big.now + timedelta(days=10), big.now + timedelta(days=12)
+    window = lines(vpnca(big.ca, "list", "--json", "--expires-after", start.date().isoformat(),
+                         "--expires-before", end.date().isoformat()).stdout)
+    day_start = datetime.fromisoformat(start.date().isoformat()).replace(tzinfo=UTC)
+    assert window and all(day_start <= datetime.fromisoformat(r["not_after"]) < day_start + timedelta(days=2)
+                          for r in window)
+    assert abs(len(window) - 2 * ROWS / 400) < ROWS / 400  # two days of ROWS issued over 400 days
+    since = big.now - timedelta(days=2)
+    recent = lines(vpnca(big.ca, "list", "--json", "--issued-since", since.isoformat()).stdout)
+    assert recent and all(datetime.fromisoformat(r["created_at"]) >= since for r in recent)
+    assert vpnca(big.ca, "list", "--expires-before", "soon", check=False).returncode == 1
+
+
+def test_report_expiring_streams_the_soonest_first_and_pages(big: Big) -> None:
+    rows = lines(vpnca(big.ca, "report", "expiring", "--within", "1d", "--json").stdout)
+    assert rows and {r["status"] for r in rows} == {"valid"}
+    ends = [datetime.fromisoformat(r["not_after"]) for r in rows]
+    assert ends == sorted(ends) and all(big.now <= e <= datetime.now(UTC) + timedelta(days=1) for e in ends)
+    page = lines(vpnca(big.ca, "report", "expiring", "--within", "1d", "--json", "--limit", "3",
+                       "--after", rows[2]["serial"]).stdout)
+    assert [r["serial"] for r in page] == [r["serial"] for r in rows[3:6]]
+    gateways = lines(vpnca(big.ca, "report", "expiring", "--within", "30d", "--json", "--profile",
+                           "gateway").stdout)
+    assert gateways and {r["profile"] for r in gateways} == {"gateway"}
+
+
+def test_status_is_fast(big: Big) -> None:
+    from vpnca.cli import status_report
+
+    start = time.monotonic()
+    report = status_report(big.ca.settings, big.ca.store)
+    elapsed = time.monotonic() - start
+    assert elapsed < 1.0, elapsed
+    assert sum(report["certificates"].values()) == ROWS and report["audit"]["ok"]
+    start = time.monotonic()
+    out = vpnca(big.ca, "status", "--json")
+    assert json.loads(out.stdout)["certificates"]["valid"] == ROWS - ROWS // 10
+    assert time.monotonic() - start < 5  # the interpreter, the imports and the token login included
+
+
+def test_audit_export_of_a_past_period_holds_only_its_certificates(big: Big, tmp_path: Path) -> None:
+    since, until = big.now - timedelta(days=20), big.now - timedelta(days=19)
+    pack = tmp_path / "pack"
+    vpnca(big.ca, "audit", "export", str(pack), "--since", since.isoformat(), "--until", until.isoformat())
+    rows = lines((pack / "register/certificates.jsonl").read_text())
+    csv_lines = (pack / "register/certificates.csv").read_text().splitlines()
+    assert len(csv_lines) == len(rows) + 1
+    assert rows and all(
+        since <= datetime.fromisoformat(r["created_at"]) < until
+        or (r["revoked_at"] and since <= datetime.fromisoformat(r["revoked_at"]) < until)
+        or (datetime.fromisoformat(r["not_after"]) >= since
+            and datetime.fromisoformat(r["not_before"]) < until
+            and (not r["revoked_at"] or datetime.fromisoformat(r["revoked_at"]) >= since))
+        for r in rows)
+    # issued before the period and expired before it, or issued after it: not in the register
+    assert all(datetime.fromisoformat(r["created_at"]) < until for r in rows)
+    assert all(datetime.fromisoformat(r["not_after"]) >= since for r in rows)
+    # issued 385 to 19 days ago (valid at some moment of the day), less the tenth revoked before it began
+    expected = ROWS * (385 - 19) / 400 * 0.9
+    assert abs(len(rows) - expected) < ROWS * 0.02, (len(rows), expected)
+    verification = json.loads((pack / "audit/verification.json").read_text())
+    assert verification["ok"] and verification["entries"] == 0  # nothing was audited in that period
+    out = vpnca(big.ca, "audit", "verify", "--pack", str(pack))
+    assert out.returncode == 0 and "intact" in out.stdout
+
+
+def test_audit_export_holds_the_chain_segment_of_its_period_and_verifies(big: Big, tmp_path: Path) -> None:
+    head_before, _ = big.ca.store.audit_head()
+    time.sleep(1.1)
+    since = datetime.now(UTC)
+    time.sleep(0.1)
+    append_audit(big.ca.store, 50)
+    pack = tmp_path / "pack"
+    vpnca(big.ca, "audit", "export", str(pack), "--since", since.isoformat(), "--gzip")
+    assert (pack / "register/certificates.csv.gz").exists() and (pack / "audit/chain.jsonl.gz").exists()
+    verification = json.loads((pack / "audit/verification.json").read_text())
+    assert verification["ok"] and verification["segment"]["first_seq"] == head_before + 1
+    assert verification["entries"] >= 50
+    out = vpnca(big.ca, "audit", "verify", "--pack", str(pack))
+    assert out.returncode == 0 and "intact" in out.stdout, out.stdout
+    # a segment that is not the live chain's is caught against the database
+    import gzip
+
+    chain = pack / "audit/chain.jsonl.gz"
+    entries = gzip.decompress(chain.read_bytes()).decode().splitlines()
+    chain.write_bytes(gzip.compress("\n".join(entries[1:]).encode() + b"\n"))
+    broken = vpnca(big.ca, "audit", "verify", "--pack", str(pack), check=False)
+    assert broken.returncode == 1 and "audit/chain.jsonl.gz" in broken.stdout
+
+
+def test_the_same_streaming_on_sqlite_and_postgresql(any_ca_home: CaHome, tmp_path: Path) -> None:
+    ca = any_ca_home
+    fill(ca.store, ca.settings.ca.name, 3000, now=datetime.now(UTC), audit_entries=100, batch=1000)
+    rows = lines(vpnca(ca, "list", "--json").stdout)
+    assert len(rows) == 3000 and [r["serial"] for r in rows] == sorted(r["serial"] for r in rows)
+    page = lines(vpnca(ca, "list", "--json", "--limit", "10", "--after", rows[99]["serial"]).stdout)
+    assert page == rows[100:110]
+    held = lines(vpnca(ca, "list", "--json", "--status", "on-hold").stdout)
+    assert len(held) == 150 and {r["status"] for r in held} == {"on-hold"}
+    assert [r["serial"] for r in lines(vpnca(ca, "list", "--json", "--identity", "dev42.").stdout)] == \
+        [r["serial"] for r in rows if r["identities"] == ["dev42.example.com"]]
+    expiring = lines(vpnca(ca, "report", "expiring", "--within", "30d", "--json").stdout)
+    assert expiring and [r["not_after"] for r in expiring] == sorted(r["not_after"] for r in expiring)
+    backlog = ca.store.count_ocsp_backlog_within(ca.settings.ca.name, datetime.now(UTC), 5.0)
+    assert backlog == ca.store.count_ocsp_backlog(ca.settings.ca.name, datetime.now(UTC))
+    hurried = ca.store.count_ocsp_backlog_within(ca.settings.ca.name, datetime.now(UTC), 0.000001)
+    assert hurried in (None, backlog)
+    status = json.loads(vpnca(ca, "status", "--json").stdout)
+    assert status["audit"]["ok"] and status["ocsp_presign_backlog"] == backlog
+    pack = tmp_path / "pack"
+    vpnca(ca, "audit", "export", str(pack), "--gzip")
+    assert vpnca(ca, "audit", "verify", "--pack", str(pack)).returncode == 0
