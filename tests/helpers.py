@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import socket
@@ -9,6 +10,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 
 def require_tool(name: str) -> str:
@@ -81,3 +86,13 @@ SECRETS: set[str] = set()  # secrets the tests handed out; none may appear in an
 def remember_secret(secret: str) -> str:
     SECRETS.add(secret)
     return secret
+
+
+def est_csr_body(name: str) -> bytes:
+    """An EST simpleenroll body: the base64 DER of a CSR for `name` (CN and dNSName) with a new P-256 key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+           .sign(key, hashes.SHA256()))
+    return base64.b64encode(csr.public_bytes(serialization.Encoding.DER))

@@ -402,7 +402,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if args.pack:
         return verify_pack_command(args)
     store = open_store(load_settings())
-    result = verify_chain(store.audit_entries())
+    result = verify_chain(store.iter_audit())  # streamed: constant memory at any chain length
     return report_verification("audit chain", result.ok, result.entries, result.head_hash,
                                [str(p) for p in result.problems], args.json)
 

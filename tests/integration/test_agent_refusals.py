@@ -123,3 +123,17 @@ def test_expired_certificate_renews_only_within_the_grace(grace_ca: Ca) -> None:
 
 def _seconds(n: float) -> timedelta:
     return timedelta(seconds=n)
+
+
+def test_the_agent_renews_early_when_the_ca_asks(grace_ca: Ca) -> None:
+    enrolled = enroll(grace_ca, "early", "gw5.example.com", profile="gateway")  # 30 days: not due
+    directory = str(grace_ca.base / "early")
+    quiet = agent(grace_ca, "renew", "--dir", directory)
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert json.loads(quiet.stdout.strip().splitlines()[-1])["event"] == "agent.not_due"
+    vpnca(grace_ca.ca, "renew-early", "--serial", enrolled["serial"])
+    renewed = agent(grace_ca, "renew", "--dir", directory)
+    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+    outcome = json.loads(renewed.stdout.strip().splitlines()[-1])
+    assert outcome["event"] == "agent.renewed" and outcome["renewed"] == enrolled["serial"]
+    assert '"agent.renew_early"' in renewed.stdout  # and it says why

@@ -21,15 +21,13 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
 from sqlalchemy import select
 
 from enrollment.auth import create_token
 from tests.conftest import CaHome, make_ca_home, wait_for_port
-from tests.helpers import free_port, remember_secret, run, stop_process
+from tests.helpers import est_csr_body, free_port, remember_secret, run, stop_process
 from vpnca.identities import IkeIdentity
 from vpnca.store import CertificateRecord, CertStatus
 
@@ -86,14 +84,6 @@ def service(tmp_path: Path, softhsm) -> Iterator[Service]:  # type: ignore[no-un
     ca.store.dispose()
 
 
-def _csr(name: str) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-           .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-           .sign(key, hashes.SHA256()))
-    return base64.encodebytes(csr.public_bytes(serialization.Encoding.DER))
-
 
 def test_kill_9_under_load_loses_no_certificate_and_no_token(service: Service) -> None:
     ca = service.ca
@@ -104,7 +94,7 @@ def test_kill_9_under_load_loses_no_certificate_and_no_token(service: Service) -
             token = create_token(ca.store, identities=(IkeIdentity.parse(name),), profile="device",
                                  protocol="est", ttl=timedelta(hours=1), created_by="test")
             remember_secret(token.secret)
-            jobs.append((owner, name, f"{token.token_id}:{token.secret}", _csr(name)))
+            jobs.append((owner, name, f"{token.token_id}:{token.secret}", est_csr_body(name)))
     received: dict[str, x509.Certificate] = {}
     cut_off: list[str] = []
     failures: list[str] = []

@@ -4,7 +4,6 @@ once that the database went and once that it came back (no traceback per request
 
 from __future__ import annotations
 
-import base64
 import json
 import ssl
 import time
@@ -13,16 +12,14 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import NameOID
 
 from enrollment.auth import create_token
 from ocsp.service import load_ocsp_service
 from tests.conftest import RunningServer, make_ca_home, start_server, stop_server
-from tests.helpers import remember_secret
+from tests.helpers import est_csr_body, remember_secret
 from tests.postgres import PostgresCluster
 from vpnca.authority import IssueRequest
 from vpnca.identities import IkeIdentity
@@ -45,14 +42,6 @@ def server(cluster: PostgresCluster, tmp_path, softhsm) -> Iterator[RunningServe
     ca.store.dispose()
 
 
-def _csr(name: str) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-           .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-           .sign(key, hashes.SHA256()))
-    return base64.encodebytes(csr.public_bytes(serialization.Encoding.DER))
-
 
 def _events(server: RunningServer, name: str) -> list[dict[str, object]]:
     lines = (server.ca.home / "log/vpnca.jsonl").read_text().splitlines()
@@ -72,7 +61,7 @@ def test_database_outage_keeps_presigned_ocsp_and_enrollment_recovers(
     token = create_token(ca.store, identities=(IkeIdentity.parse("late.example.com"),), profile="device",
                          protocol="est", ttl=timedelta(hours=1), created_by="test")
     remember_secret(token.secret)
-    csr = _csr("late.example.com")
+    csr = est_csr_body("late.example.com")
     ca.store.dispose()
     trust = ssl.create_default_context(cafile=str(ca.home / "ca/root.pem"))
     with httpx.Client(base_url=server.http, timeout=15) as http, \

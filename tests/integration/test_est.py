@@ -57,6 +57,25 @@ def self_signed_ca(key: ec.EllipticCurvePrivateKey, name: str) -> x509.Certifica
             .sign(key, hashes.SHA256()))
 
 
+def manufacturer_certificate(server: RunningServer, tmp_path: Path, name: str) -> None:
+    """An IDevID for `name` from the fixture's bootstrap CA: idevid.pem and idevid.key in tmp_path."""
+    home = server.ca.home
+    ca_key = serialization.load_pem_private_key((home / "bootstrap-ca.key").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate((home / "bootstrap-ca.pem").read_bytes())
+    device_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    idevid = (x509.CertificateBuilder()
+              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+              .issuer_name(ca_cert.subject).public_key(device_key.public_key())
+              .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
+              .not_valid_after(now + timedelta(days=30))
+              .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+              .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
+    (tmp_path / "idevid.pem").write_bytes(idevid.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "idevid.key").write_bytes(device_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
 def vpnca(server: RunningServer, *args: str) -> str:
     return run([sys.executable, "-m", "vpnca.cli", *args], env=server.ca.env).stdout
 
@@ -220,22 +239,7 @@ def test_serverkeygen_returns_a_pkcs8_key_and_its_certificate(server: RunningSer
 
 def test_bootstrap_ca_client_certificate_authenticates_first_enrollment(server: RunningServer,
                                                                         tmp_path: Path) -> None:
-    home = server.ca.home
-    ca_key = serialization.load_pem_private_key((home / "bootstrap-ca.key").read_bytes(), None)
-    ca_cert = x509.load_pem_x509_certificate((home / "bootstrap-ca.pem").read_bytes())
-    device_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    idevid = (x509.CertificateBuilder()
-              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sensor7.example.com")]))
-              .issuer_name(ca_cert.subject).public_key(device_key.public_key())
-              .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
-              .not_valid_after(now + timedelta(days=30))
-              .add_extension(x509.SubjectAlternativeName([x509.DNSName("sensor7.example.com")]),
-                             critical=False)
-              .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-    (tmp_path / "idevid.pem").write_bytes(idevid.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "idevid.key").write_bytes(device_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    manufacturer_certificate(server, tmp_path, "sensor7.example.com")
     ok = base64_csr(tmp_path, "/CN=sensor7.example.com", ["DNS:sensor7.example.com"], name="ok")
     status, body, _ = curl(server, "simpleenroll", "--cert", str(tmp_path / "idevid.pem"),
                            "--key", str(tmp_path / "idevid.key"), data=ok)
@@ -401,22 +405,7 @@ def test_gateway_certificate_cannot_mint_device_certificates(server: RunningServ
 
 
 def test_bootstrap_certificate_gets_only_the_bootstrap_profile(server: RunningServer, tmp_path: Path) -> None:
-    home = server.ca.home
-    ca_key = serialization.load_pem_private_key((home / "bootstrap-ca.key").read_bytes(), None)
-    ca_cert = x509.load_pem_x509_certificate((home / "bootstrap-ca.pem").read_bytes())
-    device_key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    idevid = (x509.CertificateBuilder()
-              .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sensor9.example.com")]))
-              .issuer_name(ca_cert.subject).public_key(device_key.public_key())
-              .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
-              .not_valid_after(now + timedelta(days=30))
-              .add_extension(x509.SubjectAlternativeName([x509.DNSName("sensor9.example.com")]),
-                             critical=False)
-              .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-    (tmp_path / "idevid.pem").write_bytes(idevid.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "idevid.key").write_bytes(device_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    manufacturer_certificate(server, tmp_path, "sensor9.example.com")
     csr = base64_csr(tmp_path, "/CN=sensor9.example.com", ["DNS:sensor9.example.com"])
     status, body, _ = curl(server, "gateway/simpleenroll", "--cert", str(tmp_path / "idevid.pem"),
                            "--key", str(tmp_path / "idevid.key"), data=csr)

@@ -27,13 +27,11 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import NameOID
 
 from tests.conftest import wait_for_port
-from tests.helpers import free_port, remember_secret, run, stop_process
+from tests.helpers import est_csr_body, free_port, remember_secret, run, stop_process
 from tests.integration.test_workers import workers_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,14 +115,6 @@ def new_credential(server: Server, name: str) -> str:
     return credential
 
 
-def csr_body(name: str) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-           .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-           .sign(key, hashes.SHA256()))
-    return base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
-
 
 def client(server: Server) -> httpx.Client:
     """A keep-alive client: its one connection stays with the worker that accepted it."""
@@ -180,13 +170,14 @@ def test_every_worker_signs_again_after_the_token_comes_back(server: Server) -> 
         for http in (first, second):
             assert http.get(f"{server.est}/cacerts").status_code == 200
         presigned = issued(enroll(first, server, new_credential(server, "pre.example.com"),
-                                  csr_body("pre.example.com")))
-        issued(enroll(second, server, new_credential(server, "ok.example.com"), csr_body("ok.example.com")))
+                                  est_csr_body("pre.example.com")))
+        issued(enroll(second, server, new_credential(server, "ok.example.com"),
+                      est_csr_body("ok.example.com")))
         wait_presigned(server, presigned.serial_number)
         assert post_ocsp(server, ocsp_request(server, presigned, nonce=False)).certificate_status == \
             ocsp.OCSPCertStatus.GOOD
 
-        kept = {http: (new_credential(server, f"w{i}.example.com"), csr_body(f"w{i}.example.com"))
+        kept = {http: (new_credential(server, f"w{i}.example.com"), est_csr_body(f"w{i}.example.com"))
                 for i, http in enumerate((first, second))}
         with TokenAway(server.token_dir) as token:
             for _ in range(3):  # the failing call, then reopening attempts that fail too
@@ -211,7 +202,7 @@ def test_every_worker_signs_again_after_the_token_comes_back(server: Server) -> 
         for i in range(6):  # and new connections, each accepted by whichever worker is free
             with client(server) as fresh:
                 issued(enroll(fresh, server, new_credential(server, f"after{i}.example.com"),
-                              csr_body(f"after{i}.example.com")))
+                              est_csr_body(f"after{i}.example.com")))
         for _ in range(6):
             answer = post_ocsp(server, ocsp_request(server, presigned, nonce=True))
             assert answer.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL

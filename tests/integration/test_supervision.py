@@ -27,12 +27,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509 import ocsp
-from cryptography.x509.oid import NameOID
 
 from enrollment.auth import create_token
 from hsm.softhsm import SoftHsmToken
 from tests.conftest import CaHome, RunningServer, make_ca_home, start_server, stop_server, wait_for_port
-from tests.helpers import free_port, remember_secret, run, stop_process
+from tests.helpers import est_csr_body, free_port, remember_secret, run, stop_process
 from tests.integration.test_workers import alive, children
 from vpnca.authority import IssueRequest
 from vpnca.identities import IkeIdentity
@@ -92,14 +91,6 @@ def restarts(base: str, server: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def csr_for(identity: str) -> bytes:
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (x509.CertificateSigningRequestBuilder()
-           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identity)]))
-           .add_extension(x509.SubjectAlternativeName([x509.DNSName(identity)]), critical=False)
-           .sign(key, hashes.SHA256()))
-    return base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
-
 
 def est_token(ca: CaHome, identity: str) -> tuple[str, str]:
     token = create_token(ca.store, identities=(IkeIdentity.parse(identity),), profile="device",
@@ -114,7 +105,7 @@ def tls_context(ca: CaHome) -> ssl.SSLContext:
 
 def est_enroll(server: RunningServer, identity: str) -> x509.Certificate:
     """A first enrollment with a one-time token over HTTPS: the issued certificate."""
-    response = httpx.post(f"{server.est}/simpleenroll", content=csr_for(identity),
+    response = httpx.post(f"{server.est}/simpleenroll", content=est_csr_body(identity),
                           auth=est_token(server.ca, identity), headers={"Content-Type": "application/pkcs10"},
                           verify=tls_context(server.ca), timeout=30)
     assert response.status_code == 200, response.text
@@ -211,7 +202,7 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(tmp_path: Path, softh
         workers = set(worker_pids(ca.home, "serve").values())
         identity = "drain.example.com"
         token_id, secret = est_token(ca, identity)
-        body = csr_for(identity)
+        body = est_csr_body(identity)
         basic = base64.b64encode(f"{token_id}:{secret}".encode()).decode()
         conn = tls_context(ca).wrap_socket(
             socket.create_connection(("127.0.0.1", server.https_port), timeout=30),

@@ -301,6 +301,10 @@ def renew(path: Path, *, force: bool = False, keep_key: bool | None = None,
         state.last_run = iso(now)
         try:
             due = force or (state.next_renewal_time() or now) <= now
+            if not due and _ca_asks_to_renew(directory, state, now):  # `vpnca renew-early`, a revocation
+                due = True
+                log_event(directory, "agent.renew_early", serial=state.serial,
+                          reason="the CA suggests renewing now (renewalInfo)")
             if not due:
                 reloaded = _ensure_loaded(directory, state)
                 state.failures = 0
@@ -352,6 +356,13 @@ def _ensure_loaded(directory: AgentDir, state: AgentState) -> list[str] | None:
     reloaded = _reload(directory, state)
     state.last_error = None
     return reloaded
+
+
+def _ca_asks_to_renew(directory: AgentDir, state: AgentState, now: datetime) -> bool:
+    """Whether the CA's renewal window for the current certificate has begun (ACME renewalInfo)."""
+    client = est.EstClient(est.Endpoint.parse(state.server), directory.anchor.read_bytes())
+    start = client.renewal_window_start(directory.certificate())
+    return start is not None and start <= now
 
 
 def _renew(directory: AgentDir, state: AgentState, now: datetime, keep_key: bool,

@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import ssl
@@ -24,6 +25,7 @@ import subprocess
 import tempfile
 import urllib.parse
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -108,6 +110,10 @@ def verified_context(anchor_pem: bytes, client: tuple[Path, Path] | None = None)
     return context
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 def _unverified_context() -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
@@ -164,6 +170,24 @@ class EstClient:
             return _request(self.endpoint, context, method, path, body, headers)
         except (OSError, http.client.HTTPException) as exc:
             raise _transport_error(self.endpoint, exc) from exc
+
+    def renewal_window_start(self, certificate: x509.Certificate) -> datetime | None:
+        """When the CA suggests renewing `certificate` (ACME Renewal Information, RFC 9773: a GET on
+        the same HTTPS server, by certID = keyIdentifier.serial); None when it cannot say."""
+        try:
+            aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+            if aki.key_identifier is None:
+                return None
+            serial = certificate.serial_number
+            octets = serial.to_bytes(serial.bit_length() // 8 + 1, "big", signed=True)
+            cert_id = f"{_b64url(aki.key_identifier)}.{_b64url(octets)}"
+            answer = self._call("GET", f"/acme/renewal-info/{cert_id}", verified_context(self.anchor_pem))
+            if answer.status != 200:
+                return None
+            start = datetime.fromisoformat(json.loads(answer.body)["suggestedWindow"]["start"])
+        except (AgentError, x509.ExtensionNotFound, ValueError, KeyError, TypeError):
+            return None
+        return start if start.tzinfo is not None else start.replace(tzinfo=UTC)
 
     def cacerts(self) -> list[x509.Certificate]:
         answer = self._call("GET", self.endpoint.path("cacerts"), verified_context(self.anchor_pem))

@@ -476,7 +476,7 @@ class Store:
             rows = session.execute(
                 select(CertificateRecord.status, func.count()).group_by(CertificateRecord.status)
             )
-            return dict(rows.tuples().all())  # not dict(rows): a Result has keys(), the column names
+            return dict(rows.all())  # not dict(rows): a Result has keys(), the column names
 
     # -- operators' streaming queries (`vpnca list`, `vpnca report expiring`, `vpnca audit export`) --------
 
