@@ -88,7 +88,11 @@ def _fraction(serial: str) -> float:
 
 
 def suggested_window(record: CertificateRecord, now: datetime) -> SuggestedWindow:
-    lifetime = record.not_after - record.not_before
+    # measured from issuance, not notBefore: the CA back-dates notBefore for clock skew, which for a
+    # short-lived certificate would put the whole window in the past at once
+    within = record.not_before <= record.created_at < record.not_after
+    issued = record.created_at if within else record.not_before
+    lifetime = record.not_after - issued
     retry_after = max(timedelta(minutes=1), min(RETRY_AFTER, lifetime / 20))
     due = record.renew_after
     if record.status == CertStatus.REVOKED and due is None:
@@ -96,7 +100,7 @@ def suggested_window(record: CertificateRecord, now: datetime) -> SuggestedWindo
     if due is not None and due <= now:
         return SuggestedWindow(due, due + min(EARLY_WINDOW, lifetime / 20), min(retry_after, EARLY_WINDOW),
                                early=True)
-    middle = record.not_before + lifetime * RENEW_AT + lifetime * SPREAD * (_fraction(record.serial) - 0.5)
+    middle = issued + lifetime * RENEW_AT + lifetime * SPREAD * (_fraction(record.serial) - 0.5)
     start = middle - lifetime * WINDOW / 2
     end = min(middle + lifetime * WINDOW / 2, record.not_after)
     return SuggestedWindow(start, end, retry_after, early=False)

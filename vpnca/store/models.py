@@ -218,7 +218,8 @@ class AcmeAccount(Base):
 
 
 class AcmeNonce(Base):
-    """An anti-replay nonce handed out in Replay-Nonce; deleted when used, so it works once."""
+    """A used ACME nonce (nonces are HMAC-signed and stateless until used; a replay finds its row),
+    pruned after the nonce lifetime; two rows hold the shared HMAC key."""
 
     __tablename__ = "acme_nonces"
 
