@@ -250,7 +250,8 @@ def needs(tmp_path_factory: pytest.TempPathFactory) -> Needs:
 def test_every_package_the_code_and_tests_use_is_in_the_manifest(needs: Needs) -> None:
     check_manifest(MANIFEST, needs.uses)
     if needs.missing:
-        pytest.skip("not installed here, so not checked: " + "; ".join(needs.missing))
+        pytest.fail("not installed (run `make deps`), so their packages cannot be checked: "
+                    + "; ".join(needs.missing))
 
 
 def test_base_system_exceptions_are_essential_or_required() -> None:
