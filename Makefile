@@ -29,8 +29,12 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
+# test files run in parallel, each file whole on one worker (its module-scoped daemons stay together);
+# most of the suite waits on real daemons, so more workers than cores pay off
+TEST_WORKERS ?= 3
+
 test: deps venv lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: deps venv
 	$(PY) -m pytest tests/bench -q -s

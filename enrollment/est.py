@@ -27,26 +27,33 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from starlette.requests import Request
 from starlette.responses import Response
 
-from enrollment.auth import Requester, check_token, requester_from_certificate
 from enrollment.http import BodyTooLarge, read_limited_body
-from enrollment.service import Enrollment, enroll
-from hsm import HsmError, generate_software_key
+from hsm import generate_software_key
 from hsm.token import KeyAlgorithm
 from vpnca import metrics
-from vpnca.authority import Authority, IssuedCertificate
-from vpnca.config import Settings
+from vpnca.authority import IssuedCertificate
+from vpnca.config import EstSettings, Settings
+from vpnca.credentials import Requester
+from vpnca.enroll import Enrollment
 from vpnca.errors import (
     BadRequest,
     ConfigError,
+    Conflict,
     NotAuthenticated,
     NotAuthorized,
+    NotFound,
     Pending,
     PolicyViolation,
-    StoreUnavailable,
+    Unavailable,
     VpncaError,
+    new_error_id,
+    public_message,
 )
 from vpnca.events import emit
 from vpnca.outage import OUTAGES
+from vpnca.ports import EstAuthority
+from vpnca.profiles import Profile
+from vpnca.refusals import record_refusal
 from vpnca.x509util import load_csr
 
 log = logging.getLogger("vpnca.est")
@@ -54,12 +61,18 @@ log = logging.getLogger("vpnca.est")
 EST_PREFIX = "/.well-known/est/"
 ENROLL_OPERATIONS = ("simpleenroll", "simplereenroll", "serverkeygen")
 PKCS7_CERTS = "application/pkcs7-mime; smime-type=certs-only"
-PROFILES = ("device", "gateway")
-SERVER_KEY_ALGORITHM: dict[str, KeyAlgorithm] = {"device": "ec-p256", "gateway": "ec-p384"}
-CURVE_OID = {"device": "1.2.840.10045.3.1.7", "gateway": "1.3.132.0.34"}
 OID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 OID_ECDSA_WITH_SHA256 = "1.2.840.10045.4.3.2"
 OID_ECDSA_WITH_SHA384 = "1.2.840.10045.4.3.3"
+# a profile's first key type: what csrattrs asks for (signature algorithm; key algorithm and curve)
+CSR_ATTRIBUTES: dict[str, tuple[str, tuple[str, str] | None]] = {
+    "ec-p256": (OID_ECDSA_WITH_SHA256, (OID_EC_PUBLIC_KEY, "1.2.840.10045.3.1.7")),
+    "ec-p384": (OID_ECDSA_WITH_SHA384, (OID_EC_PUBLIC_KEY, "1.3.132.0.34")),
+    "rsa": ("1.2.840.113549.1.1.11", None),  # sha256WithRSAEncryption
+    "ed25519": ("1.3.101.112", None),  # id-Ed25519
+}
+SERVER_KEY_ALGORITHM: dict[str, KeyAlgorithm] = {  # what serverkeygen makes for a key type
+    "ec-p256": "ec-p256", "ec-p384": "ec-p384", "rsa": "rsa-3072"}
 OID_CHALLENGE_PASSWORD = "1.2.840.113549.1.9.7"
 
 
@@ -81,7 +94,7 @@ class CsrAttrs(core.SequenceOf):  # type: ignore[misc]
 
 
 class EstError(Exception):
-    """An HTTP error with the RFC 7030 status and a text reason."""
+    """An HTTP error of the protocol itself (size, media type, label) with its status and a fixed reason."""
 
     def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
@@ -90,18 +103,29 @@ class EstError(Exception):
         self.headers = headers or {}
 
 
+# The one error map of EST: core error -> HTTP status (RFC 7030 4.2.3). The first match wins, so
+# subclasses come before their bases; anything not here is a bug: 500 with the fixed text and an id.
+EST_STATUS: tuple[tuple[type[VpncaError], int], ...] = (
+    (Pending, 202),
+    (NotAuthenticated, 401),
+    (NotAuthorized, 403),
+    (PolicyViolation, 403),
+    (BadRequest, 400),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Unavailable, 503),
+)
+
+
+def status_for(exc: BaseException) -> int:
+    return next((status for kind, status in EST_STATUS if isinstance(exc, kind)), 500)
+
+
 @dataclass
 class EstContext:
-    authority: Authority
+    door: EstAuthority
+    settings: EstSettings
     bootstrap_cas: list[x509.Certificate] = field(default_factory=list)
-
-    @property
-    def chain(self) -> list[x509.Certificate]:
-        root = self.authority.store.current_ca("root")
-        certs = [self.authority.certificate]
-        if root is not None:
-            certs.append(x509.load_der_x509_certificate(root.der))
-        return certs
 
 
 def _b64(data: bytes) -> bytes:
@@ -113,17 +137,24 @@ def certs_only(certs: list[x509.Certificate]) -> Response:
     return Response(body, media_type=PKCS7_CERTS, headers={"Content-Transfer-Encoding": "base64"})
 
 
-def csr_attributes(profile: str) -> bytes:
-    """What the profile wants: an EC key on its curve, ECDSA with SHA-256/384, no challenge password."""
-    curve = core.ObjectIdentifier(CURVE_OID[profile])
-    attrs = CsrAttrs([
-        _AttrOrOid(name="oid", value=core.ObjectIdentifier(
-            OID_ECDSA_WITH_SHA384 if profile == "gateway" else OID_ECDSA_WITH_SHA256)),
-        _AttrOrOid(name="attribute", value=_Attribute({
-            "type": OID_EC_PUBLIC_KEY, "values": [core.Any.load(curve.dump())]})),
-    ])
-    der: bytes = attrs.dump()
+def csr_attributes(profile: Profile) -> bytes:
+    """What the profile wants: its first key type (an EC key on its curve, with ECDSA and SHA-256/384),
+    no challenge password."""
+    signature, key = CSR_ATTRIBUTES[profile.preferred_key_type]
+    items = [_AttrOrOid(name="oid", value=core.ObjectIdentifier(signature))]
+    if key is not None:
+        items.append(_AttrOrOid(name="attribute", value=_Attribute({
+            "type": key[0], "values": [core.Any.load(core.ObjectIdentifier(key[1]).dump())]})))
+    der: bytes = CsrAttrs(items).dump()
     return der
+
+
+def server_key_algorithm(profile: Profile) -> KeyAlgorithm:
+    """serverkeygen makes the profile's first key type it can make (EC, or RSA-3072)."""
+    made = [SERVER_KEY_ALGORITHM[k] for k in profile.key_types if k in SERVER_KEY_ALGORITHM]
+    if not made:
+        raise BadRequest(f"profile {profile.name} has no key type serverkeygen makes")
+    return made[0]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -174,7 +205,7 @@ def _is_loopback(address: str) -> bool:
 def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[None]]:
     """The EST endpoints as a plain ASGI app under /.well-known/est/ (no framework routing: this is
     the enrollment hot path); issuance runs on this app's own thread pool."""
-    settings = ctx.authority.settings
+    settings = ctx.settings
     executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="est")
 
     def client_certificate(request: Request) -> x509.Certificate | None:
@@ -182,10 +213,10 @@ def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[
         chain = tls.get("client_cert_chain") or []
         if chain:
             return x509.load_pem_x509_certificate(chain[0].encode())
-        header = request.headers.get(settings.est.client_cert_header)
+        header = request.headers.get(settings.client_cert_header)
         if header:
             peer = request.client.host if request.client else ""
-            if peer not in settings.est.trusted_proxies:
+            if peer not in settings.trusted_proxies:
                 log.warning("client certificate header from untrusted address %s ignored", peer)
                 return None
             try:
@@ -198,8 +229,7 @@ def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[
         cert = client_certificate(request)
         if cert is not None:
             try:
-                return requester_from_certificate(ctx.authority.store, settings, ctx.authority.certificate,
-                                                  cert, ctx.bootstrap_cas)
+                return ctx.door.certificate_requester(cert, ctx.bootstrap_cas)
             except NotAuthorized:
                 if renewal or "authorization" not in request.headers:
                     raise
@@ -213,69 +243,67 @@ def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[
             token_id, _, secret = base64.b64decode(value.strip(), validate=True).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError) as exc:
             raise NotAuthenticated("malformed Basic credentials") from exc
-        return check_token(ctx.authority.store, token_id, secret, protocol="est")
+        return ctx.door.token_requester(token_id, secret, protocol="est")
 
-    def profile_for(label: str | None) -> str:
-        profile = label or settings.est.default_profile
-        if profile not in PROFILES:
+    def profile_for(label: str | None) -> Profile:
+        """The label's profile (the default without one), if EST may issue it; else 404."""
+        try:
+            profile = ctx.door.profile(label or settings.default_profile)
+        except BadRequest:
+            raise EstError(404, f"unknown EST label {label!r}") from None
+        if "est" not in profile.protocols:
             raise EstError(404, f"unknown EST label {label!r}")
         return profile
 
-    def refuse(request: Request, operation: str, exc: Exception) -> Response:
-        """The RFC 7030 answer to a refusal; logged, and counted unless the core counted it."""
-        if isinstance(exc, EstError):
-            status, reason, headers = exc.status, exc.reason, exc.headers
-        elif isinstance(exc, Pending):
-            status, reason = 202, str(exc)
-            headers = {"Retry-After": str(exc.retry_after)}
-        elif isinstance(exc, NotAuthenticated):
-            status, reason, headers = 401, str(exc), {"WWW-Authenticate": 'Basic realm="vpnca EST"'}
-        elif isinstance(exc, (NotAuthorized, PolicyViolation)):
-            status, reason, headers = 403, str(exc), {}
-        elif isinstance(exc, BadRequest):
-            status, reason, headers = 400, str(exc), {}
-        elif isinstance(exc, HsmError):
-            OUTAGES.down("token", exc)
-            status, reason, headers = 503, "signing is unavailable; try again later", {"Retry-After": "30"}
-        elif isinstance(exc, StoreUnavailable):
-            OUTAGES.down("database", exc.__cause__ or exc)
-            status, reason, headers = 503, "the CA is unavailable; try again later", {
-                "Retry-After": str(settings.est.retry_after_seconds)}
-        else:
-            status, reason, headers = 500, "internal error", {}
+    def refuse(request: Request, operation: str, exc: Exception, profile: str = "") -> Response:
+        """The RFC 7030 answer to a refusal: the status from EST_STATUS, a fixed text and the correlation
+        id of the one log line (the core's, when it decided) that holds the detail."""
         client = request.client.host if request.client else "-"
-        if status == 503:  # said once by the outage log, not once per request
-            metrics.refused("est", "unavailable")
-        elif status != 202:  # logged and counted; the audit chain is for what changed, not for refusals
-            kind = {401: "authentication", 403: "authorization", 400: "bad_request", 413: "too_large",
-                    415: "media_type"}.get(status, "error")
-            emit("authentication.failed" if status == 401 else "enrollment.refused", logging.WARNING,
-                 protocol="est", operation=operation, client=client, status=status, reason=reason[:300])
-            if not (isinstance(exc, VpncaError) and exc.counted):
-                metrics.refused("est", kind)
-        return Response(reason + "\n", status_code=status, media_type="text/plain", headers=headers)
+        if isinstance(exc, EstError):  # the protocol's own refusals
+            kind = {413: "too_large", 415: "media_type", 404: "not_found"}.get(exc.status, "bad_request")
+            error_id = new_error_id()
+            emit("enrollment.refused", logging.WARNING, protocol="est", operation=operation, client=client,
+                 status=exc.status, reason=kind, detail=exc.reason, error_id=error_id)
+            metrics.refused("est", kind, profile)
+            return _text(exc.status, f"{exc.reason} (id {error_id})", exc.headers, error_id)
+        status = status_for(exc)
+        headers: dict[str, str] = {}
+        if isinstance(exc, Pending):
+            headers["Retry-After"] = str(exc.retry_after)
+        elif status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="vpnca EST"'
+        elif status == 503:
+            headers["Retry-After"] = str(settings.retry_after_seconds)
+        error_id = record_refusal(exc, protocol="est", profile=profile, operation=operation, client=client,
+                                  status=status,
+                                  event="authentication.failed" if status == 401 else "enrollment.refused")
+        if isinstance(exc, Pending):  # no refusal: the client polls with the request's own id
+            return _text(status, str(exc), headers, error_id)
+        return _text(status, public_message(exc, error_id), headers, error_id)
 
     async def do_enroll(request: Request, label: str | None, operation: str) -> Response:
+        profile = ""
         try:
-            profile = profile_for(label)
+            chosen = profile_for(label)
+            profile = chosen.name
             requester = authenticate(request, renewal=operation == "simplereenroll")
             media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
             if media_type != "application/pkcs10":
                 raise EstError(415, "Content-Type must be application/pkcs10 (RFC 7030 4.2.1)")
-            csr = decode_csr(await read_body(request, settings.est.max_body_bytes))
-        except (VpncaError, HsmError, EstError) as exc:
-            return refuse(request, operation, exc)
+            csr = decode_csr(await read_body(request, settings.max_body_bytes))
+        except (VpncaError, EstError) as exc:
+            return refuse(request, operation, exc, profile)
         try:
-            server_key = generate_software_key(SERVER_KEY_ALGORITHM[profile]) if operation == "serverkeygen" \
+            server_key = generate_software_key(server_key_algorithm(chosen)) if operation == "serverkeygen" \
                 else None
             client = request.client.host if request.client else "-"
             enrollment = Enrollment(csr=csr, profile=profile, protocol="est", client=client,
                                     renewal=operation == "simplereenroll",
                                     server_public_key=server_key.public_key() if server_key else None)
             issued: IssuedCertificate = await asyncio.get_running_loop().run_in_executor(
-                executor, enroll, ctx.authority, requester, enrollment)
-        except (VpncaError, HsmError, EstError) as exc:
-            return refuse(request, operation, exc)
+                executor, ctx.door.enroll, requester, enrollment)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered from the one map
+            return refuse(request, operation, exc, profile)
         OUTAGES.up("database")
         OUTAGES.up("token")
         log.debug("EST %s issued serial=%s to %s", operation, issued.serial, requester.name)
@@ -285,11 +313,14 @@ def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ), issued.certificate)
 
-    cacerts_body = certs_only(ctx.chain).body  # the chain changes only with a restart
+    cacerts_body = certs_only(ctx.door.chain()).body  # the chain changes only with a restart
 
     def cacerts(label: str | None) -> Response:
-        if label is not None and label not in PROFILES:
-            return Response(f"unknown EST label {label!r}\n", status_code=404, media_type="text/plain")
+        if label is not None:
+            try:
+                profile_for(label)
+            except EstError as exc:
+                return Response(exc.reason + "\n", status_code=exc.status, media_type="text/plain")
         return Response(cacerts_body, media_type=PKCS7_CERTS, headers={"Content-Transfer-Encoding": "base64"})
 
     def csrattrs(label: str | None) -> Response:
@@ -324,6 +355,11 @@ def make_app(ctx: EstContext) -> Callable[[dict[str, Any], Any, Any], Awaitable[
         await response(scope, receive, send)
 
     return app
+
+
+def _text(status: int, text: str, headers: dict[str, str], error_id: str) -> Response:
+    return Response(text + "\n", status_code=status, media_type="text/plain",
+                    headers={**headers, "X-Request-ID": error_id})
 
 
 def serverkeygen_response(key_der: bytes, certificate: x509.Certificate) -> Response:

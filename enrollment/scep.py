@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -33,12 +32,9 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from enrollment.auth import check_token, requester_for_token, requester_from_certificate
 from enrollment.http import BodyTooLarge, read_limited_body
-from enrollment.service import Enrollment, enroll
-from hsm import HsmError
 from vpnca import metrics
-from vpnca.authority import Authority, IssuedCertificate
+from vpnca.enroll import Enrollment
 from vpnca.errors import (
     BadRequest,
     Conflict,
@@ -47,13 +43,15 @@ from vpnca.errors import (
     NotFound,
     Pending,
     PolicyViolation,
-    StoreUnavailable,
+    SigningUnavailable,
+    Unavailable,
     VpncaError,
+    new_error_id,
 )
 from vpnca.events import emit
-from vpnca.identities import identities_of_certificate
 from vpnca.outage import OUTAGES
-from vpnca.store import PendingRequest
+from vpnca.ports import ScepAuthority
+from vpnca.refusals import record_refusal
 from vpnca.x509util import load_csr
 
 log = logging.getLogger("vpnca.scep")
@@ -265,11 +263,11 @@ def open_envelope(content: bytes, ra_key: rsa.RSAPrivateKey, *,
         raise ScepFailure(BAD_MESSAGE_CHECK, "the wrapped content key does not fit the RA key")
     try:
         key = ra_key.decrypt(encrypted_key, padding.PKCS1v15())
-    except HsmError as exc:
+    except SigningUnavailable as exc:
         # SoftHSM answers a bad PKCS#1 block with CKR_GENERAL_ERROR, as it would a failing token: call
         # it the client's fault. If the token is really away, the CertRep cannot be signed either and
         # the answer is 503 (handle), so an outage is not reported to the client as its fault.
-        raise ScepFailure(BAD_MESSAGE_CHECK, f"the RA cannot unwrap the content key: {exc}") from exc
+        raise ScepFailure(BAD_MESSAGE_CHECK, "the RA cannot unwrap the content key") from exc
     try:
         if len(key) != CIPHERS[name]:
             raise ValueError("content key of the wrong length")
@@ -387,10 +385,10 @@ def _challenge(csr: x509.CertificateSigningRequest) -> str:
 
 @dataclass
 class ScepContext:
-    authority: Authority
+    door: ScepAuthority
     ra_cert: x509.Certificate
-    ra_key: rsa.RSAPrivateKey
-    chain: list[x509.Certificate]
+    ra_key: rsa.RSAPrivateKey  # on the token, its errors SigningUnavailable (ports.GuardedRsaKey)
+    legacy_des3_profiles: frozenset[str] = frozenset()  # scep.legacy_des3_profiles
 
 
 @dataclass(frozen=True)
@@ -407,10 +405,10 @@ class ScepReply:
         return cls(status, f"{text}\n".encode(), "text/plain", dict(headers))
 
 
-# The one error map of SCEP: exception -> (failInfo, how the refusal is logged and counted). The first
-# match wins, so subclasses come before their bases. ScepFailure carries its own failInfo; anything not
-# here is unexpected: logged with its traceback and answered badRequest. RFC 8894 has no failInfo for
-# "try later", so the CA's own troubles (token, database) are badRequest too.
+# The one error map of SCEP: exception -> (failInfo, refusal reason). The first match wins, so
+# subclasses come before their bases. ScepFailure carries its own failInfo; anything not here is
+# unexpected: logged with its traceback and answered badRequest. RFC 8894 has no failInfo for "try
+# later", so the CA's own troubles (token, database) are badRequest too; never an HTTP 500.
 FAIL_INFO: tuple[tuple[type[BaseException], str, str], ...] = (
     (UnsupportedAlgorithm, BAD_ALG, "algorithm"),
     (InvalidSignature, BAD_MESSAGE_CHECK, "signature"),
@@ -420,9 +418,8 @@ FAIL_INFO: tuple[tuple[type[BaseException], str, str], ...] = (
     (BadRequest, BAD_REQUEST, "bad_request"),
     (NotFound, BAD_CERT_ID, "not_found"),
     (Conflict, BAD_REQUEST, "conflict"),
-    (StoreUnavailable, BAD_REQUEST, "unavailable"),
+    (Unavailable, BAD_REQUEST, "unavailable"),
     (VpncaError, BAD_REQUEST, "error"),
-    (HsmError, BAD_REQUEST, "unavailable"),
 )
 _FAIL_INFO_KIND = {BAD_ALG: "bad_alg", BAD_MESSAGE_CHECK: "bad_message_check", BAD_REQUEST: "bad_request",
                    BAD_TIME: "bad_time", BAD_CERT_ID: "bad_cert_id"}
@@ -450,14 +447,11 @@ def handle(ctx: ScepContext, der: bytes, client: str) -> ScepReply:
             answer = _answer(ctx, transaction, signed, signer_info, client)
         except Exception as exc:  # noqa: BLE001 - every refusal is a CertRep FAILURE, mapped once
             answer = _cert_rep(ctx, transaction, FAILURE, fail_info=_refusal(exc, transaction, client))
-    except Exception as exc:  # no CertRep can be signed: the RA key is unavailable (or a bug, logged)
-        if isinstance(exc, HsmError):
-            OUTAGES.down("token", exc)
-        else:
-            log.exception("SCEP: signing a CertRep for transaction %s failed", transaction.transaction_id)
-        metrics.refused("scep", "unavailable")
-        return ScepReply.text(503, "the SCEP RA cannot sign now; try again later",
-                              **{"Retry-After": str(RETRY_AFTER_SECONDS)})
+    except Exception as exc:  # noqa: BLE001 - no CertRep can be signed: the RA key is away (or a bug)
+        error_id = record_refusal(exc, protocol="scep", event="enrollment.refused", client=client,
+                                  transaction_id=transaction.transaction_id)
+        return ScepReply.text(503, f"the SCEP RA cannot sign now; try again later (id {error_id})",
+                              **{"Retry-After": str(RETRY_AFTER_SECONDS), "X-Request-ID": error_id})
     OUTAGES.up("token")
     return ScepReply(200, answer)
 
@@ -465,19 +459,14 @@ def handle(ctx: ScepContext, der: bytes, client: str) -> ScepReply:
 def _refusal(exc: Exception, transaction: Transaction, client: str) -> str:
     """The failInfo for `exc`, the refusal logged and counted once (unless the core did already)."""
     mapped = fail_info_for(exc)
-    if mapped is None:  # a bug: its traceback goes to the log, the client gets badRequest
-        log.error("SCEP message type %s, transaction %s from %s failed unexpectedly",
-                  transaction.message_type, transaction.transaction_id, client, exc_info=exc)
-        metrics.refused("scep", "error")
-        return BAD_REQUEST
-    fail_info, kind = mapped
-    if kind == "unavailable":  # said once per outage, not once per request
-        OUTAGES.down("token" if isinstance(exc, HsmError) else "database", exc)
-        metrics.refused("scep", kind)
-    elif not (isinstance(exc, VpncaError) and exc.counted):
+    fail_info, kind = mapped if mapped is not None else (BAD_REQUEST, "error")
+    if isinstance(exc, VpncaError) or mapped is None:  # the core's taxonomy, or a bug (with traceback)
+        record_refusal(exc, protocol="scep", event="enrollment.refused", client=client, fail_info=fail_info,
+                       message_type=transaction.message_type, transaction_id=transaction.transaction_id)
+    else:  # the protocol's own refusals
         emit("enrollment.refused", logging.WARNING, protocol="scep", client=client, fail_info=fail_info,
              reason=kind, detail=str(exc)[:300], message_type=transaction.message_type,
-             transaction_id=transaction.transaction_id)
+             transaction_id=transaction.transaction_id, error_id=new_error_id())
         metrics.refused("scep", kind)
     return fail_info
 
@@ -495,7 +484,7 @@ def _answer(ctx: ScepContext, transaction: Transaction, signed: cms.SignedData, 
             client: str) -> bytes:
     """The CertRep for a message that names its transaction: SUCCESS or PENDING; raises on refusal."""
     message = open_pki_message(transaction, signed, signer_info, ctx.ra_key,
-                               allow_des3=bool(ctx.authority.settings.scep.legacy_des3_profiles))
+                               allow_des3=bool(ctx.legacy_des3_profiles))
     try:
         payload = _operation(ctx, message, client)
     except Pending:
@@ -503,8 +492,8 @@ def _answer(ctx: ScepContext, transaction: Transaction, signed: cms.SignedData, 
     return _cert_rep(ctx, transaction, SUCCESS, payload=payload, message=message)
 
 
-def _check_cipher(authority: Authority, message: PkiMessage, profile: str) -> None:
-    if message.cipher == DES3 and profile not in authority.settings.scep.legacy_des3_profiles:
+def _check_cipher(ctx: ScepContext, message: PkiMessage, profile: str) -> None:
+    if message.cipher == DES3 and profile not in ctx.legacy_des3_profiles:
         raise ScepFailure(BAD_ALG, f"3DES is not allowed for profile {profile}")
 
 
@@ -521,21 +510,21 @@ def _operation(ctx: ScepContext, message: PkiMessage, client: str) -> bytes:
     if message.message_type == GET_CERT and message.content is not None:
         return _certificates(_get_cert(ctx, message.content))
     if message.message_type == GET_CRL:
-        crl = ctx.authority.store.latest_crl(ctx.authority.settings.ca.name)
+        crl = ctx.door.latest_crl()
         if crl is None:
             raise ScepFailure(BAD_CERT_ID, "no CRL published yet")
-        return degenerate_crl(crl.der)
+        return degenerate_crl(crl)
     raise ScepFailure(BAD_REQUEST, f"message type {message.message_type} is not supported")
 
 
-def _signed_by_our_certificate(authority: Authority, signer: x509.Certificate) -> bool:
+def _signed_by_our_certificate(issuer: x509.Certificate, signer: x509.Certificate) -> bool:
     """Whether the pkiMessage's signer is a certificate this sub-CA issued (a renewal's signer), not a
     self-signed one made for the request. Its validity and status are checked by
     requester_from_certificate, so that a revoked or expired one is refused, not taken for a token."""
-    if signer.issuer != authority.certificate.subject:
+    if signer.issuer != issuer.subject:
         return False
     try:
-        signer.verify_directly_issued_by(authority.certificate)
+        signer.verify_directly_issued_by(issuer)
     except (ValueError, TypeError, InvalidSignature):
         return False
     return True
@@ -546,70 +535,47 @@ def _enroll(ctx: ScepContext, message: PkiMessage, client: str) -> x509.Certific
     by a vpnca certificate is a renewal too: certmonger (and other Linux clients) renew that way,
     never with RenewalReq. A PKCSReq sent again with the same token and key gets the certificate its
     first sending was issued (enroll())."""
-    authority = ctx.authority
+    door = ctx.door
     if message.content is None:
         raise ScepFailure(BAD_REQUEST, "no request in the envelope")
     csr = load_csr(message.content)
-    if message.message_type == RENEWAL_REQ or _signed_by_our_certificate(authority, message.signer):
-        requester = requester_from_certificate(authority.store, authority.settings, authority.certificate,
-                                               message.signer, [])
-        _check_cipher(authority, message, requester.profile or "device")
+    if message.message_type == RENEWAL_REQ or _signed_by_our_certificate(door.issuer, message.signer):
+        requester = door.certificate_requester(message.signer, [])
+        _check_cipher(ctx, message, requester.profile or "device")
         renewal = Enrollment(csr=csr, profile=requester.profile or "device", protocol="scep", renewal=True,
                              client=client)
-        return enroll(authority, requester, renewal).certificate
+        return door.enroll(requester, renewal).certificate
     if _public_key(message.signer) != csr.public_key():
         raise ScepFailure(BAD_MESSAGE_CHECK, "the message is not signed by the requested key")
     token_id, _, secret = _challenge(csr).partition(":")
-    requester = check_token(authority.store, token_id, secret, protocol="scep")
+    requester = door.token_requester(token_id, secret, protocol="scep")
     profile = requester.profile or "device"
-    _check_cipher(authority, message, profile)
-    issued = enroll(authority, requester, Enrollment(csr=csr, profile=profile, protocol="scep", client=client,
-                                                     transaction_id=message.transaction_id))
-    if not authority.settings.profiles[profile].approval:  # an approved request has its record already
-        _record_transaction(authority, message.transaction_id, requester.name, profile, csr, issued)
+    _check_cipher(ctx, message, profile)
+    issued = door.enroll(requester, Enrollment(csr=csr, profile=profile, protocol="scep", client=client,
+                                               transaction_id=message.transaction_id))
+    door.record_transaction(message.transaction_id, requester.name, profile, csr, issued)
     return issued.certificate
-
-
-def _record_transaction(authority: Authority, transaction_id: str, requester: str, profile: str,
-                        csr: x509.CertificateSigningRequest, issued: IssuedCertificate) -> None:
-    """Remember which certificate a transaction was issued, so that a CertPoll for it (a client that
-    lost the CertRep) finds it as it finds an approved one: a pending_requests row, status issued."""
-    store = authority.store
-    try:
-        if store.pending_by_transaction(transaction_id) is not None:
-            return  # the PKCSReq was sent again and delivered again
-        identities = identities_of_certificate(issued.certificate)
-        csr_der = csr.public_bytes(serialization.Encoding.DER)
-        store.add_pending_request(PendingRequest(
-            request_id=hashlib.sha256(csr_der).hexdigest(), profile=profile,
-            identities=json.dumps([[i.kind, i.value] for i in identities]), requester=requester,
-            protocol="scep", status="issued", created_at=datetime.now(UTC), serial=issued.serial,
-            csr_der=csr_der, transaction_id=transaction_id))
-    except StoreUnavailable as exc:
-        # the certificate is issued: deliver it; only a later CertPoll would miss it
-        log.warning("SCEP transaction %s (serial %s) not recorded for CertPoll: %s", transaction_id,
-                    issued.serial, type(exc).__name__)
 
 
 def _poll(ctx: ScepContext, message: PkiMessage, client: str) -> x509.Certificate:
     """CertPoll (GetCertInitial) by transactionID, signed by the requested key: the certificate once an
     operator approved the request (issued now if need be), or the one already issued for it."""
-    authority = ctx.authority
-    pending = authority.store.pending_by_transaction(message.transaction_id)
+    door = ctx.door
+    pending = door.pending_by_transaction(message.transaction_id)
     if pending is None or pending.csr_der is None:
         raise ScepFailure(BAD_CERT_ID, f"no request for transaction {message.transaction_id}")
     csr = load_csr(pending.csr_der)
     if _public_key(message.signer) != csr.public_key():
         raise ScepFailure(BAD_MESSAGE_CHECK, "the poll is not signed by the requested key")
     if pending.status == "issued":
-        record = authority.store.get_certificate(pending.serial) if pending.serial else None
-        if record is None or record.der is None:
+        certificate = door.certificate(pending.serial) if pending.serial else None
+        if certificate is None:
             raise ScepFailure(BAD_CERT_ID, f"the certificate of transaction {message.transaction_id} is gone")
-        return x509.load_der_x509_certificate(record.der)
-    requester = requester_for_token(authority.store, pending.requester.removeprefix("token:"))
+        return certificate
+    requester = door.polling_requester(pending.requester.removeprefix("token:"))
     enrollment = Enrollment(csr=csr, profile=pending.profile, protocol="scep", client=client,
                             transaction_id=message.transaction_id)
-    return enroll(authority, requester, enrollment).certificate
+    return door.enroll(requester, enrollment).certificate
 
 
 def _get_cert(ctx: ScepContext, content: bytes) -> x509.Certificate:
@@ -617,21 +583,21 @@ def _get_cert(ctx: ScepContext, content: bytes) -> x509.Certificate:
     try:
         query = cms.IssuerAndSerialNumber.load(content, strict=True)
         issuer, serial = query["issuer"], query["serial_number"].native
-        ours = ax509.Name.load(ctx.authority.certificate.subject.public_bytes()) == issuer
+        ours = ax509.Name.load(ctx.door.issuer.subject.public_bytes()) == issuer
     except _PARSE_ERRORS as exc:
         raise ScepFailure(BAD_REQUEST, "GetCert content is not an IssuerAndSerialNumber") from exc
     if not ours or not isinstance(serial, int) or serial <= 0:
         raise ScepFailure(BAD_CERT_ID, f"no certificate {serial} from this CA")
-    record = ctx.authority.store.get_certificate(format(serial, "x"))
-    if record is None or record.der is None:
+    certificate = ctx.door.certificate(format(serial, "x"))
+    if certificate is None:
         raise ScepFailure(BAD_CERT_ID, f"no certificate {serial:x}")
-    return x509.load_der_x509_certificate(record.der)
+    return certificate
 
 
 def make_router(ctx: ScepContext) -> APIRouter:
     router = APIRouter()
-    ca_ra = pkcs7.serialize_certificates([ctx.ra_cert, *ctx.chain], serialization.Encoding.DER)
-    caps = CAPS + (b"DES3\n" if ctx.authority.settings.scep.legacy_des3_profiles else b"")
+    ca_ra = pkcs7.serialize_certificates([ctx.ra_cert, *ctx.door.chain()], serialization.Encoding.DER)
+    caps = CAPS + (b"DES3\n" if ctx.legacy_des3_profiles else b"")
 
     async def operation(der: bytes, request: Request) -> Response:
         client = request.client.host if request.client else "-"

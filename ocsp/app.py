@@ -21,7 +21,9 @@ from starlette.concurrency import run_in_threadpool
 from ocsp.responses import error_response
 from ocsp.service import OcspAnswer, OcspService
 from vpnca import metrics
+from vpnca.crlshards import shard_name
 from vpnca.store import CrlRecord
+from vpnca.store.crls import latest_crl_header
 
 log = logging.getLogger("vpnca.ocsp.http")
 OCSP_RESPONSE = b"application/ocsp-response"
@@ -29,8 +31,8 @@ Asgi = Any
 
 
 class CrlCache:
-    """The latest CRLs by URL path (the sub-CA's full and delta CRLs, the root's), re-read at most
-    once a second."""
+    """The latest CRLs by URL path (the sub-CA's full, delta and shard CRLs, the root's), re-read at
+    most once a second."""
 
     def __init__(self, service: OcspService) -> None:
         settings = service.settings
@@ -38,15 +40,20 @@ class CrlCache:
         # path -> (the CA whose CRL it is, whether it is the delta CRL)
         self.names = {f"/crl/{settings.ca.name}.crl": (settings.ca.name, False),
                       f"/crl/{settings.root_crl_name}.crl": (settings.root_crl_name, False),
-                      f"/crl/{settings.delta_crl_name}.crl": (settings.ca.name, True)}
+                      f"/crl/{settings.delta_crl_name}.crl": (settings.ca.name, True),
+                      **{f"/crl/{shard_name(settings, k)}.crl": (shard_name(settings, k), False)
+                         for k in range(settings.crl.shards)}}
         self._records: dict[str, tuple[float, CrlRecord | None]] = {}
 
     def current(self, path: str) -> CrlRecord | None:
+        """The CRL is read again only when its number changed (a CRL of 10^6 entries is ~50 MB)."""
         now = time.monotonic()
         checked, record = self._records.get(path, (0.0, None))
         if now - checked > 1.0:
             ca_name, delta = self.names[path]
-            record = self.service.store.latest_crl(ca_name, delta=delta)
+            header = latest_crl_header(self.service.store, ca_name, delta=delta)
+            if header is None or record is None or record.number != header[0]:
+                record = self.service.store.latest_crl(ca_name, delta=delta)
             self._records[path] = (now, record)
         return record
 

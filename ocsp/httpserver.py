@@ -39,6 +39,7 @@ REASONS = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Fou
 # rest of a head, of a body; none while BUSY (an answer is being signed) or just DONE with a request
 OPEN, IDLE, HEAD, BODY, BUSY, DONE = range(6)
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+ETAG_MEMO = 8192  # answers whose ETag is remembered (~1 KB each: it may outlive the cache's entry)
 
 
 class Responder:
@@ -49,6 +50,7 @@ class Responder:
         self.limit = service.settings.ocsp.max_request_bytes
         self.crls = CrlCache(service)
         self.static = extra or {}
+        self._etags: dict[bytes, bytes] = {}
 
     def handle(self, method: bytes, target: bytes, headers: dict[bytes, bytes],
                body: bytes) -> Reply | asyncio.Future[Reply]:
@@ -57,7 +59,9 @@ class Responder:
             return self._ocsp(body, cacheable=False)
         if method == b"GET" and path.startswith(b"/ocsp/"):
             try:
-                der = base64.b64decode(urllib.parse.unquote_to_bytes(path[6:]), validate=True)
+                encoded = path[6:]  # percent-decoding only where a client escaped something
+                der = base64.b64decode(urllib.parse.unquote_to_bytes(encoded) if b"%" in encoded else encoded,
+                                       validate=True)
             except (binascii.Error, ValueError):
                 der = b""
             return self._ocsp(der, cacheable=True)
@@ -92,14 +96,22 @@ class Responder:
         signed.add_done_callback(done)
         return reply
 
-    @staticmethod
-    def _ocsp_reply(answer: OcspAnswer, cacheable: bool) -> Reply:
+    def _ocsp_reply(self, answer: OcspAnswer, cacheable: bool) -> Reply:
         headers = [(b"content-type", b"application/ocsp-response")]
         if cacheable and answer.next_update is not None:
             max_age = max(0, int((answer.next_update - datetime.now(UTC)).total_seconds()))
             headers += [(b"cache-control", b"public, max-age=%d, no-transform, must-revalidate" % max_age),
-                        (b"etag", b'"%s"' % hashlib.sha1(answer.body).hexdigest().encode())]
+                        (b"etag", self._etag(answer.body))]
         return 200, headers, answer.body
+
+    def _etag(self, body: bytes) -> bytes:
+        """The answer's ETag, hashed once per answer (the pre-signed bodies are the cached objects)."""
+        etag = self._etags.get(body)
+        if etag is None:
+            if len(self._etags) >= ETAG_MEMO:
+                self._etags.clear()
+            etag = self._etags[body] = b'"%s"' % hashlib.sha1(body).hexdigest().encode()
+        return etag
 
     def _crl(self, path: str, headers: dict[bytes, bytes]) -> Reply:
         record = self.crls.current(path)
@@ -286,8 +298,7 @@ async def serve_forever(responder: Responder, sock: socket.socket, balance: Acce
     loop = asyncio.get_running_loop()
     open_connections: set[HttpProtocol] = set()
 
-    async def connect(conn: socket.socket) -> None:
-        protocol = HttpProtocol(responder, open_connections)
+    async def connect(conn: socket.socket, protocol: HttpProtocol) -> None:
         try:
             await loop.connect_accepted_socket(lambda: protocol, conn)
         except OSError:
@@ -297,7 +308,8 @@ async def serve_forever(responder: Responder, sock: socket.socket, balance: Acce
     starting: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps only weak ones)
 
     def start(conn: socket.socket) -> None:
-        task = loop.create_task(connect(conn))
+        protocol = HttpProtocol(responder, open_connections)  # counted from the accept on
+        task = loop.create_task(connect(conn, protocol))
         starting.add(task)
         task.add_done_callback(starting.discard)
 

@@ -235,7 +235,15 @@ class OcspSigner:
         if nonce is not None:
             data["response_extensions"] = [{"extn_id": "nonce", "critical": False,
                                             "extn_value": core.OctetString.load(nonce)}]
-        tbs = aocsp.ResponseData(data).dump()
+        return self.sign_response_data(aocsp.ResponseData(data).dump())
+
+    @property
+    def responder_key_hash(self) -> bytes:
+        """The responderID byKey: SHA-1 of the signer's public key bits."""
+        return self._key_hash
+
+    def sign_response_data(self, tbs: bytes) -> bytes:
+        """The OCSPResponse (successful, BasicOCSPResponse) around an encoded ResponseData."""
         if isinstance(self.key, ec.EllipticCurvePrivateKey):
             signature = self.key.sign(tbs, ec.ECDSA(hashes.SHA256()))
         else:

@@ -8,11 +8,13 @@ are served as usual, and whatever would need the token or the database is answer
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from hsm import HsmError
 from ocsp.cache import PresignedCache
+from ocsp.presign import PresignStats, ResponseEncoder, Share, Signable
 from ocsp.responses import (
     CertRequest,
     IssuerHashes,
@@ -26,14 +28,29 @@ from ocsp.responses import (
     single_response,
 )
 from vpnca.config import Settings
-from vpnca.errors import StoreUnavailable
+from vpnca.errors import BadRequest, StoreUnavailable, Unavailable, VpncaError, token_errors
 from vpnca.outage import OUTAGES
-from vpnca.store import CertificateRecord, CertStatus, OcspResponseRecord, Store
+from vpnca.store import CertStatus, Store
+from vpnca.store.ocsp_backlog import SIGNED_STATUSES, backlog_page, save_answers
 from vpnca.x509util import serial_hex
 
 log = logging.getLogger("vpnca.ocsp")
 PRESIGNED_HASHES = ("sha1", "sha256")
 TRY_LATER = error_response("try_later")
+# passes of one pre-signing run at most: each pass after the first signs only what changed during the one
+# before, unless answers are stale as soon as signed (ocsp.validity no longer than ocsp.refresh_before)
+MAX_PRESIGN_PASSES = 8
+# The one error map of OCSP (RFC 6960 4.2.1): core error -> OCSPResponseStatus. A request the responder
+# cannot read is malformedRequest (MalformedRequest, before the core is asked); the CA's own troubles
+# are tryLater, while pre-signed answers in memory go on being served.
+OCSP_STATUS: tuple[tuple[type[VpncaError], str], ...] = (
+    (Unavailable, "try_later"),
+    (BadRequest, "malformed_request"),
+)
+
+
+def ocsp_status_for(exc: VpncaError) -> str:
+    return next((status for kind, status in OCSP_STATUS if isinstance(exc, kind)), "internal_error")
 
 
 @dataclass(frozen=True)
@@ -43,7 +60,7 @@ class OcspAnswer:
     kind: str = "presigned"  # presigned | live | malformed_request | unauthorized | try_later
 
 
-def status_of(record: CertificateRecord | None) -> Status:
+def status_of(record: Signable | None) -> Status:
     if record is None or record.status not in (CertStatus.VALID, CertStatus.REVOKED):
         return Status("unknown")
     if record.status == CertStatus.REVOKED:
@@ -115,41 +132,87 @@ class OcspService:
             return OcspAnswer(TRY_LATER, kind="try_later")
         self.cache.database_is_up()
         try:
-            body = self.signer.sign(responses, now, nonce)
-        except HsmError as exc:  # the token logs its outage once and reopens itself
-            OUTAGES.down("token", exc)
-            return OcspAnswer(TRY_LATER, kind="try_later")
+            with token_errors():
+                body = self.signer.sign(responses, now, nonce)
+        except VpncaError as exc:  # the token logs its outage once and reopens itself
+            OUTAGES.down("token", exc.__cause__ or exc)
+            return OcspAnswer(error_response(ocsp_status_for(exc)), kind=ocsp_status_for(exc))
         OUTAGES.up("token")
         return OcspAnswer(body, None if nonce else next_update, kind="live")
 
-    def presign(self, records: list[CertificateRecord]) -> int:
-        """Sign and store responses for `records` under each pre-signed CertID hash."""
+    def presign(self, records: Sequence[Signable]) -> int:
+        """Sign and store answers for `records` under each pre-signed CertID hash, in one transaction."""
         if self.signer is None or not records:
             return 0
-        now = datetime.now(UTC).replace(microsecond=0)  # DER GeneralizedTime: whole seconds
-        next_update = now + self.settings.ocsp.validity
-        rows = []
-        for record in records:
-            status = status_of(record)
-            for algorithm in PRESIGNED_HASHES:
-                cert_id = self.issuer_hashes.cert_id(algorithm, int(record.serial, 16))
-                der = self.signer.sign([single_response(cert_id, status, now, next_update)], now)
-                rows.append(OcspResponseRecord(serial=record.serial, hash_algorithm=algorithm,
-                                               cert_status=status.state, this_update=now,
-                                               next_update=next_update, der=der))
-        self.store.save_ocsp_responses(rows)
+        save_answers(self.store, self.sign_answers(records, PresignStats()))
         return len(records)
 
-    def presign_backlog(self, *, batch: int = 500) -> int:
-        """Pre-sign every certificate whose response is missing or due for refresh."""
-        issuer = self.settings.ca.name
+    def sign_answers(self, records: Sequence[Signable], stats: PresignStats) -> list[dict[str, object]]:
+        """The ocsp_responses rows of `records` (every pre-signed CertID hash), signed now."""
+        assert self.signer is not None
+        now = datetime.now(UTC).replace(microsecond=0)  # DER GeneralizedTime: whole seconds
+        next_update = now + self.settings.ocsp.validity
+        encoder = ResponseEncoder(self.issuer_hashes, self.signer.responder_key_hash, now, now, next_update)
+        started = time.perf_counter()
+        answers: list[tuple[str, str, str, bytes]] = []  # serial, CertID hash, status, ResponseData
+        for record in records:
+            status, serial = status_of(record), int(record.serial, 16)
+            answers += [(record.serial, name, status.state, encoder.response_data(name, serial, status))
+                        for name in PRESIGNED_HASHES]
+        signing_started = time.perf_counter()
+        sign = self.signer.sign_response_data
+        signed = [sign(tbs) for *_, tbs in answers]  # the token alone, back to back
+        stats.encoding += signing_started - started
+        stats.signing += time.perf_counter() - signing_started
+        stats.certificates += len(records)
+        stats.responses += len(answers)
+        return [{"serial": serial, "hash_algorithm": algorithm, "cert_status": state, "this_update": now,
+                 "next_update": next_update, "der": der}
+                for (serial, algorithm, state, _), der in zip(answers, signed, strict=True)]
+
+    def presign_backlog(self, share: Share | None = None, *, batch: int = 500,
+                        stats: PresignStats | None = None, limit: int | None = None) -> int:
+        """Pre-sign this worker's share of the certificates whose answer is missing, due for refresh or
+        out of date, until none is left: keyset passes in serial order, again while a pass found some
+        (certificates issued or revoked meanwhile). `limit`: stop after about that many (a sample)."""
+        if self.signer is None:
+            return 0
+        share = share or Share()
+        stats = stats if stats is not None else PresignStats()
         done = 0
-        while True:
-            refresh_before = datetime.now(UTC) + self.settings.ocsp.refresh_before
-            backlog = self.store.ocsp_backlog(issuer, refresh_before, batch)
-            if not backlog:
+        for _ in range(MAX_PRESIGN_PASSES):
+            found = self._presign_pass(share, batch, stats, None if limit is None else limit - done)
+            done += found
+            if not found or (limit is not None and done >= limit):
                 return done
-            done += self.presign(backlog)
+        log.warning("OCSP pre-signing stopped after %d passes: answers are due as soon as signed "
+                    "(ocsp.validity no longer than ocsp.refresh_before?)", MAX_PRESIGN_PASSES)
+        return done
+
+    def _presign_pass(self, share: Share, batch: int, stats: PresignStats, limit: int | None) -> int:
+        """One pass over the share's backlog in serial order (valid, then revoked certificates), a page
+        read, signed and written at a time. (Reading and writing in threads beside the signing was slower:
+        the token calls hold the GIL, and the threads made them wait.)"""
+        refresh_before = datetime.now(UTC) + self.settings.ocsp.refresh_before
+        issuer, suffixes = self.settings.ca.name, share.suffixes()
+        found = 0
+        stats.passes += 1
+        for status in SIGNED_STATUSES:
+            after = ""
+            while limit is None or found < limit:
+                started = time.perf_counter()
+                page = backlog_page(self.store, issuer, refresh_before, status, after=after,
+                                    suffixes=suffixes, limit=batch)
+                stats.reading += time.perf_counter() - started
+                if not page:
+                    break
+                rows = self.sign_answers(page, stats)
+                started = time.perf_counter()
+                save_answers(self.store, rows)
+                stats.writing += time.perf_counter() - started
+                found += len(page)
+                after = page[-1].serial
+        return found
 
     def presign_serials(self, serials: list[str]) -> int:
         return self.presign([r for r in (self.store.get_certificate(s) for s in serials) if r is not None])

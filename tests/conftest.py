@@ -14,7 +14,7 @@ import pytest
 from hsm.softhsm import SoftHsmToken, init_softhsm_token
 from tests.helpers import free_port, require_tool, stop_process
 from tests.postgres import PostgresCluster
-from vpnca import ca as ca_module
+from vpnca import ceremony
 from vpnca.authority import Authority
 from vpnca.config import Settings, load_settings, render_config
 from vpnca.store import Store
@@ -36,7 +36,7 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsmToken:
 class CaHome:
     settings: Settings
     store: Store
-    hierarchy: ca_module.Hierarchy
+    hierarchy: ceremony.Hierarchy
     authority: Authority
     env: dict[str, str]
 
@@ -60,7 +60,7 @@ def make_ca_home(home: Path, softhsm: SoftHsmToken, database_url: str | None = N
     (home / "vpnca.toml").write_text(text)
     settings = load_settings(home)
     store = Store(settings.database_url)
-    hierarchy = ca_module.initialise(settings, store, actor="test")
+    hierarchy = ceremony.initialise(settings, store, actor="test")
     env = {**os.environ, "VPNCA_HOME": str(home), "SOFTHSM2_CONF": str(softhsm.conf)}
     env.pop("VPNCA_DATABASE_URL", None)
     return CaHome(settings, store, hierarchy, Authority.open(settings, store), env)

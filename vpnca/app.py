@@ -26,6 +26,7 @@ from vpnca.authority import Authority
 from vpnca.config import Settings
 from vpnca.errors import ConfigError
 from vpnca.issuer import open_settings_token, token_key
+from vpnca.ports import CaDoor, GuardedRsaKey
 from vpnca.revocation import Publisher
 from vpnca.store import Store
 
@@ -46,23 +47,23 @@ def load_bootstrap_cas(paths: tuple[Path, ...]) -> list[x509.Certificate]:
     return cas
 
 
-def scep_context(settings: Settings, store: Store, authority: Authority) -> ScepContext | None:
+def scep_context(settings: Settings, store: Store, door: CaDoor) -> ScepContext | None:
     """The SCEP RA (certificate and token key), when this CA has one (`vpnca init`, `vpnca scep init`)."""
     record = store.current_ca("scep-ra")
     if record is None or record.key_label is None:
         return None
     ra_key = token_key(open_settings_token(settings), record.key_label)
     assert isinstance(ra_key, rsa.RSAPrivateKey)
-    root = store.current_ca("root")
-    chain = [authority.certificate] + ([x509.load_der_x509_certificate(root.der)] if root else [])
-    return ScepContext(authority, x509.load_der_x509_certificate(record.der), ra_key, chain)
+    return ScepContext(door, x509.load_der_x509_certificate(record.der), GuardedRsaKey(ra_key),
+                       frozenset(settings.scep.legacy_des3_profiles))
 
 
 def create_apps(settings: Settings, store: Store, authority: Authority, ocsp: OcspService) -> Apps:
-    est = est_app(EstContext(authority, load_bootstrap_cas(settings.est.bootstrap_ca_files)))
+    door = CaDoor(authority, Publisher(authority, ocsp))
+    est = est_app(EstContext(door, settings.est, load_bootstrap_cas(settings.est.bootstrap_ca_files)))
     https_api = FastAPI(title="vpnca", docs_url=None, redoc_url=None, openapi_url=None)
     if settings.acme.enabled:
-        https_api.include_router(acme_router(AcmeService(authority, Publisher(authority, ocsp))))
+        https_api.include_router(acme_router(AcmeService(door, settings.acme, settings.http_base_url)))
 
     async def https(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith(EST_PREFIX):
@@ -71,7 +72,7 @@ def create_apps(settings: Settings, store: Store, authority: Authority, ocsp: Oc
             await https_api(scope, receive, send)
 
     http = FastAPI(title="vpnca-http", docs_url=None, redoc_url=None, openapi_url=None)
-    scep = scep_context(settings, store, authority)
+    scep = scep_context(settings, store, door)
     if scep is not None:
         http.include_router(scep_router(scep))
     ca_der = authority.certificate.public_bytes(Encoding.DER)

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
+from hsm.errors import HsmError
 from vpnca import metrics
+from vpnca.clock import SYSTEM_CLOCK, Clock
 from vpnca.config import Settings
-from vpnca.errors import BadRequest, NotAuthorized, PolicyViolation
+from vpnca.crlshards import leaf_crl_extensions, shard_for
+from vpnca.errors import BadRequest, NotAuthorized, PolicyViolation, SigningUnavailable, VpncaError
 from vpnca.events import emit
 from vpnca.identities import IkeIdentity, identities_from_csr, subject_for
 from vpnca.issuer import (
@@ -30,13 +32,12 @@ from vpnca.issuer import (
 from vpnca.lint import LintFailed, lint_before_signing
 from vpnca.policy import check_csr, check_identities, check_public_key
 from vpnca.profiles import Profile, get_profile
+from vpnca.refusals import record_refusal
 from vpnca.store import CertificateRecord, CertStatus, Store
 from vpnca.store.repository import SerialCollision
-from vpnca.x509util import distribution_points, load_csr, random_serial, serial_hex
+from vpnca.x509util import load_csr, random_serial, serial_hex
 
 log = logging.getLogger("vpnca.authority")
-
-SERVICE_LINT_ACCEPTED = frozenset({"pkix.invalid_domain_name_syntax"})
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,14 @@ class IssueRequest:
     lifetime: timedelta | None = None  # shorter than the profile's, never longer
     details: dict[str, str] = field(default_factory=dict)
     spend_token: str | None = None  # a one-time enrollment token, spent atomically with the reservation
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A request the policy and its profile accepted (`Authority.check`): `issue` does not check again."""
+
+    request: IssueRequest
+    profile: Profile
 
 
 @dataclass(frozen=True)
@@ -90,74 +99,84 @@ def request_from_csr(
 class Authority:
     """The issuing sub-CA: decides by policy and profile, records, signs through the token."""
 
-    def __init__(self, settings: Settings, store: Store, certificate: x509.Certificate, key: CaKey) -> None:
+    def __init__(self, settings: Settings, store: Store, certificate: x509.Certificate, key: CaKey,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
         self.store = store
         self.certificate = certificate
         self.key = key
+        self._chain: list[x509.Certificate] | None = None
+        self.clock = clock  # validity periods and revocation times are read from it
         # the same in every leaf: AKI, where the CRL is (CDP), where OCSP and the CA certificate are (AIA)
         self._issuer_extensions: tuple[x509.ExtensionType, ...] = (
             x509.AuthorityKeyIdentifier.from_issuer_public_key(certificate.public_key()),  # type: ignore[arg-type]
-            x509.CRLDistributionPoints(distribution_points(settings.crl_url)),
             x509.AuthorityInformationAccess([
                 x509.AccessDescription(AuthorityInformationAccessOID.OCSP,
                                        x509.UniformResourceIdentifier(settings.ocsp_url)),
                 x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
                                        x509.UniformResourceIdentifier(settings.ca_issuers_url)),
             ]),
-            # with delta CRLs on, where a CRL-checking client finds the revocations since the full CRL
-            *([x509.FreshestCRL(distribution_points(settings.delta_crl_url))] if settings.crl.delta else []),
-        )
+        )  # and the CRL pointers of the leaf's shard: `leaf_crl_extensions` (vpnca/crlshards.py)
 
     @classmethod
-    def open(cls, settings: Settings, store: Store) -> Authority:
+    def open(cls, settings: Settings, store: Store, clock: Clock = SYSTEM_CLOCK) -> Authority:
         certificate, label = load_ca_certificate(store, "sub")
         assert label is not None, "the sub-CA key is always on the token"
-        return cls(settings, store, certificate, token_key(open_settings_token(settings), label))
+        return cls(settings, store, certificate, token_key(open_settings_token(settings), label), clock)
 
     @property
     def name(self) -> str:
         return self.settings.ca.name
 
-    def check(self, request: IssueRequest) -> Profile:
+    def chain(self) -> list[x509.Certificate]:
+        """The CA chain every protocol and gateway hands out: the sub-CA, then the root when the register
+        has it (read once: the root does not change while vpnca runs)."""
+        if self._chain is None:
+            root = self.store.current_ca("root")
+            self._chain = [self.certificate] + ([x509.load_der_x509_certificate(root.der)] if root else [])
+        return list(self._chain)
+
+    def check(self, request: IssueRequest) -> Checked:
         """Everything the policy and the profile decide, before anything is written; a refusal is
         logged and counted here, once."""
         try:
-            return self._check(request)
-        except (BadRequest, PolicyViolation, NotAuthorized) as exc:
-            reason = {BadRequest: "bad_request", PolicyViolation: "policy", NotAuthorized: "not_authorized"}
-            kind = next(v for k, v in reason.items() if isinstance(exc, k))
-            emit("issuance.refused", logging.WARNING, requester=request.requester, protocol=request.protocol,
-                 profile=request.profile, identity=[i.value for i in request.identities], reason=kind,
-                 detail=str(exc))
-            metrics.refused(request.protocol, kind, request.profile)
-            exc.counted = True
+            return Checked(request, self._check(request))
+        except VpncaError as exc:
+            record_refusal(exc, protocol=request.protocol, profile=request.profile,
+                           requester=request.requester, identity=[i.value for i in request.identities])
             raise
 
     def _check(self, request: IssueRequest) -> Profile:
         profile = get_profile(self.settings, request.profile)
-        check_public_key(request.public_key)
-        if not request.identities:
-            raise BadRequest("no identity requested")
-        if request.allowed_identities is not None:
-            outside = [i for i in request.identities if i not in request.allowed_identities]
-            if outside:
-                raise NotAuthorized(
-                    f"{request.requester} may not request {', '.join(map(str, outside))}"
-                )
-        if profile.name == "service":  # vpnca's own server: only the names its config gives it
-            allowed = {IkeIdentity.parse(n) for n in self.settings.server.tls_names}
-            if not set(request.identities) <= allowed:
-                raise PolicyViolation("service certificates carry only the configured server.tls_names")
-        else:
-            check_identities(request.identities, self.settings.policy)
-        subject_for(request.identities)  # at most one DN
+        profile.check_protocol(request.protocol)
+        check_public_key(request.public_key, allow_ed25519=profile.allows_ed25519)
+        profile.check_key_type(request.public_key)
+        self.check_names(profile.name, request.identities, request.allowed_identities, request.requester)
         return profile
 
-    def issue(self, request: IssueRequest) -> IssuedCertificate:
-        """Check, reserve the serial, sign on the token, record the certificate, audit; then return."""
-        profile = self.check(request)
-        now = datetime.now(UTC)
+    def check_names(self, profile: str, identities: tuple[IkeIdentity, ...],
+                    allowed: frozenset[IkeIdentity] | None, requester: str) -> None:
+        """The identities part of `check`, alone (an ACME order's identifiers, before any CSR)."""
+        if not identities:
+            raise BadRequest("no identity requested")
+        if allowed is not None:
+            outside = [i for i in identities if i not in allowed]
+            if outside:
+                raise NotAuthorized(f"{requester} may not request {', '.join(map(str, outside))}")
+        if get_profile(self.settings, profile).server_names_only:  # vpnca's own server: its config's names
+            names = {IkeIdentity.parse(n) for n in self.settings.server.tls_names}
+            if not set(identities) <= names:
+                raise PolicyViolation(f"{profile} certificates carry only the configured server.tls_names")
+        else:
+            check_identities(identities, self.settings.policy)
+        subject_for(identities)  # at most one DN
+
+    def issue(self, request: IssueRequest | Checked) -> IssuedCertificate:
+        """Check (unless `check` did), reserve the serial, sign on the token, record the certificate,
+        audit; then return."""
+        checked = request if isinstance(request, Checked) else self.check(request)
+        request, profile = checked.request, checked.profile
+        now = self.clock.now()
         lifetime = min(request.lifetime or profile.lifetime, profile.lifetime)
         not_before = now - BACKDATE
         not_after = min(now + lifetime, self.certificate.not_valid_after_utc)
@@ -173,15 +192,15 @@ class Authority:
             })
         except LintFailed as exc:
             self.store.fail_issuance(record.serial, str(exc), request.requester)
-            emit("issuance.refused", logging.WARNING, requester=request.requester, protocol=request.protocol,
-                 profile=request.profile, identity=[i.value for i in request.identities], reason="lint",
-                 detail=str(exc), findings=[f"{f.severity} {f.code} {f.path}" for f in exc.findings])
-            metrics.refused(request.protocol, "lint", request.profile)
-            exc.counted = True
+            record_refusal(exc, protocol=request.protocol, profile=request.profile, reason="lint",
+                           requester=request.requester, identity=[i.value for i in request.identities],
+                           findings=[f"{f.severity} {f.code} {f.path}" for f in exc.findings])
             raise
         except Exception as exc:
             self.store.fail_issuance(record.serial, f"{type(exc).__name__}: {exc}", request.requester)
             log.error("issuance of serial %s failed: %s", record.serial, exc)
+            if isinstance(exc, HsmError):
+                raise SigningUnavailable(f"signing serial {record.serial}: {type(exc).__name__}") from exc
             raise
         kind = "renewed" if "renews" in request.details else "issued"
         emit(f"certificate.{kind}", requester=request.requester, protocol=request.protocol,
@@ -199,9 +218,10 @@ class Authority:
             record = CertificateRecord(
                 serial=serial_hex(random_serial()), issuer=self.name, profile=request.profile,
                 subject=subject.rfc4514_string(),
-                identities=json.dumps([[i.kind, i.value] for i in request.identities]),
+                identities=request.identities,
                 status=CertStatus.ISSUING, not_before=not_before, not_after=not_after,
                 requester=request.requester, protocol=request.protocol, created_at=now,
+                crl_shard=shard_for(self.settings.crl, not_after),
             )
             try:
                 self.store.reserve_serial(record, spend_token=request.spend_token)
@@ -229,15 +249,31 @@ class Authority:
             .add_extension(x509.ExtendedKeyUsage(list(profile.extended_key_usages)), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(request.public_key), critical=False)
         )
-        for extension in self._issuer_extensions:
+        for extension in (*self._issuer_extensions, *leaf_crl_extensions(self.settings, not_after)):
             builder = builder.add_extension(extension, critical=False)
         if sans:  # RFC 5280 4.2.1.6: critical when the subject is empty (a name too long for a CN)
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=not subject.rdns)
-        # LintFailed: nothing is signed. vpnca's own HTTPS certificate may name `localhost` (a single
-        # label, which pkilint's domain syntax check refuses): its names come from server.tls_names
-        accepted = SERVICE_LINT_ACCEPTED if profile.name == "service" else frozenset()
-        lint_before_signing(builder, self.key, hash_for(self.key), accepted=accepted)
+        # LintFailed: nothing is signed (a profile may accept some codes: the service profile's names come
+        # from server.tls_names and may be `localhost`, a single label pkilint's domain syntax refuses)
+        lint_before_signing(builder, self.key, hash_for(self.key), accepted=profile.lint_accepted)
         return builder.sign(self.key, hash_for(self.key))
+
+    def revoke(
+        self, serial: str, reason: str, *, actor: str, invalidity_date: datetime | None = None
+    ) -> CertificateRecord:
+        return Register(self.store, self.clock).revoke(serial, reason, actor=actor,
+                                                       invalidity_date=invalidity_date)
+
+    def release_hold(self, serial: str, *, actor: str) -> CertificateRecord:
+        return Register(self.store).release_hold(serial, actor=actor)
+
+
+class Register:
+    """What changes only the register, and so needs no key: revocation records, holds released."""
+
+    def __init__(self, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.store = store
+        self.clock = clock
 
     def revoke(
         self, serial: str, reason: str, *, actor: str, invalidity_date: datetime | None = None
@@ -245,10 +281,10 @@ class Authority:
         if reason not in REVOCATION_REASONS:
             raise BadRequest(f"unknown revocation reason {reason!r} (one of {', '.join(REVOCATION_REASONS)})")
         record = self.store.revoke(
-            serial, reason, actor=actor, revoked_at=datetime.now(UTC), invalidity_date=invalidity_date
+            serial, reason, actor=actor, revoked_at=self.clock.now(), invalidity_date=invalidity_date
         )
         emit("certificate.revoked", requester=actor, serial=serial, reason=reason, profile=record.profile,
-             identity=[value for _, value in json.loads(record.identities)],
+             identity=[i.value for i in record.identities],
              invalidity_date=invalidity_date.isoformat() if invalidity_date else None)
         metrics.revoked(reason)
         return record
@@ -259,4 +295,4 @@ class Authority:
         return record
 
 
-__all__ = ["Authority", "IssueRequest", "IssuedCertificate", "request_from_csr"]
+__all__ = ["Authority", "Checked", "IssueRequest", "IssuedCertificate", "Register", "request_from_csr"]

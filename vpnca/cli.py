@@ -13,26 +13,24 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-
-from hsm import HsmError, generate_software_key
-from hsm.softhsm import init_softhsm_token
-from vpnca import ca as ca_module
+from hsm.errors import HsmError
 from vpnca import issuer
 from vpnca.agent.cli import add_agent_parser
-from vpnca.audit import GENESIS_HASH, verify_chain
-from vpnca.authority import Authority, IssueRequest, request_from_csr
-from vpnca.config import CONFIG_NAME, Settings, load_settings, render_config, vpnca_home
+from vpnca.config import CONFIG_NAME, Settings, load_settings, vpnca_home
 from vpnca.errors import BadRequest, ConfigError, VpncaError
 from vpnca.events import configure_for, configure_logging
-from vpnca.files import STATE_UMASK, write_private
-from vpnca.identities import IkeIdentity
+from vpnca.files import STATE_UMASK
 from vpnca.reports import add_query_arguments
-from vpnca.store import CertificateRecord, CertStatus, Store
+from vpnca.store import CertStatus, Store
 from vpnca.x509util import parse_serial, to_pem
+
+# the modules a command needs are imported by the command: `vpnca status` starts in a fraction of a
+# second instead of loading the issuance core, the ceremony and the CRL builder
+if TYPE_CHECKING:
+    from vpnca.authority import Register
+    from vpnca.store import CertificateRecord
 
 log = logging.getLogger("vpnca.cli")
 
@@ -80,7 +78,7 @@ def record_dict(record: CertificateRecord) -> dict[str, Any]:
                   record.status == CertStatus.REVOKED else record.status,
         "profile": record.profile,
         "subject": record.subject,
-        "identities": [value for _, value in json.loads(record.identities)],
+        "identities": [i.value for i in record.identities],
         "not_before": record.not_before.isoformat(),
         "not_after": record.not_after.isoformat(),
         "requester": record.requester,
@@ -95,6 +93,10 @@ def record_dict(record: CertificateRecord) -> dict[str, Any]:
 # -- commands -------------------------------------------------------------------------------
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from hsm.softhsm import init_softhsm_token
+    from vpnca import ceremony
+    from vpnca.config import render_config
+
     home = vpnca_home()
     home.mkdir(parents=True, exist_ok=True, mode=0o700)
     config_path = home / CONFIG_NAME
@@ -114,7 +116,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise ConfigError(f"{config_path} exists; edit it instead of passing init options")
     settings = load_settings(home)
     store = open_store(settings, new_ca=True)
-    hierarchy = ca_module.initialise(settings, store, actor=actor())
+    hierarchy = ceremony.initialise(settings, store, actor=actor())
     print(f"root CA   {hierarchy.root.subject.rfc4514_string()}  serial {hierarchy.root.serial_number:x}")
     print(f"sub-CA    {hierarchy.sub.subject.rfc4514_string()}  serial {hierarchy.sub.serial_number:x}")
     print(f"OCSP      {hierarchy.ocsp_signer.subject.rfc4514_string()}")
@@ -123,6 +125,13 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives import serialization
+
+    from hsm import generate_software_key
+    from vpnca.authority import Authority, IssueRequest, request_from_csr
+    from vpnca.files import write_private
+    from vpnca.identities import IkeIdentity
+
     settings = load_settings()
     store = open_store(settings)
     identities = [IkeIdentity.parse(i) for i in args.id] if args.id else None
@@ -180,22 +189,22 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
-def record_keeper(settings: Settings, store: Store) -> Authority:
-    """The authority without its key, for what only the register needs (revocation records)."""
-    certificate, _ = issuer.load_ca_certificate(store, "sub")
-    return Authority(settings, store, certificate, None)  # type: ignore[arg-type]
+def record_keeper(settings: Settings, store: Store) -> Register:
+    """What changes only the register (revocation records): no key, so it works with the token away."""
+    from vpnca.authority import Register
+
+    return Register(store)
 
 
 def publish(settings: Settings, store: Store, serial: str) -> None:
     """Re-sign the serial's OCSP answers and a new CRL now; the scheduler catches up if this fails."""
+    from vpnca.authority import Authority
     from vpnca.revocation import Publisher
 
     try:
         crl = Publisher(Authority.open(settings, store)).publish_revocation(serial, actor())
-        kind = f"delta CRL {crl.number} (base {crl.delta_base})" if crl.delta_base is not None \
-            else f"full CRL {crl.number}"
-        print(f"OCSP re-signed; {kind} published ({crl.entries} entries)")
-    except (HsmError, VpncaError) as exc:
+        print(f"OCSP re-signed; {crl.describe()} published ({crl.entries} entries)")
+    except VpncaError as exc:
         print(f"vpnca: warning: recorded, but not yet published ({exc}); the scheduler will retry",
               file=sys.stderr)
 
@@ -232,6 +241,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
     store = open_store(load_settings())
     serial = parse_serial(args.serial)
     record = store.get_certificate(serial)
@@ -253,18 +264,21 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 STATUS_AUDIT_TAIL = 1000  # `vpnca status` verifies this many of the newest audit entries
-STATUS_BACKLOG_SECONDS = 0.4  # `vpnca status` counts the OCSP pre-signing backlog if it can in this time
 
 
 def status_report(settings: Settings, store: Store) -> dict[str, Any]:
+    from cryptography import x509
+
+    from vpnca.audit import GENESIS_HASH
     from vpnca.health import job_freshness
+    from vpnca.store.ocsp_backlog import count_without_fresh_answer
 
     now = datetime.now(UTC)
     report: dict[str, Any] = {"home": str(settings.home), "database": settings.database_url.split("@")[-1]}
     try:
         token = issuer.open_settings_token(settings)
         report["token"] = {"label": token.label, "module": settings.token.module, "ok": True}
-    except (HsmError, VpncaError) as exc:
+    except VpncaError as exc:
         report["token"] = {"label": settings.token.label, "ok": False, "error": str(exc)}
     cas = []
     for record in store.ca_certificates():
@@ -288,9 +302,9 @@ def status_report(settings: Settings, store: Store) -> dict[str, Any]:
                        "next_attempt": j.next_attempt.isoformat() if j.next_attempt else None,
                        **job_freshness(settings, j, now)}  # age, interval, stale: has the scheduler stopped?
                       for j in store.job_runs()]
-    # None when it cannot be counted quickly (a large store): the scheduler's OCSP job works it off anyway
-    report["ocsp_presign_backlog"] = store.count_ocsp_backlog_within(
-        settings.ca.name, now + settings.ocsp.refresh_before, STATUS_BACKLOG_SECONDS)
+    # counted on indexes alone: certificates without a fresh answer (vpnca/store/ocsp_backlog.py)
+    report["ocsp_presign_backlog"] = count_without_fresh_answer(store, settings.ca.name,
+                                                                now + settings.ocsp.refresh_before)
     # the newest entries only (the whole chain: `vpnca audit verify`), so that status stays fast
     from vpnca.evidence import verify_segment
 
@@ -329,7 +343,7 @@ def cmd_status(args: argparse.Namespace) -> int:
           + (f"{crl['number']} ({crl['entries']} entries), next update {crl['next_update'][:19]}"
              f"{'' if crl['fresh'] else ' STALE'}" if crl else "none published"))
     backlog = report["ocsp_presign_backlog"]
-    print(f"ocsp backlog  {backlog if backlog is not None else 'not counted (too many certificates)'}")
+    print(f"ocsp backlog  {backlog}")
     for job in report["jobs"]:
         state = job_state(job)
         print(f"job {job['job']:<10} {state}  {job['last_run'][:19]}  {job['message'][:60]}")
@@ -399,6 +413,8 @@ def cmd_db_current(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from vpnca.audit import verify_chain
+
     if args.pack:
         return verify_pack_command(args)
     store = open_store(load_settings())
@@ -432,13 +448,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_crl(args: argparse.Namespace) -> int:
+    from vpnca import ceremony
+    from vpnca.authority import Authority
     from vpnca.crl import generate_crl, generate_delta_crl, generate_root_crl
 
     settings = load_settings()
     store = open_store(settings)
     if args.root:  # the offline root's ceremony: needs its key (passphrase file or token)
         root, _ = issuer.load_ca_certificate(store, "root")
-        root_crl = generate_root_crl(settings, store, root, ca_module.load_root_key(settings), actor=actor())
+        root_crl = generate_root_crl(settings, store, root, ceremony.load_root_key(settings), actor=actor())
         print(f"root CRL {root_crl.number}, next update {root_crl.crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ}")
         return 0
     authority = Authority.open(settings, store)
@@ -465,15 +483,22 @@ def cmd_ocsp_serve(args: argparse.Namespace) -> int:
 
 def cmd_ocsp_rotate(args: argparse.Namespace) -> int:
     from ocsp.service import load_ocsp_service
+    from vpnca import ceremony
+    from vpnca.authority import Authority
 
     settings = load_settings()
     store = open_store(settings)
     authority = Authority.open(settings, store)
     token = issuer.open_settings_token(settings)
-    cert = ca_module.issue_ocsp_signer(settings, store, token, authority.certificate, authority.key,
-                                       actor=actor())
+    cert = ceremony.issue_ocsp_signer(settings, store, token, authority.certificate, authority.key,
+                                      actor=actor())
     service = load_ocsp_service(settings, store)
-    count = service.presign([r for r in store.list_certificates() if r.status in ("valid", "revoked")])
+    count = 0
+    for status in (CertStatus.VALID.value, CertStatus.REVOKED.value):  # by keyset pages: constant memory
+        after = None
+        while page := list(store.iter_certificates(status=status, after=after, limit=500)):
+            count += service.presign(page)
+            after = page[-1].serial
     (settings.home / "ca" / "ocsp-signer.pem").write_bytes(to_pem(cert))
     print(f"new OCSP signer serial {cert.serial_number:x} until {cert.not_valid_after_utc:%Y-%m-%d}; "
           f"re-signed {count} certificates")
@@ -481,28 +506,51 @@ def cmd_ocsp_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from vpnca.gateway.credentials import GatewayFiles, enroll_gateway
+    from vpnca.authority import Authority
+    from vpnca.gateway import fleet
+    from vpnca.gateway.credentials import GatewayFiles, enroll_gateway, issue_relay_client
     from vpnca.gateway.profile import render_swanctl
+    from vpnca.gateway.status import fleet_status
     from vpnca.gateway.vici_client import ca_chain, push
 
     settings = load_settings()
+    gw = fleet.find(settings, getattr(args, "gateway", None))
     if args.gateway_command == "render":
-        text = render_swanctl(settings)
+        text = render_swanctl(settings, gw)
         if args.out:
             Path(args.out).write_text(text)
         else:
             sys.stdout.write(text)
         return 0
+    if args.gateway_command == "status":
+        rows = fleet_status(settings)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        for r in rows:
+            print(f"{r['gateway']}: {'reachable' if r['reachable'] else 'UNREACHABLE'} ({r['vici']}), "
+                  f"certificate {r['serial'] or '-'} until {r['not_after'] or '-'}, "
+                  f"tunnels up {r['tunnels_up'] if r['tunnels_up'] is not None else '-'}, "
+                  f"last push {r['last_push'] or '-'}, last error {r['last_error'] or '-'}")
+        if not rows:
+            print("no gateways: set [gateway] id or add [[gateways]] in vpnca.toml")
+        return 0 if all(r["reachable"] for r in rows) else 1
     authority = Authority.open(settings, open_store(settings))
+    if args.gateway_command == "relay-client":
+        cert = issue_relay_client(authority, args.id, requester=actor())
+        print(f"relay client certificate {cert.serial_number:x} for {args.id} "
+              f"until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}: {fleet.relay_client_files(settings)[0]}")
+        return 0
     if args.gateway_command == "enroll":
-        cert = enroll_gateway(authority, args.id, requester=actor())
-        files = GatewayFiles.of(settings)
+        cert = enroll_gateway(authority, args.id, requester=actor(), gw=gw)
+        files = GatewayFiles.of(settings, gw)
         print(f"gateway certificate {cert.serial_number:x} "
               f"until {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}: {files.cert}, key {files.key}")
         return 0
-    state = push(settings, ca_chain(authority), uri=args.vici)
+    state = push(settings, ca_chain(authority), uri=args.vici, gw=gw)
     authority.store.audit(actor(), "gateway-push",
-                          {"certificates": [c["serial"] for c in state["certificates"]],
+                          {"gateway": fleet.name_of(settings, gw),
+                           "certificates": [c["serial"] for c in state["certificates"]],
                            "connections": state["connections"]})
     print(json.dumps(state, indent=2) if args.json else
           f"pushed: {len(state['certificates'])} certificates, connections {', '.join(state['connections'])}")
@@ -510,16 +558,21 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_sessions(args: argparse.Namespace) -> int:
+    from vpnca.gateway import fleet
     from vpnca.gateway.sessions import live_sessions
 
-    rows = live_sessions(load_settings(), uri=args.vici)
+    settings = load_settings()
+    chosen = [fleet.find(settings, args.gateway)] if args.gateway or args.vici else \
+        (fleet.managed(settings) or [settings.gateway])
+    rows = [row for gw in chosen for row in live_sessions(settings, uri=args.vici, gw=gw)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
         children = ", ".join(f"{' '.join(c['remote_ts'])} {c.get('bytes_in', 0)}B in/"
                              f"{c.get('bytes_out', 0)}B out" for c in r["children"])
-        print(f"{r['ike_id']:>4} {r['state']:<11} {r['identity']} {r['remote_address']}:{r['remote_port']} "
+        print(f"{r['gateway']} {r['ike_id']:>4} {r['state']:<11} {r['identity']} "
+              f"{r['remote_address']}:{r['remote_port']} {r['connection']} "
               f"serial {r['serial'] or '?'} up {r['established_seconds']}s [{children}]")
     if not rows:
         print("no tunnels")
@@ -529,6 +582,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 def cmd_scheduler(args: argparse.Namespace) -> int:
     import time
 
+    from vpnca.authority import Authority
     from vpnca.revocation import Publisher
     from vpnca.scheduler import build_scheduler
 
@@ -544,13 +598,16 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_scep_init(args: argparse.Namespace) -> int:
+    from vpnca import ceremony
+    from vpnca.authority import Authority
+
     settings = load_settings()
     store = open_store(settings)
     if store.current_ca("scep-ra") is not None and not args.rotate:
         raise VpncaError("this CA has a SCEP RA already; --rotate issues a new one")
     authority = Authority.open(settings, store)
-    cert = ca_module.issue_scep_ra(settings, store, issuer.open_settings_token(settings),
-                                   authority.certificate, authority.key, actor=actor())
+    cert = ceremony.issue_scep_ra(settings, store, issuer.open_settings_token(settings),
+                                  authority.certificate, authority.key, actor=actor())
     print(f"SCEP RA {cert.serial_number:x} until {cert.not_valid_after_utc:%Y-%m-%d}: "
           f"{settings.home / 'ca/scep-ra.pem'}")
     return 0
@@ -565,14 +622,17 @@ def parse_duration(text: str) -> timedelta:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from enrollment.auth import create_token
+    from vpnca.credentials import create_token
+    from vpnca.identities import IkeIdentity
 
     settings = load_settings()
     store = open_store(settings)
     identities = tuple(IkeIdentity.parse(i) for i in args.id)
     from vpnca.policy import check_identities
+    from vpnca.profiles import get_profile
 
     check_identities(identities, settings.policy)
+    get_profile(settings, args.profile).check_protocol(args.protocol)
     token = create_token(store, identities=identities, profile=args.profile, protocol=args.protocol,
                          ttl=parse_duration(args.ttl), created_by=actor())
     if args.json:
@@ -588,8 +648,10 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 def cmd_acme_eab_create(args: argparse.Namespace) -> int:
     """An external account binding key: the account that presents it may get only --allow names."""
-    from enrollment.auth import option_safe_key, option_safe_token
+    from vpnca.credentials import option_safe_key, option_safe_token
+    from vpnca.identities import IkeIdentity
     from vpnca.policy import check_identities
+    from vpnca.profiles import profiles_for
     from vpnca.store import AcmeEabKey
     from vpnca.store.acme import AcmeRepository
 
@@ -600,12 +662,12 @@ def cmd_acme_eab_create(args: argparse.Namespace) -> int:
         raise BadRequest(f"ACME identifiers are DNS names and IP addresses, not {', '.join(not_acme)}")
     check_identities(identities, settings.policy)
     profile = args.profile or settings.acme.profile
-    if profile not in settings.profiles or profile == "service":
+    if profile not in profiles_for(settings, "acme"):
         raise BadRequest(f"no profile {profile!r} for ACME")
     hmac_key, encoded = option_safe_key(32)  # neither the key nor the kid begins with '-'
     now = datetime.now(UTC)
     key = AcmeEabKey(kid=option_safe_token(12), hmac_key=hmac_key,
-                     allowed_identities=json.dumps([[i.kind, i.value] for i in identities]), profile=profile,
+                     allowed_identities=tuple(identities), profile=profile,
                      created_by=actor(), created_at=now, expires_at=now + parse_duration(args.ttl))
     AcmeRepository(open_store(settings)).add_eab_key(key)
     if args.json:
@@ -623,7 +685,7 @@ def cmd_acme_eab_list(args: argparse.Namespace) -> int:
     from vpnca.store.acme import AcmeRepository
 
     rows = [{"kid": k.kid, "profile": k.profile,
-             "allowed": ",".join(v for _, v in json.loads(k.allowed_identities)),
+             "allowed": ",".join(i.value for i in k.allowed_identities),
              "account": k.account_id or "-", "expires_at": k.expires_at.isoformat()[:19]}
             for k in AcmeRepository(open_store(load_settings())).eab_keys()]
     if args.json:
@@ -636,7 +698,7 @@ def cmd_acme_eab_list(args: argparse.Namespace) -> int:
 def cmd_pending(args: argparse.Namespace) -> int:
     store = open_store(load_settings())
     rows = [{"request_id": p.request_id, "profile": p.profile,
-             "identities": ",".join(v for _, v in json.loads(p.identities)), "requester": p.requester,
+             "identities": ",".join(i.value for i in p.identities), "requester": p.requester,
              "created_at": p.created_at.isoformat()[:19]} for p in store.list_pending()]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -710,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="constrain the sub-CA to the allowed names")
 
     p = command("issue", cmd_issue, "issue a certificate")
-    p.add_argument("--profile", required=True, choices=["device", "gateway"])
+    p.add_argument("--profile", required=True, help="a profile of vpnca.toml (device, gateway, [profiles.*])")
     p.add_argument("--id", action="append", help="IKE identity: FQDN, IP, email or DN (repeatable)")
     p.add_argument("--csr", help="PEM or DER CSR (otherwise a key is generated)")
     p.add_argument("--out", help="certificate output (PEM); default stdout")
@@ -723,9 +785,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default="unspecified", choices=list(issuer.REVOCATION_REASONS))
     p.add_argument("--invalidity-date", help="ISO 8601 time the key is known or suspected compromised")
 
-    p = command("sessions", cmd_sessions, "live tunnels at the managed gateway (VICI list-sas)")
+    p = command("sessions", cmd_sessions, "live tunnels at the managed gateways (VICI list-sas)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--vici", help="charon's VICI socket (default: gateway.vici_socket)")
+    p.add_argument("--gateway", help="only this gateway (a [[gateways]] name, or default)")
+    p.add_argument("--vici", help="charon's VICI socket (default: the gateway's vici_socket)")
 
     p = command("release", cmd_release, "release a certificate from hold")
     p.add_argument("serial")
@@ -758,7 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="token_command", required=True)
     p = token.add_parser("create", help="create a single-use enrollment token bound to identities")
     p.add_argument("--id", action="append", required=True, help="identity the token may enroll (repeatable)")
-    p.add_argument("--profile", default="device", choices=["device", "gateway"])
+    p.add_argument("--profile", default="device", help="a profile that allows --protocol (default: device)")
     p.add_argument("--protocol", default="est", choices=["est", "scep"])
     p.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 2d")
     p.add_argument("--json", action="store_true")
@@ -793,17 +856,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = ocsp.add_parser("rotate-signer", help="issue a new OCSP signer certificate and re-sign everything")
     p.set_defaults(func=cmd_ocsp_rotate)
 
-    gateway = sub.add_parser("gateway", help="the bundled strongSwan gateway").add_subparsers(
+    gateway = sub.add_parser("gateway", help="the managed strongSwan gateways").add_subparsers(
         dest="gateway_command", required=True)
     p = gateway.add_parser("enroll", help="issue the gateway certificate (fresh key)")
-    p.add_argument("--id", help="IKE identity (default gateway.id)")
+    p.add_argument("--id", help="IKE identity (default the gateway's id)")
+    p.add_argument("--gateway", help="a [[gateways]] name (default: [gateway])")
     p.set_defaults(func=cmd_gateway)
     p = gateway.add_parser("render", help="write swanctl.conf from the crypto policy")
     p.add_argument("--out")
+    p.add_argument("--gateway", help="a [[gateways]] name (default: [gateway])")
     p.set_defaults(func=cmd_gateway)
-    p = gateway.add_parser("push", help="load key, certificates, authority and connection over VICI")
-    p.add_argument("--vici", help="VICI socket URI (default gateway.vici_socket)")
+    p = gateway.add_parser("push", help="load key, certificates, authority and connections over VICI")
+    p.add_argument("--vici", help="VICI socket URI (default the gateway's vici_socket)")
+    p.add_argument("--gateway", help="a [[gateways]] name (default: [gateway])")
     p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gateway)
+    p = gateway.add_parser("status", help="every gateway: reachable, certificate expiry, tunnels, last push")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gateway)
+    p = gateway.add_parser("relay-client", help="issue the certificate vpnca presents to `agent vici-relay`")
+    p.add_argument("--id", required=True, help="its identity (what the relays' --allow-id name)")
     p.set_defaults(func=cmd_gateway)
 
     scep_cmd = sub.add_parser("scep", help="the SCEP RA").add_subparsers(dest="scep_command", required=True)

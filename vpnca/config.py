@@ -211,9 +211,53 @@ class PolicySettings(Section):
     allow_dn_identities: bool = True
 
 
+EXTENDED_KEY_USAGES = {  # RFC 5280 4.2.1.12 names; id-kp-ipsecIKE (RFC 4945), IKE intermediate
+    "serverAuth": "1.3.6.1.5.5.7.3.1",
+    "clientAuth": "1.3.6.1.5.5.7.3.2",
+    "codeSigning": "1.3.6.1.5.5.7.3.3",
+    "emailProtection": "1.3.6.1.5.5.7.3.4",
+    "timeStamping": "1.3.6.1.5.5.7.3.8",
+    "OCSPSigning": "1.3.6.1.5.5.7.3.9",
+    "ipsecIKE": "1.3.6.1.5.5.7.3.17",
+    "ikeIntermediate": "1.3.6.1.5.5.8.2.2",  # macOS and Windows want it in gateway certificates
+}
+KeyUsageName = Literal["digitalSignature", "contentCommitment", "keyEncipherment", "dataEncipherment",
+                       "keyAgreement", "keyCertSign", "cRLSign"]
+KeyType = Literal["ec-p256", "ec-p384", "rsa", "ed25519"]
+EnrollmentProtocol = Literal["est", "scep", "acme"]
+_DOTTED_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+
+
+def _extended_key_usage(value: str) -> str:
+    if value not in EXTENDED_KEY_USAGES and not _DOTTED_OID.fullmatch(value):
+        raise _error("eku", "expected a dotted OID or one of {names}", names=", ".join(EXTENDED_KEY_USAGES))
+    return value
+
+
+def _unique(value: tuple[Any, ...]) -> tuple[Any, ...]:
+    if len(set(value)) != len(value):
+        raise _error("duplicates", "expected each item once")
+    return value
+
+
+ExtendedKeyUsageName = Annotated[str, AfterValidator(_extended_key_usage)]
+ProfileList = [BeforeValidator(_as_tuple), AfterValidator(_unique)]
+
+
 class ProfileSettings(Section):
+    """A leaf certificate profile, `[profiles.<name>]`; a new one starts from the device profile."""
+
     lifetime: Duration
     approval: bool = False  # enrollments wait for `vpnca approve`
+    ekus: Annotated[tuple[ExtendedKeyUsageName, ...], *ProfileList, Field(min_length=1)]
+    key_usages: Annotated[tuple[KeyUsageName, ...], *ProfileList, Field(min_length=1)] = ("digitalSignature",)
+    # accepted subject keys; the first is what EST csrattrs asks for and serverkeygen makes
+    key_types: Annotated[tuple[KeyType, ...], *ProfileList, Field(min_length=1)]
+    # the enrollment protocols that may issue it (the CLI always may)
+    protocols: Annotated[tuple[EnrollmentProtocol, ...], *ProfileList] = ()
+    # "server_tls_names": only the names of server.tls_names (vpnca's own HTTPS certificate)
+    identities: Literal["policy", "server_tls_names"] = "policy"
+    lint_accepted: Annotated[tuple[Name, ...], *ProfileList] = ()  # pkilint codes that do not refuse it
 
 
 class ServerSettings(Section):
@@ -245,31 +289,55 @@ class CrlSettings(Section):
     regenerate_every: Duration = timedelta(hours=1)
     delta: bool = False
     delta_next_update: Duration = timedelta(hours=1)
+    shards: Annotated[int, Field(ge=0, le=256)] = 0  # partitioned CRLs (0: one CRL); see vpnca/crlshards.py
+    shard_window: Duration = timedelta(days=1)  # leaves expiring in the same window share a shard
 
 
 class OcspSettings(Section):
     validity: Duration = timedelta(hours=24)  # nextUpdate - thisUpdate of a pre-signed response
     refresh_before: Duration = timedelta(hours=12)  # re-sign when less than this is left
     presign_every: Duration = timedelta(minutes=1)
+    # the delegated signer's key, made on the token by `vpnca init` and `vpnca ocsp rotate-signer`: P-256
+    # signs several times faster than P-384 on a token, and pre-signing is that key's work
+    signer_key: Literal["ec-p256", "ec-p384"] = "ec-p256"
     max_request_bytes: PositiveInt = 16 * 1024
 
 
 class GatewaySettings(Section):
-    """The bundled strongSwan gateway vpnca keeps credentials fresh for."""
+    """A strongSwan gateway vpnca manages: `[gateway]` (the bundled one) or a `[[gateways]]` entry."""
 
+    name: str = ""  # required in [[gateways]]; [gateway] is "default"
     id: str = ""  # the gateway's IKE identity (its certificate's SAN)
-    vici_socket: Name = "unix:///var/run/charon.vici"
+    vici_socket: Name = "unix:///var/run/charon.vici"  # or tls://host:port of `vpnca agent vici-relay`
+    credentials: Literal["ca", "agent"] = "ca"  # who enrolls and renews its certificate and key
+    groups: StrTuple = ()  # [groups.NAME] it serves, one connection each; empty: one for everyone
     local_addrs: StrTuple = ("%any",)
     local_ts: StrTuple = ("10.200.1.0/24",)  # the API subnets (and ports: "10.0.1.0/24[tcp/443]")
     remote_ts: StrTuple = ("0.0.0.0/0",)
     ike_proposals: Name = "aes256gcm16-prfsha384-ecp384"
     esp_proposals: Name = "aes256gcm16-ecp384"
-    rekey_time: Name = "4h"  # swanctl.conf time values, passed through
+    rekey_time: Name = "9h"  # swanctl.conf time values, passed through; IKE SA: 8h15m-9h, hard 9h54m
+    rand_time: Name = "45m"  # rekeys jittered by up to this, so a fleet does not rekey in step
     reauth_time: Name = "0"
-    child_rekey_time: Name = "1h"
+    child_rekey_time: Name = "90m"  # CHILD SA: 75-90 min, hard limit child_life_time
+    child_rand_time: Name = "15m"
+    child_life_time: Name = "2h"
     dpd_delay: Name = "30s"
     renewal_jitter: Annotated[float, AfterValidator(_jitter)] = 0.05  # of the lifetime, each way
     check_every_seconds: PositiveFloat = 60.0  # how often the scheduler checks whether renewal is due
+
+
+class GroupSettings(Section):
+    """`[groups.NAME]`: which peers (strongSwan identity patterns, e.g. "*.shop-a.example.com",
+    "*@a.example.com", "CN=*, OU=A, O=Example") get which CHILD SA traffic selectors."""
+
+    identities: Annotated[StrTuple, AfterValidator(lambda v: v or _no_identities())]
+    local_ts: StrTuple  # the subnets (and ports: "10.0.1.0/24[tcp/443]") this group may reach
+    remote_ts: StrTuple = ("0.0.0.0/0",)
+
+
+def _no_identities() -> tuple[str, ...]:
+    raise _error("empty", "expected at least one identity pattern")
 
 
 class ScepSettings(Section):
@@ -310,10 +378,18 @@ class UrlsSection(Section):
     http_base: Annotated[str, AfterValidator(_http_url)] = "http://127.0.0.1:8080"  # CRL, OCSP, AIA
 
 
+_CLIENT_KEYS: tuple[KeyType, ...] = ("ec-p256", "ec-p384", "rsa")
 DEFAULT_PROFILES = {
-    "device": ProfileSettings(lifetime=timedelta(days=7)),
-    "gateway": ProfileSettings(lifetime=timedelta(days=30)),
-    "service": ProfileSettings(lifetime=timedelta(days=30)),  # vpnca's own HTTPS server
+    "device": ProfileSettings(lifetime=timedelta(days=7), ekus=("clientAuth", "ipsecIKE"),
+                              key_types=_CLIENT_KEYS, protocols=("est", "scep", "acme")),
+    # clientAuth too: a gateway host renews its own certificate over EST with it (mutual TLS)
+    "gateway": ProfileSettings(lifetime=timedelta(days=30),
+                               ekus=("serverAuth", "clientAuth", "ipsecIKE", "ikeIntermediate"),
+                               key_types=("ec-p384", "ec-p256", "rsa"), protocols=("est", "scep", "acme")),
+    # vpnca's own HTTPS server; its names may be `localhost`, a single label pkilint's syntax check refuses
+    "service": ProfileSettings(lifetime=timedelta(days=30), ekus=("serverAuth",), key_types=_CLIENT_KEYS,
+                               identities="server_tls_names",
+                               lint_accepted=("pkix.invalid_domain_name_syntax",)),
 }
 
 
@@ -334,6 +410,8 @@ class Settings(BaseModel):
     crl: CrlSettings = Field(default_factory=CrlSettings)
     ocsp: OcspSettings = Field(default_factory=OcspSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    gateways: Annotated[tuple[GatewaySettings, ...], BeforeValidator(_as_tuple)] = ()
+    groups: dict[str, GroupSettings] = Field(default_factory=dict)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     scep: ScepSettings = Field(default_factory=ScepSettings)
     acme: AcmeSettings = Field(default_factory=AcmeSettings)
@@ -348,6 +426,13 @@ class Settings(BaseModel):
             if name not in self.profiles:
                 raise _error("unknown_profile", "no profile {name} (profiles: {known})", name=repr(name),
                              known=", ".join(sorted(self.profiles)), **{_KEY: key})
+        for key, name, protocol in [("acme.profile", self.acme.profile, "acme"),
+                                    ("est.default_profile", self.est.default_profile, "est"),
+                                    ("est.bootstrap_profile", self.est.bootstrap_profile, "est")]:
+            if protocol not in self.profiles[name].protocols:
+                raise _error("profile_protocol", "profile {name} does not allow {protocol} (profiles.{name}"
+                             ".protocols)", name=name, protocol=protocol, **{_KEY: key})
+        _check_gateways(self)
         return self
 
     @property
@@ -385,6 +470,26 @@ class Settings(BaseModel):
         return f"{self.http_base_url}/ca/{self.ca.name}.cer"
 
 
+def _check_gateways(settings: Settings) -> None:
+    """[[gateways]] entries need a unique name and an id; every group a gateway names exists."""
+    names = ["default"]
+    for i, gw in enumerate(settings.gateways):
+        if not gw.name or not gw.id:
+            raise _error("gateway_entry", "a [[gateways]] entry needs a name and an id",
+                         **{_KEY: f"gateways[{i}]"})
+        if gw.name in names:
+            raise _error("gateway_name", "gateway name {name} is used twice", name=repr(gw.name),
+                         **{_KEY: f"gateways[{i}].name"})
+        names.append(gw.name)
+    entries = [("gateway", settings.gateway)]
+    entries += [(f"gateways[{i}]", g) for i, g in enumerate(settings.gateways)]
+    for key, gw in entries:
+        for group in gw.groups:
+            if group not in settings.groups:
+                raise _error("unknown_group", "no [groups.{name}] (groups: {known})", name=group,
+                             known=", ".join(sorted(settings.groups)) or "none", **{_KEY: f"{key}.groups"})
+
+
 class ConfigFile(BaseModel):
     """vpnca.toml as written: its tables and nothing else."""
 
@@ -401,22 +506,27 @@ class ConfigFile(BaseModel):
     crl: CrlSettings = Field(default_factory=CrlSettings)
     ocsp: OcspSettings = Field(default_factory=OcspSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    gateways: Annotated[tuple[GatewaySettings, ...], BeforeValidator(_as_tuple)] = ()
+    groups: dict[str, GroupSettings] = Field(default_factory=dict)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     scep: ScepSettings = Field(default_factory=ScepSettings)
     acme: AcmeSettings = Field(default_factory=AcmeSettings)
 
     @field_validator("profiles", mode="before")
     @classmethod
-    def _inherit_lifetime(cls, value: Any) -> Any:
-        """A profile table without a lifetime keeps the built-in one (a new profile: the device's)."""
+    def _inherit_defaults(cls, value: Any) -> Any:
+        """A profile table changes only the keys it gives: of the built-in profile of its name, or of
+        the device profile for a new one."""
         if not isinstance(value, dict):
             return value
         filled = {}
         lifetime_keys = {"lifetime", *(f"lifetime_{unit}" for unit in DURATION_UNITS)}
         for name, table in value.items():
-            if isinstance(table, dict) and not lifetime_keys & set(table):
-                default = DEFAULT_PROFILES.get(name, DEFAULT_PROFILES["device"]).lifetime
-                filled[name] = {"lifetime": default, **table}
+            if isinstance(table, dict):
+                default = dict(DEFAULT_PROFILES.get(name, DEFAULT_PROFILES["device"]))
+                if lifetime_keys & set(table):
+                    del default["lifetime"]
+                filled[name] = {**default, **table}
             else:
                 filled[name] = table
         return filled
@@ -427,6 +537,7 @@ class ConfigFile(BaseModel):
             http_base_url=self.urls.http_base, token=self.token, ca=self.ca, policy=self.policy,
             profiles={**DEFAULT_PROFILES, **self.profiles}, server=self.server, est=self.est, crl=self.crl,
             ocsp=self.ocsp, gateway=self.gateway, logging=self.logging, scep=self.scep, acme=self.acme,
+            gateways=self.gateways, groups=self.groups,
         )
 
 
@@ -586,6 +697,10 @@ def effective_config(settings: Settings) -> dict[str, Any]:
     }
     for name in ("server", "est", "crl", "ocsp", "gateway", "logging", "scep", "acme"):
         sections[name] = _table(getattr(settings, name))
+    if settings.groups:
+        sections["groups"] = {name: _table(group) for name, group in settings.groups.items()}
+    if settings.gateways:
+        sections["gateways"] = [_table(gw) for gw in settings.gateways]
     return sections
 
 
@@ -612,9 +727,13 @@ def dump_toml(config: dict[str, Any]) -> str:
         lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in values.items())
 
     for name, values in config.items():
-        if name == "profiles":
+        if name in ("profiles", "groups"):
             for profile, profile_values in values.items():
-                table(f"profiles.{_toml_key(profile)}", profile_values)
+                table(f"{name}.{_toml_key(profile)}", profile_values)
+        elif name == "gateways":
+            for entry in values:
+                lines.extend(["", "[[gateways]]"])
+                lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in entry.items())
         else:
             table(name, values)
     return "\n".join(lines) + "\n"

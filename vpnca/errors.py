@@ -1,12 +1,24 @@
-"""The one exception hierarchy of the core; each front end maps it to its own error format."""
+"""The one exception hierarchy of the core; each front end maps it to its own error format once.
 
-from hsm.errors import HsmUnavailable
+Token errors (`hsm.HsmError`) are wrapped at the core boundary as `SigningUnavailable`, so nothing
+outside the token layer catches a second root. Each class has a fixed public message: what a client
+is told, with the correlation id of the log line that holds the detail (`public_message`).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from hsm.errors import HsmError
 
 
 class VpncaError(Exception):
     """Base class of every error the core raises on purpose."""
 
     counted = False  # set once a refusal has been logged and counted, so no edge counts it again
+    error_id: str | None = None  # the correlation id of the log line, once logged
 
 
 class BadRequest(VpncaError):
@@ -23,6 +35,10 @@ class NotAuthorized(VpncaError):
 
 class NotAuthenticated(NotAuthorized):
     """No credential, or a credential that is unknown, used up or expired."""
+
+
+class ApprovalRequired(NotAuthorized):
+    """The profile needs an operator's approval, and the protocol cannot wait for it."""
 
 
 class Pending(VpncaError):
@@ -42,8 +58,16 @@ class Conflict(VpncaError):
     """The request conflicts with the current state (already revoked, CA already exists)."""
 
 
-class StoreUnavailable(VpncaError):
+class Unavailable(VpncaError):
+    """A dependency of the CA is away: try again later."""
+
+
+class StoreUnavailable(Unavailable):
     """The database cannot be reached (stopped, restarting, locked): try again later."""
+
+
+class SigningUnavailable(Unavailable):
+    """The token cannot sign now (module, token or PIN unusable): try again later."""
 
 
 class ConfigError(VpncaError):
@@ -59,17 +83,68 @@ class SchemaOutdated(VpncaError):
         self.required = required
 
 
+# The taxonomy: (class, refusal reason as counted and logged, the fixed text a client gets). The first
+# match wins, so subclasses come before their bases.
+TAXONOMY: tuple[tuple[type[VpncaError], str, str], ...] = (
+    (NotAuthenticated, "authentication", "authentication failed"),
+    (ApprovalRequired, "not_authorized", "the profile needs an operator's approval (an ACME EAB)"),
+    (NotAuthorized, "not_authorized", "not authorized for this request"),
+    (PolicyViolation, "policy", "the request violates the CA's policy"),
+    (BadRequest, "bad_request", "malformed request"),
+    (NotFound, "not_found", "not found"),
+    (Conflict, "conflict", "the request conflicts with the current state"),
+    (Pending, "pending", "the request waits for an operator's approval"),
+    (SigningUnavailable, "unavailable", "signing is unavailable; try again later"),
+    (StoreUnavailable, "unavailable", "the CA is unavailable; try again later"),
+    (VpncaError, "error", "the CA cannot handle this request now"),
+)
+INTERNAL_ERROR = "internal error"
+
+
+def reason_of(exc: BaseException) -> str:
+    """The refusal reason of an error (`error` for anything outside the taxonomy)."""
+    return next((reason for kind, reason, _ in TAXONOMY if isinstance(exc, kind)), "error")
+
+
+def public_message(exc: BaseException, error_id: str | None = None) -> str:
+    """What a client is told: a fixed text per error class, never the exception's own, and the id."""
+    text = next((message for kind, _, message in TAXONOMY if isinstance(exc, kind)), INTERNAL_ERROR)
+    return f"{text} (id {error_id})" if error_id else text
+
+
+def new_error_id() -> str:
+    """A correlation id: in the response and in the log line that holds the detail."""
+    return secrets.token_hex(8)
+
+
+@contextmanager
+def token_errors() -> Iterator[None]:
+    """Token errors become SigningUnavailable here, at the core boundary."""
+    try:
+        yield
+    except HsmError as exc:
+        raise SigningUnavailable(f"the token cannot sign: {type(exc).__name__}: {exc}") from exc
+
+
 __all__ = [
+    "INTERNAL_ERROR",
+    "TAXONOMY",
+    "ApprovalRequired",
     "BadRequest",
     "ConfigError",
     "Conflict",
-    "HsmUnavailable",
     "NotAuthenticated",
     "NotAuthorized",
     "NotFound",
     "Pending",
     "PolicyViolation",
     "SchemaOutdated",
+    "SigningUnavailable",
     "StoreUnavailable",
+    "Unavailable",
     "VpncaError",
+    "new_error_id",
+    "public_message",
+    "reason_of",
+    "token_errors",
 ]

@@ -41,8 +41,9 @@ from vpnca.audit import (
 )
 from vpnca.config import Settings
 from vpnca.errors import BadRequest, Conflict
+from vpnca.gateway.records import write_connection_records
 from vpnca.policy import ACCEPTED_CURVES, ACCEPTED_HASHES, MIN_RSA_BITS
-from vpnca.profiles import PROFILE_EKUS
+from vpnca.profiles import get_profile
 from vpnca.store import Store
 
 MANIFEST = "MANIFEST.sha256"
@@ -102,7 +103,7 @@ def register_row(record: Any, renews: dict[str, str]) -> dict[str, Any]:
     return {
         "serial": record.serial, "status": record.status, "profile": record.profile,
         "subject": record.subject,
-        "identities": ";".join(v for _, v in json.loads(record.identities)),
+        "identities": ";".join(i.value for i in record.identities),
         "not_before": record.not_before.isoformat(), "not_after": record.not_after.isoformat(),
         "requester": record.requester, "protocol": record.protocol,
         "created_at": record.created_at.isoformat(), "revoked_at": _iso(record.revoked_at),
@@ -147,10 +148,11 @@ def crypto_policy(settings: Settings) -> dict[str, Any]:
         "refused": ["SHA-1", "MD5", "DSA", f"RSA < {MIN_RSA_BITS}", "wildcards", "names outside the policy"],
         "allowed_domains": list(settings.policy.allowed_domains),
         "allowed_ip_ranges": [str(n) for n in settings.policy.allowed_ip_ranges],
-        "profiles": {name: {"extended_key_usages": [oid.dotted_string for oid in PROFILE_EKUS[name]],
-                            "lifetime_seconds": settings.profiles[name].lifetime.total_seconds(),
-                            "approval": settings.profiles[name].approval}
-                     for name in PROFILE_EKUS if name in settings.profiles},
+        "profiles": {name: {"extended_key_usages": [oid.dotted_string for oid in profile.extended_key_usages],
+                            "lifetime_seconds": profile.lifetime.total_seconds(),
+                            "approval": profile.approval,
+                            "key_types": list(profile.key_types), "protocols": sorted(profile.protocols)}
+                     for name in settings.profiles for profile in [get_profile(settings, name)]},
         "ocsp": {"validity_seconds": settings.ocsp.validity.total_seconds()},
         "crl": {"next_update_seconds": settings.crl.next_update.total_seconds(), "delta": settings.crl.delta},
     }
@@ -231,6 +233,9 @@ def export_pack(settings: Settings, store: Store, directory: Path, *, actor: str
         "verified": f"entries {first} to {head_seq} (the whole chain: vpnca audit verify)",
         "register": {"certificates": certificates, "compressed": compress},
     }, indent=2).encode())
+    # -- connection records of the period (vpnca.gateway.records, from the event log) --
+    write_connection_records(settings, directory, since, until, compress)
+    # --
     manifest = "".join(f"{_sha256(p)}  {p.relative_to(directory).as_posix()}\n"
                        for p in sorted(directory.rglob("*")) if p.is_file())
     _write(directory, MANIFEST, manifest.encode())

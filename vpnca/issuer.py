@@ -15,7 +15,7 @@ from pkcs11 import Attribute, KeyType
 from hsm import Token, TokenEcPrivateKey, TokenRsaPrivateKey, open_token, read_pin
 from vpnca import metrics
 from vpnca.config import Settings
-from vpnca.errors import NotFound
+from vpnca.errors import NotFound, token_errors
 from vpnca.store import Store
 
 CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -27,7 +27,8 @@ def open_settings_token(settings: Settings) -> Token:
     if settings.token.softhsm_conf and "SOFTHSM2_CONF" not in os.environ:
         os.environ["SOFTHSM2_CONF"] = str(settings.token.softhsm_conf)
     pin = read_pin(settings.token.pin_file)
-    token = open_token(settings.token.module, settings.token.label, pin)
+    with token_errors():
+        token = open_token(settings.token.module, settings.token.label, pin)
     if metrics.token_signed not in token.sign_observers:
         token.sign_observers.append(metrics.token_signed)
     return token
@@ -35,7 +36,8 @@ def open_settings_token(settings: Settings) -> Token:
 
 def token_key(token: Token, label: str) -> CaKey:
     """A token key as a cryptography private key, EC or RSA as the token says."""
-    key_type = token.attributes(token.private_key(label), [Attribute.KEY_TYPE])[Attribute.KEY_TYPE]
+    with token_errors():
+        key_type = token.attributes(token.private_key(label), [Attribute.KEY_TYPE])[Attribute.KEY_TYPE]
     if key_type == KeyType.EC:
         return TokenEcPrivateKey(token, label)
     return TokenRsaPrivateKey(token, label)

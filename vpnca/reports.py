@@ -53,7 +53,7 @@ def certificate_dict(row: Any) -> dict[str, Any]:
         "status": "on-hold" if on_hold else row.status,
         "profile": row.profile,
         "subject": row.subject,
-        "identities": [value for _, value in json.loads(row.identities)],
+        "identities": [i.value for i in row.identities],
         "not_before": row.not_before.isoformat(),
         "not_after": row.not_after.isoformat(),
         "requester": row.requester,

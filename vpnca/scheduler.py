@@ -15,13 +15,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
 from vpnca import metrics
-from vpnca.revocation import Publisher
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported by build_scheduler: `vpnca status` reads job_intervals without them
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from ocsp.presign import Share
     from vpnca.config import Settings
+    from vpnca.revocation import Publisher
 
 log = logging.getLogger("vpnca.scheduler")
 MAX_BACKOFF = timedelta(minutes=30)
@@ -30,7 +31,7 @@ MAX_BACKOFF = timedelta(minutes=30)
 def job_intervals(settings: Settings) -> dict[str, timedelta]:
     """How often each scheduled job runs (the gateway renewal check only with a bundled gateway)."""
     intervals = {"crl": settings.crl.regenerate_every, "ocsp-presign": settings.ocsp.presign_every}
-    if settings.gateway.id:
+    if settings.gateway.id or settings.gateways:
         intervals["gateway-renewal"] = timedelta(seconds=settings.gateway.check_every_seconds)
     return intervals
 
@@ -44,7 +45,20 @@ def first_run(previous: Any, interval: timedelta, now: datetime) -> datetime:
     return max(now, due)
 
 
-def build_scheduler(publisher: Publisher, *, gateway_every: timedelta | None = None) -> BackgroundScheduler:
+def presign_message(presigned: int, share: Share | None) -> str | None:
+    """The pre-signing job's record; None when nothing was due."""
+    if not presigned:
+        return None
+    return f"pre-signed {presigned}" + (f" (share {share.index + 1} of {share.count})"
+                                        if share is not None and share.count > 1 else "")
+
+
+def build_scheduler(publisher: Publisher, *, gateway_every: timedelta | None = None,
+                    share: Share | None = None, presign_only: bool = False) -> BackgroundScheduler:
+    """Every job, or (`presign_only`: the other `vpnca serve` workers) OCSP pre-signing alone; `share`:
+    the part of the pre-signing backlog this process signs (all of it by default)."""
+    from apscheduler.schedulers.background import BackgroundScheduler
+
     authority = publisher.authority
     settings, store = authority.settings, authority.store
     # a run that starts late (a loaded machine, a slow start) still runs: APScheduler's default would
@@ -55,7 +69,7 @@ def build_scheduler(publisher: Publisher, *, gateway_every: timedelta | None = N
     def recorded(name: str, interval: timedelta, job: Callable[[], Any]) -> None:
         def run() -> None:
             previous = store.job_run(name)
-            now = datetime.now(UTC)
+            now = authority.clock.now()  # the backoff is decided by the core's clock
             if previous is not None and previous.next_attempt is not None and now < previous.next_attempt:
                 return  # backing off after failures
             try:
@@ -76,9 +90,13 @@ def build_scheduler(publisher: Publisher, *, gateway_every: timedelta | None = N
                           next_run_time=first_run(store.job_run(name), interval, datetime.now(UTC)))
 
     intervals = job_intervals(settings)
-    recorded("crl", intervals["crl"], lambda: f"CRL {publisher.regenerate_crl().number}")
+    # a run signs until its share of the backlog is drained, however long that takes (a run that falls
+    # due meanwhile is skipped: the running one will have signed what it would have)
     recorded("ocsp-presign", intervals["ocsp-presign"],
-             lambda: (f"pre-signed {n}" if (n := publisher.presign_backlog()) else None))
+             lambda: presign_message(publisher.presign_backlog(share), share))
+    if presign_only:
+        return scheduler
+    recorded("crl", intervals["crl"], lambda: f"CRL {publisher.regenerate_crl().number}")
     if "gateway-renewal" in intervals:
         from vpnca.gateway.renewal import renew_gateway_if_due
 

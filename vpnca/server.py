@@ -31,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from enrollment.est import check_proxy_listener
 from hsm import generate_software_key
 from ocsp.httpserver import Responder, serve_forever
+from ocsp.presign import Share
 from ocsp.service import load_ocsp_service
 from vpnca import metrics
 from vpnca.app import create_apps, load_bootstrap_cas
@@ -334,10 +335,7 @@ def ensure_server_certificate(settings: Settings, authority: Authority) -> dict[
 
 def write_client_cas(settings: Settings, authority: Authority, files: dict[str, Path]) -> None:
     """The CAs a TLS client certificate may chain to: ours, plus the bootstrap CAs."""
-    pems = [to_pem(authority.certificate)]
-    root = authority.store.current_ca("root")
-    if root is not None:
-        pems.append(to_pem(x509.load_der_x509_certificate(root.der)))
+    pems = [to_pem(c) for c in authority.chain()]
     pems += [to_pem(c) for c in load_bootstrap_cas(settings.est.bootstrap_ca_files)]
     files["client_cas"].write_bytes(b"".join(pems))
 
@@ -363,9 +361,11 @@ def _serve(home: Path, https_sock: socket.socket, http_sock: socket.socket, log_
     authority = Authority.open(settings, store)
     ocsp = load_ocsp_service(settings, store)
     apps = create_apps(settings, store, authority, ocsp)
-    scheduler = build_scheduler(Publisher(authority, ocsp)) if run_scheduler else None
-    if scheduler is not None:
-        scheduler.start()
+    # the first worker runs every job; each worker pre-signs its share of the OCSP backlog (its own token
+    # session), so that pre-signing scales with the workers
+    scheduler = build_scheduler(Publisher(authority, ocsp), share=Share(balance.index, len(balance.counts)),
+                                presign_only=not run_scheduler)
+    scheduler.start()
     files = server_files(settings)
     https = uvicorn.Config(
         apps.https, http=TlsClientCertProtocol, log_level=log_level, access_log=False,
@@ -400,8 +400,7 @@ def _serve(home: Path, https_sock: socket.socket, http_sock: socket.socket, log_
     try:
         asyncio.run(main())
     finally:
-        if scheduler is not None:
-            scheduler.shutdown(wait=False)
+        scheduler.shutdown(wait=False)
 
 
 def serve_ocsp(settings: Settings, *, host: str, port: int, workers: int = 1, log_level: str = "warning",

@@ -1,38 +1,60 @@
-"""JSON Web Signatures as ACME uses them: flattened JSON serialisation (RFC 7515), the JWK public
-keys and algorithms ES256/ES384/RS256/EdDSA (RFC 7518, RFC 8037), thumbprints (RFC 7638), and the
-HMAC-signed external account binding (RFC 8555 7.3.4)."""
+"""JSON Web Signatures as ACME uses them, on joserfc: the flattened JSON serialisation (RFC 7515), JWK
+public keys and the algorithms ES256/ES384/RS256/PS256/EdDSA (RFC 7518, RFC 8037), thumbprints
+(RFC 7638), and the HMAC-signed external account binding (RFC 8555 7.3.4). What is ACME's own stays
+here: the strict envelope, the key policy, and every failure as its RFC 8555 problem type."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import hmac
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from joserfc import jws as joserfc_jws
+from joserfc.errors import (
+    BadSignatureError,
+    ConflictAlgorithmError,
+    InvalidKeyCurveError,
+    InvalidKeyTypeError,
+    JoseError,
+    SecurityWarning,
+    UnsupportedAlgorithmError,
+)
+from joserfc.jwk import ECKey, JWKRegistry, OctKey, OKPKey, RSAKey
+from joserfc.jws import FlattenedJSONSerialization
+from joserfc.registry import HeaderParameter
 
 from enrollment.acme.problems import AcmeProblem, malformed
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+JoseKey = ECKey | RSAKey | OKPKey
 
-SIGNATURE_ALGORITHMS = ("ES256", "ES384", "RS256", "EdDSA")
-EAB_ALGORITHMS = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
-_CURVES: dict[str, tuple[ec.EllipticCurve, int]] = {"P-256": (ec.SECP256R1(), 32),
-                                                    "P-384": (ec.SECP384R1(), 48)}
-_EC_ALGORITHM = {"ES256": ("P-256", hashes.SHA256()), "ES384": ("P-384", hashes.SHA384())}
+SIGNATURE_ALGORITHMS = ("ES256", "ES384", "RS256", "PS256", "EdDSA")
+EAB_ALGORITHMS = ("HS256", "HS384", "HS512")
+_CURVES = {"P-256": 32, "P-384": 48}  # accepted EC curves and their coordinate sizes
+_KEY_MEMBERS = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
 MIN_RSA_BITS = 2048
 MAX_JSON_DEPTH = 32
 # a JSON string (or an unterminated one, up to the end: so the pattern never fails, and stays linear)
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.?)*"?', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _INNERMOST_PAIR = re.compile(r"\[\]|\{\}")
+
+
+def _registry(algorithms: tuple[str, ...]) -> joserfc_jws.JWSRegistry:
+    """joserfc's JWS registry with the ACME header parameters (RFC 8555 6.4) and room for RSA-4096 JWKs."""
+    registry = joserfc_jws.JWSRegistry(algorithms=algorithms, header_registry={
+        "url": HeaderParameter("ACME request URL", "str"), "nonce": HeaderParameter("ACME nonce", "str")})
+    registry.max_header_length = 8192
+    return registry
+
+
+_SIGNATURES = _registry(SIGNATURE_ALGORITHMS)
+_EAB = _registry(EAB_ALGORITHMS)
 
 
 def b64url_decode(text: Any, what: str) -> bytes:
@@ -88,8 +110,7 @@ class Jws:
 
     protected: dict[str, Any]
     payload: bytes  # empty for POST-as-GET
-    signing_input: bytes
-    signature: bytes
+    document: FlattenedJSONSerialization  # as received (its members are strings), for joserfc to verify
 
     @property
     def alg(self) -> str:
@@ -126,8 +147,7 @@ def parse_jws(body: bytes | dict[str, Any], *, algorithms: tuple[str, ...] = SIG
     document = body if isinstance(body, dict) else load_json(body, "request body")
     if not isinstance(document, dict) or set(document) != {"protected", "payload", "signature"}:
         raise malformed("request body must be a flattened JWS with exactly protected, payload and signature")
-    protected_b64, payload_b64 = document["protected"], document["payload"]
-    header_bytes = b64url_decode(protected_b64, "protected header")
+    header_bytes = b64url_decode(document["protected"], "protected header")
     protected = load_json(header_bytes, "protected header")
     if not isinstance(protected, dict):
         raise malformed("protected header is not a JSON object")
@@ -141,15 +161,20 @@ def parse_jws(body: bytes | dict[str, Any], *, algorithms: tuple[str, ...] = SIG
         raise malformed("the protected header has no url")
     if "crit" in protected or "b64" in protected:
         raise malformed("crit and b64 header parameters are not supported")
-    return Jws(protected, b64url_decode(payload_b64, "payload"),
-               f"{protected_b64}.{payload_b64}".encode(), b64url_decode(document["signature"], "signature"))
+    payload = b64url_decode(document["payload"], "payload")
+    b64url_decode(document["signature"], "signature")
+    flattened = FlattenedJSONSerialization(protected=document["protected"], payload=document["payload"],
+                                           signature=document["signature"])
+    return Jws(protected, payload, flattened)
 
 
-def _coordinate(jwk: dict[str, Any], name: str, size: int) -> int:
-    raw = b64url_decode(jwk.get(name), f"jwk.{name}")
-    if len(raw) != size:
-        raise AcmeProblem("badPublicKey", f"jwk.{name} must be {size} octets")
-    return int.from_bytes(raw, "big")
+def _import(jwk: dict[str, Any]) -> JoseKey:
+    with warnings.catch_warnings():  # a small RSA key: public_key() refuses it with its own problem
+        warnings.simplefilter("ignore", SecurityWarning)
+        key = JWKRegistry.import_key(jwk)
+    if not isinstance(key, ECKey | RSAKey | OKPKey):
+        raise AcmeProblem("badPublicKey", f"key type {jwk.get('kty')!r} is not accepted")
+    return key
 
 
 def public_key(jwk: Any) -> PublicKey:
@@ -158,34 +183,32 @@ def public_key(jwk: Any) -> PublicKey:
         raise malformed("jwk is not a JSON object")
     if "d" in jwk or "p" in jwk:
         raise malformed("jwk contains private key material")
-    kty = jwk.get("kty")
+    kty, crv = jwk.get("kty"), jwk.get("crv")
+    if kty == "EC" and crv not in _CURVES:
+        raise AcmeProblem("badPublicKey", f"EC curve {crv!r} is not accepted (P-256, P-384)")
+    if kty not in ("EC", "RSA") and (kty, crv) != ("OKP", "Ed25519"):
+        raise AcmeProblem("badPublicKey", f"key type {kty!r} / {crv!r} is not accepted")
+    if kty == "EC":
+        for name in ("x", "y"):
+            if len(b64url_decode(jwk.get(name), f"jwk.{name}")) != _CURVES[str(crv)]:
+                raise AcmeProblem("badPublicKey", f"jwk.{name} must be {_CURVES[str(crv)]} octets")
     try:
-        if kty == "EC":
-            if jwk.get("crv") not in _CURVES:
-                raise AcmeProblem("badPublicKey",
-                                  f"EC curve {jwk.get('crv')!r} is not accepted (P-256, P-384)")
-            curve, size = _CURVES[jwk["crv"]]
-            return ec.EllipticCurvePublicNumbers(_coordinate(jwk, "x", size), _coordinate(jwk, "y", size),
-                                                 curve).public_key()
-        if kty == "RSA":
-            n = int.from_bytes(b64url_decode(jwk.get("n"), "jwk.n"), "big")
-            e = int.from_bytes(b64url_decode(jwk.get("e"), "jwk.e"), "big")
-            key = rsa.RSAPublicNumbers(e, n).public_key()
-            if key.key_size < MIN_RSA_BITS:
-                raise AcmeProblem("badPublicKey",
-                                  f"RSA keys need at least {MIN_RSA_BITS} bits, not {key.key_size}")
-            return key
-        if kty == "OKP" and jwk.get("crv") == "Ed25519":
-            return ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(jwk.get("x"), "jwk.x"))
-    except (ValueError, TypeError, OverflowError) as exc:
+        key = _import(required_members(jwk)).raw_value
+    except (JoseError, ValueError, TypeError, OverflowError) as exc:
         raise AcmeProblem("badPublicKey", "jwk is not a valid public key") from exc
-    raise AcmeProblem("badPublicKey", f"key type {kty!r} / {jwk.get('crv')!r} is not accepted")
+    if not isinstance(key, PublicKey):
+        raise AcmeProblem("badPublicKey", "jwk is not a public key")
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        raise AcmeProblem("badPublicKey", f"RSA keys need at least {MIN_RSA_BITS} bits, not {key.key_size}")
+    return key
 
 
 def required_members(jwk: dict[str, Any]) -> dict[str, str]:
     """The members RFC 7638 hashes, which are also all a public JWK needs."""
-    names = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}
-    return {name: jwk[name] for name in names[jwk["kty"]]}
+    names = _KEY_MEMBERS.get(jwk.get("kty"))  # type: ignore[arg-type]
+    if names is None or not all(isinstance(jwk.get(name), str) for name in names):
+        raise malformed("jwk lacks the members of its key type")
+    return {name: jwk[name] for name in names}
 
 
 def canonical_json(jwk: dict[str, Any]) -> str:
@@ -194,43 +217,46 @@ def canonical_json(jwk: dict[str, Any]) -> str:
 
 def thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638 JWK thumbprint, SHA-256, base64url."""
-    return b64url(hashlib.sha256(canonical_json(jwk).encode()).digest())
+    try:
+        return _import(required_members(jwk)).thumbprint()
+    except (JoseError, ValueError, TypeError) as exc:
+        raise AcmeProblem("badPublicKey", "jwk is not a valid public key") from exc
+
+
+def _jose_key(key: PublicKey) -> JoseKey:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return ECKey.import_key(key)
+    if isinstance(key, rsa.RSAPublicKey):
+        return RSAKey.import_key(key)
+    return OKPKey.import_key(key)
 
 
 def verify(jws: Jws, key: PublicKey) -> None:
-    """Check the signature with `key` under the header's algorithm; malformed if it does not verify."""
-    alg = jws.alg
+    """Check the signature with `key` under the header's algorithm: badSignatureAlgorithm if the
+    algorithm does not fit the key, malformed if the signature does not verify."""
     try:
-        if alg in _EC_ALGORITHM:
-            curve_name, digest = _EC_ALGORITHM[alg]
-            curve = _CURVES[curve_name][0]
-            if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != curve.name:
-                raise bad_algorithm(f"{alg} with this key")
-            size = _CURVES[curve_name][1]
-            if len(jws.signature) != 2 * size:
-                raise InvalidSignature()
-            r, s = int.from_bytes(jws.signature[:size], "big"), int.from_bytes(jws.signature[size:], "big")
-            key.verify(encode_dss_signature(r, s), jws.signing_input, ec.ECDSA(digest))
-        elif alg == "RS256":
-            if not isinstance(key, rsa.RSAPublicKey):
-                raise bad_algorithm("RS256 with a non-RSA key")
-            key.verify(jws.signature, jws.signing_input, padding.PKCS1v15(), hashes.SHA256())
-        elif alg == "EdDSA":
-            if not isinstance(key, ed25519.Ed25519PublicKey):
-                raise bad_algorithm("EdDSA with a non-Ed25519 key")
-            key.verify(jws.signature, jws.signing_input)
-        else:
-            raise bad_algorithm(alg)
-    except InvalidSignature as exc:
+        with warnings.catch_warnings():  # RFC 9864 deprecates EdDSA for Ed25519; ACME clients send EdDSA
+            warnings.simplefilter("ignore", SecurityWarning)
+            joserfc_jws.deserialize_json(jws.document, _jose_key(key), algorithms=[jws.alg],
+                                         registry=_SIGNATURES)
+    except (InvalidKeyTypeError, InvalidKeyCurveError, UnsupportedAlgorithmError,
+            ConflictAlgorithmError) as exc:
+        raise bad_algorithm(f"{jws.alg} with this key") from exc
+    except BadSignatureError as exc:
         raise malformed("JWS verification error: the signature does not match the key") from exc
+    except JoseError as exc:
+        raise malformed(f"JWS not accepted: {exc.error}") from exc
 
 
 def verify_hmac(jws: Jws, secret: bytes) -> None:
     """An external account binding's HS256/384/512 signature."""
-    digest = EAB_ALGORITHMS[jws.alg]
-    expected = hmac.new(secret, jws.signing_input, digest).digest()
-    if not hmac.compare_digest(expected, jws.signature):
-        raise unauthorized_eab()
+    try:
+        joserfc_jws.deserialize_json(jws.document, OctKey.import_key(secret), algorithms=[jws.alg],
+                                     registry=_EAB)
+    except BadSignatureError as exc:
+        raise unauthorized_eab() from exc
+    except JoseError as exc:
+        raise malformed(f"external account binding not accepted: {exc.error}") from exc
 
 
 def unauthorized_eab() -> AcmeProblem:

@@ -3,7 +3,8 @@
 `problem_for` is the one map of errors to problems: core errors (vpnca.errors) by type, and by what
 the failed request was about where RFC 8555 gives that its own type (a refused CSR is badCSR, a
 refused identifier rejectedIdentifier, a second revocation alreadyRevoked). The detail of a core
-error is its message (written for users); any other exception gets a fixed text, never its own.
+error is the fixed text of its class (vpnca.errors.public_message), never the exception's own: that
+goes to the log line whose correlation id the response carries (routes.py).
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from hsm import HsmError
 from vpnca.errors import (
+    INTERNAL_ERROR,
+    ApprovalRequired,
     BadRequest,
     Conflict,
     NotAuthenticated,
     NotAuthorized,
     NotFound,
     PolicyViolation,
-    StoreUnavailable,
+    Unavailable,
     VpncaError,
+    public_message,
 )
 
 ERROR_NS = "urn:ietf:params:acme:error:"
@@ -40,6 +43,7 @@ class AcmeProblem(Exception):
         self.status = status
         self.extra = extra
         self.headers: dict[str, str] = {}
+        self.cause: BaseException | None = None  # the core error or bug it stands for, to log and count
 
     def document(self) -> dict[str, Any]:
         return {"type": ERROR_NS + self.type, "detail": self.detail, "status": self.status, **self.extra}
@@ -59,38 +63,35 @@ PROBLEM_TYPES: tuple[tuple[type[VpncaError], str, int], ...] = (
 )
 # ... and where what the request was about decides the type (RFC 8555 6.7, 7.4, 7.6)
 PROBLEM_TYPES_BY_SUBJECT: dict[Subject, tuple[tuple[type[VpncaError], str, int], ...]] = {
-    "identifier": ((PolicyViolation, "rejectedIdentifier", 400), (BadRequest, "rejectedIdentifier", 400)),
+    "identifier": ((PolicyViolation, "rejectedIdentifier", 400), (BadRequest, "rejectedIdentifier", 400),
+                   (NotAuthorized, "rejectedIdentifier", 400)),
     "csr": ((PolicyViolation, "badCSR", 400), (BadRequest, "badCSR", 400),
-            (NotAuthorized, "rejectedIdentifier", 400)),
+            (ApprovalRequired, "unauthorized", 403), (NotAuthorized, "rejectedIdentifier", 400)),
     "revocation": ((Conflict, "alreadyRevoked", 400),),
 }
-# what the CA's own troubles say: the problem type, status and a fixed detail (never the exception's)
-UNAVAILABLE: tuple[tuple[type[Exception], str], ...] = (
-    (HsmError, "the CA cannot sign now; try again later"),
-    (StoreUnavailable, "the CA's database is unavailable; try again later"),
-)
 
 
 def problem_for(exc: BaseException, subject: Subject = "request") -> AcmeProblem:
-    """The problem document for any exception (an AcmeProblem is its own)."""
+    """The problem document for any exception (an AcmeProblem is its own); `cause` keeps the error."""
     if isinstance(exc, AcmeProblem):
         return exc
-    for unavailable, detail in UNAVAILABLE:
-        if isinstance(exc, unavailable):
-            problem = AcmeProblem("serverInternal", detail, 503)
-            problem.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-            return problem
-    if isinstance(exc, VpncaError):
-        for error_type, type_, status in (*PROBLEM_TYPES_BY_SUBJECT.get(subject, ()), *PROBLEM_TYPES):
-            if isinstance(exc, error_type):
-                return AcmeProblem(type_, str(exc), status)
-        return AcmeProblem("serverInternal", "the CA cannot handle this request now", 500)
-    return AcmeProblem("serverInternal", "internal error", 500)
+    if isinstance(exc, Unavailable):  # the token or the database: try again later
+        problem = AcmeProblem("serverInternal", public_message(exc), 503)
+        problem.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    elif isinstance(exc, VpncaError):
+        type_, status = next(((t, s) for kind, t, s in (*PROBLEM_TYPES_BY_SUBJECT.get(subject, ()),
+                                                          *PROBLEM_TYPES) if isinstance(exc, kind)),
+                             ("serverInternal", 500))
+        problem = AcmeProblem(type_, public_message(exc), status)
+    else:
+        problem = AcmeProblem("serverInternal", INTERNAL_ERROR, 500)
+    problem.cause = exc
+    return problem
 
 
 def is_expected(exc: BaseException) -> bool:
     """False for a bug (its traceback belongs in the log); True for anything problem_for knows."""
-    return isinstance(exc, (AcmeProblem, VpncaError)) or any(isinstance(exc, t) for t, _ in UNAVAILABLE)
+    return isinstance(exc, (AcmeProblem, VpncaError))
 
 
 def malformed(detail: str, status: int = 400) -> AcmeProblem:

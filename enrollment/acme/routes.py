@@ -11,28 +11,41 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from enrollment.acme.problems import PROBLEM_JSON, AcmeProblem, is_expected, malformed, problem_for
+from enrollment.acme.problems import PROBLEM_JSON, AcmeProblem, malformed, problem_for
 from enrollment.acme.service import AcmeService, Reply, Urls
 from enrollment.http import BodyTooLarge, read_limited_body
-from hsm import HsmError
 from vpnca import metrics
+from vpnca.errors import SigningUnavailable, Unavailable, new_error_id
 from vpnca.events import emit
 from vpnca.outage import OUTAGES
+from vpnca.refusals import record_refusal
 
 log = logging.getLogger("vpnca.acme")
 
 JOSE_JSON = "application/jose+json"
 
 
-def _problem(exc: Exception, what: str) -> AcmeProblem:
-    """The problem for a failed request; a bug's traceback (and only a bug's) goes to the log, an
-    outage of the token or the database is said once by OUTAGES."""
-    problem = problem_for(exc)
-    if not is_expected(exc):
-        log.error("ACME %s failed", what, exc_info=exc)
-    elif problem.status == 503:
-        OUTAGES.down("token" if isinstance(exc, HsmError) else "database", exc)
-    return problem
+def _record(problem: AcmeProblem, path: str, client: str | None) -> str:
+    """Log and count the refusal once; its correlation id. A core error or a bug goes through the
+    core's record (a bug with its traceback, an outage said once); the protocol's own problems here."""
+    if problem.cause is not None:
+        return record_refusal(problem.cause, protocol="acme", event="acme.refused", problem=problem.type,
+                              path=path, client=client)
+    error_id = new_error_id()
+    level = logging.ERROR if problem.status >= 500 else logging.WARNING
+    emit("acme.refused", level, problem=problem.type, detail=problem.detail, path=path, client=client,
+         error_id=error_id)
+    metrics.refused("acme", problem.type)
+    return error_id
+
+
+def _nonce_failed(exc: Exception) -> None:
+    """No nonce for an answer that goes out anyway: an outage is said once by OUTAGES, a bug logged;
+    nothing is counted as a refusal (the request was answered)."""
+    if isinstance(exc, Unavailable):
+        OUTAGES.down("token" if isinstance(exc, SigningUnavailable) else "database", exc.__cause__ or exc)
+    else:
+        log.error("ACME: no nonce for an answer", exc_info=exc)
 
 
 def make_router(service: AcmeService) -> APIRouter:
@@ -47,16 +60,14 @@ def make_router(service: AcmeService) -> APIRouter:
         return {"Replay-Nonce": nonce, "Cache-Control": "no-store", "Link": f'<{urls.directory}>;rel="index"'}
 
     async def problem_response(problem: AcmeProblem, urls: Urls, request: Request, path: str) -> Response:
-        if problem.status != 503:  # an outage is said once, by OUTAGES
-            level = logging.ERROR if problem.status >= 500 else logging.WARNING
-            emit("acme.refused", level, problem=problem.type, detail=problem.detail, path=path,
-                 client=request.client.host if request.client else None)
-        metrics.refused("acme", "unavailable" if problem.status == 503 else problem.type)
+        error_id = _record(problem, path, request.client.host if request.client else None)
+        problem.detail = f"{problem.detail} (id {error_id})"
         try:
             headers = {**await nonce_headers(urls), **problem.headers}
         except Exception as exc:  # noqa: BLE001 - no nonce key (the database is away): the problem goes out
-            _problem(exc, "nonce")
+            _nonce_failed(exc)
             headers = {"Cache-Control": "no-store", **problem.headers}
+        headers["X-Request-ID"] = error_id
         return Response(problem.to_json(), status_code=problem.status, media_type=PROBLEM_JSON,
                         headers=headers)
 
@@ -70,7 +81,7 @@ def make_router(service: AcmeService) -> APIRouter:
         try:
             headers = await nonce_headers(urls)
         except Exception as exc:  # noqa: BLE001 - a problem document, never a bare 500
-            return await problem_response(_problem(exc, "new-nonce"), urls, request, "new-nonce")
+            return await problem_response(problem_for(exc), urls, request, "new-nonce")
         return Response(status_code=200 if request.method == "HEAD" else 204, headers=headers)
 
     @router.get("/renewal-info/{cert_id}")
@@ -80,7 +91,7 @@ def make_router(service: AcmeService) -> APIRouter:
         try:
             body, retry_after = await run_in_threadpool(service.renewal_info, cert_id)
         except Exception as exc:  # noqa: BLE001 - a problem document, never a bare 500
-            return await problem_response(_problem(exc, "renewal-info"), urls, request, "renewal-info")
+            return await problem_response(problem_for(exc), urls, request, "renewal-info")
         return Response(json.dumps(body), media_type="application/json",
                         headers={"Retry-After": str(retry_after), "Link": f'<{urls.directory}>;rel="index"'})
 
@@ -107,11 +118,11 @@ def make_router(service: AcmeService) -> APIRouter:
         except ClientDisconnect:
             raise  # the client went away mid-upload: said at INFO by the edge, nothing to answer
         except Exception as exc:  # noqa: BLE001 - every failure becomes a problem document
-            return await problem_response(_problem(exc, path), urls, request, path)
+            return await problem_response(problem_for(exc), urls, request, path)
         try:
             headers = await nonce_headers(urls)
         except Exception as exc:  # noqa: BLE001 - done: the answer goes out, without a nonce
-            _problem(exc, "nonce")
+            _nonce_failed(exc)
             headers = {"Cache-Control": "no-store", "Link": f'<{urls.directory}>;rel="index"'}
         if reply.location:
             headers["Location"] = reply.location

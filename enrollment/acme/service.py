@@ -26,14 +26,15 @@ from enrollment.acme.nonces import Nonces
 from enrollment.acme.problems import AcmeProblem, bad_nonce, malformed, not_found, problem_for, unauthorized
 from enrollment.acme.renewal_info import CertId, parse_cert_id, suggested_window
 from enrollment.acme.validation import Identifier, Validator
-from vpnca.authority import Authority, IssueRequest
+from vpnca.config import AcmeSettings
+from vpnca.credentials import Requester
+from vpnca.enroll import Enrollment
 from vpnca.errors import VpncaError
 from vpnca.events import emit
 from vpnca.identities import IkeIdentity
-from vpnca.policy import check_csr, check_identities, check_public_key
-from vpnca.revocation import Publisher
+from vpnca.ports import AcmeAuthority
 from vpnca.store import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeOrder, CertStatus
-from vpnca.store.acme import AcmeRepository, new_id
+from vpnca.store.acme import new_id
 from vpnca.x509util import serial_hex, to_pem
 
 log = logging.getLogger("vpnca.acme")
@@ -158,17 +159,17 @@ def parse_identifiers(raw: Any) -> list[Identifier]:
 class AcmeService:
     """The ACME server's logic, synchronous (run in a worker thread per request)."""
 
-    def __init__(self, authority: Authority, publisher: Publisher) -> None:
-        self.authority = authority
-        self.publisher = publisher
-        self.settings = authority.settings.acme
-        self.repo = AcmeRepository(authority.store)
+    def __init__(self, door: AcmeAuthority, settings: AcmeSettings, website: str) -> None:
+        self.door = door
+        self.settings = settings
+        self.website = website
+        self.repo = door.acme_store()
         self.validator = Validator(self.settings)
         self._validations = ThreadPoolExecutor(max_workers=4, thread_name_prefix="acme-validate")
         self.nonces = Nonces(self.repo.nonce_key, self.settings.nonce_lifetime)
         # the keyIdentifier of the AKI in every certificate the sub-CA issues (a certID's first part)
         key_identifier = x509.AuthorityKeyIdentifier.from_issuer_public_key(
-            authority.certificate.public_key()).key_identifier  # type: ignore[arg-type]
+            door.issuer.public_key()).key_identifier  # type: ignore[arg-type]
         assert key_identifier is not None
         self.key_identifier: bytes = key_identifier
 
@@ -179,7 +180,7 @@ class AcmeService:
                 "revokeCert": urls.revoke_cert, "keyChange": urls.key_change,
                 "renewalInfo": urls.renewal_info,
                 "meta": {"externalAccountRequired": self.settings.external_account_required,
-                         "website": self.authority.settings.http_base_url}}
+                         "website": self.website}}
 
     def new_nonce(self) -> str:
         """A fresh nonce: made, not stored (see nonces.py)."""
@@ -191,7 +192,7 @@ class AcmeService:
         """GET renewalInfo/<certID>, unauthenticated: the suggested window and Retry-After (seconds)
         for any certificate of this CA in the register (ACME or not)."""
         parsed = parse_cert_id(cert_id)
-        record = self.authority.store.get_certificate(serial_hex(parsed.serial)) \
+        record = self.door.record(serial_hex(parsed.serial)) \
             if parsed.key_identifier == self.key_identifier else None
         if record is None or record.status not in (CertStatus.VALID, CertStatus.REVOKED):
             raise not_found("certificate")
@@ -274,18 +275,18 @@ class AcmeService:
             raise AcmeProblem("accountDoesNotExist", "no account has this key")
         contact = _contact(payload.get("contact", []))
         binding = payload.get("externalAccountBinding")
-        allowed: list[list[str]] | None = None
+        allowed: tuple[IkeIdentity, ...] | None = None
         profile, eab_kid = self.settings.profile, None
         if binding is not None:
             eab = self._check_binding(binding, caller, urls)
-            allowed, profile, eab_kid = json.loads(eab.allowed_identities), eab.profile, eab.kid
+            allowed, profile, eab_kid = eab.allowed_identities, eab.profile, eab.kid
         elif self.settings.external_account_required:
             raise AcmeProblem("externalAccountRequired", "this server needs an external account binding "
                               "(an operator makes one with `vpnca acme eab create`)")
         account = AcmeAccount(
             id=new_id(), key_thumbprint=jose.thumbprint(caller.jwk), jwk=jose.canonical_json(caller.jwk),
             status="valid", contact=json.dumps(contact), eab_kid=eab_kid,
-            allowed_identities=json.dumps(allowed) if allowed is not None else None, profile=profile,
+            allowed_identities=allowed, profile=profile,
             created_at=datetime.now(UTC))
         created = self.repo.create_account(account)
         emit("acme.account", requester=f"acme:{created.id}", eab_kid=eab_kid, client=caller.client)
@@ -382,7 +383,13 @@ class AcmeService:
     def _allowed(self, account: AcmeAccount) -> frozenset[IkeIdentity] | None:
         if account.allowed_identities is None:
             return None
-        return frozenset(IkeIdentity(kind, value) for kind, value in json.loads(account.allowed_identities))
+        return frozenset(account.allowed_identities)
+
+    def _requester(self, account: AcmeAccount) -> Requester:
+        """The account as the core sees it: its identities, its profile; an account an operator bound
+        with an external account key needs no further approval."""
+        return Requester(name=f"acme:{account.id}", method="acme", allowed_identities=self._allowed(account),
+                         profile=account.profile, preapproved=account.eab_kid is not None)
 
     def new_order(self, caller: Caller, urls: Urls) -> Reply:
         account = caller.account
@@ -392,12 +399,8 @@ class AcmeService:
             raise malformed("notBefore and notAfter are not supported: the profile sets the lifetime")
         identifiers = parse_identifiers(payload.get("identifiers"))
         identities = tuple(_identity(i) for i in identifiers)
-        allowed = self._allowed(account)
-        outside = [i.value for i in identities if allowed is not None and i not in allowed]
-        if outside:
-            raise AcmeProblem("rejectedIdentifier", f"this account may not have {', '.join(outside)}")
         try:
-            check_identities(identities, self.authority.settings.policy)
+            self.door.may_request(self._requester(account), account.profile, identities)
         except VpncaError as exc:
             raise problem_for(exc, "identifier") from exc
         replaces = self._replaced_serial(account, payload["replaces"], identities) \
@@ -439,13 +442,13 @@ class AcmeService:
         serial = serial_hex(cert_id.serial)
         if cert_id.key_identifier != self.key_identifier:
             raise malformed(f"replaces names certificate {serial} of another CA")
-        record = self.authority.store.get_certificate(serial)
+        record = self.door.record(serial)
         issued_by = self.repo.order_with_certificate(serial)
         if record is None or issued_by is None:
             raise malformed(f"replaces names certificate {serial}, which this CA did not issue over ACME")
         if issued_by.account_id != account.id:
             raise unauthorized(f"certificate {serial} was issued to another account")
-        if not {IkeIdentity(kind, value) for kind, value in json.loads(record.identities)} & set(identities):
+        if not set(record.identities) & set(identities):
             raise malformed(f"the order shares no identifier with certificate {serial}, which it replaces")
         self._check_not_replaced(serial)
         return serial
@@ -514,30 +517,29 @@ class AcmeService:
         identities = tuple(_identity(Identifier(i["type"], i["value"]))
                            for i in json.loads(order.identifiers))
         _check_csr_names(csr, identities)
-        profile = account.profile
-        if self.authority.settings.profiles[profile].approval and account.eab_kid is None:
-            raise unauthorized(f"profile {profile} needs operator approval: use an external account key")
-        request = IssueRequest(
-            profile=profile, identities=identities, public_key=csr.public_key(),
-            requester=f"acme:{account.id}", protocol="acme", allowed_identities=self._allowed(account),
-            details={"order": order.id, **({"client": caller.client} if caller.client else {}),
-                     **({"renews": order.replaces} if order.replaces else {})})
+        processing = False
+
+        def start_processing() -> None:  # the policy accepted: the order is now being finalized
+            nonlocal processing
+            if order.replaces:  # another order of the account replaced it meanwhile
+                self._check_not_replaced(order.replaces, order.id)
+            if not self.repo.move_order(order.id, "ready", "processing"):
+                raise AcmeProblem("orderNotReady", "the order is being finalized already", 403)
+            processing = True
+
+        enrollment = Enrollment(
+            csr=csr, profile=account.profile, protocol="acme", client=caller.client, identities=identities,
+            can_wait=False, details=(("order", order.id),), renews=order.replaces,
+            on_checked=start_processing)
         try:
-            self.authority.check(request)
-        except VpncaError as exc:
-            raise problem_for(exc, "csr") from exc
-        if order.replaces:  # another order of the account replaced it meanwhile
-            self._check_not_replaced(order.replaces, order.id)
-        if not self.repo.move_order(order.id, "ready", "processing"):
-            raise AcmeProblem("orderNotReady", "the order is being finalized already", 403)
-        try:
-            issued = self.authority.issue(request)
+            issued = self.door.enroll(self._requester(account), enrollment)
         except Exception as exc:
             error = problem_for(exc, "csr")  # what the order shows: the client's view, never internal text
-            if error.status == 503:  # the token or the database is away: the order may be finalized again
-                self.repo.move_order(order.id, "processing", "ready")
-            else:
-                self.repo.move_order(order.id, "processing", "invalid", error=error.to_json())
+            if processing:
+                if error.status == 503:  # the token or the database is away: it may be finalized again
+                    self.repo.move_order(order.id, "processing", "ready")
+                else:
+                    self.repo.move_order(order.id, "processing", "invalid", error=error.to_json())
             if isinstance(exc, VpncaError):
                 raise error from exc
             raise
@@ -631,10 +633,10 @@ class AcmeService:
         assert caller.account is not None
         if order.account_id != caller.account.id:
             raise unauthorized("this certificate was issued to another account")
-        record = self.authority.store.get_certificate(serial)
+        record = self.door.record(serial)
         if record is None or record.der is None:
             raise not_found("certificate")
-        chain = to_pem(x509.load_der_x509_certificate(record.der)) + to_pem(self.authority.certificate)
+        chain = to_pem(x509.load_der_x509_certificate(record.der)) + to_pem(self.door.issuer)
         return Reply(chain, content_type="application/pem-certificate-chain")
 
     def revoke_cert(self, caller: Caller, urls: Urls) -> Reply:
@@ -650,21 +652,20 @@ class AcmeService:
             raise AcmeProblem("badRevocationReason", f"reason {reason_code!r} is not one of "
                               f"{sorted(REVOCATION_REASONS)}")
         try:
-            cert.verify_directly_issued_by(self.authority.certificate)
+            cert.verify_directly_issued_by(self.door.issuer)
         except (ValueError, TypeError, InvalidSignature) as exc:
             raise unauthorized("this certificate was not issued by this CA") from exc
         serial = serial_hex(cert.serial_number)
-        record = self.authority.store.get_certificate(serial)
+        record = self.door.record(serial)
         if record is None:
             raise unauthorized(f"certificate {serial} is not in the register")
         actor = self._may_revoke(caller, cert, serial)
         if record.status == CertStatus.REVOKED:
             raise AcmeProblem("alreadyRevoked", f"certificate {serial} is already revoked")
         try:
-            self.authority.revoke(serial, REVOCATION_REASONS[reason_code], actor=actor)
+            self.door.revoke(serial, REVOCATION_REASONS[reason_code], actor=actor)
         except VpncaError as exc:
             raise problem_for(exc, "revocation") from exc
-        self.publisher.publish_revocation(serial, actor)
         return Reply(None)
 
     def _may_revoke(self, caller: Caller, cert: x509.Certificate, serial: str) -> str:
@@ -708,15 +709,13 @@ def _contact(raw: Any) -> list[str]:
 
 
 def _csr(raw: Any) -> x509.CertificateSigningRequest:
+    """The finalize CSR, readable; the core checks its signature and key (policy is checked once)."""
     try:
         csr = x509.load_der_x509_csr(jose.b64url_decode(raw, "csr"))
     except (ValueError, AcmeProblem) as exc:
         raise AcmeProblem("badCSR", "csr is not a base64url DER PKCS#10 request") from exc
     try:
-        check_csr(csr)
-        check_public_key(csr.public_key())
-    except VpncaError as exc:
-        raise problem_for(exc, "csr") from exc
+        csr.public_key()
     except (ValueError, UnsupportedAlgorithm) as exc:  # a public key cryptography cannot read
         raise AcmeProblem("badCSR", "the CSR's public key cannot be read") from exc
     return csr

@@ -1,11 +1,11 @@
 """OCSP requests/s and p50/p99 with wrk at 1,000 and 100,000 certificates, beside `openssl ocsp -index`
 answering for the same certificates and nginx serving one pre-signed response as a static file (the
-HTTP ceiling here); CRL generation time for 100,000 and 1,000,000 revoked serials beside
-`openssl ca -gencrl` on the same serials."""
+HTTP ceiling here). CRL generation and revocation latency: test_bench_revocation.py."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import subprocess
@@ -27,9 +27,11 @@ from ocsp.service import load_ocsp_service
 from tests.bench.common import hey, save, table, wrk
 from tests.conftest import CaHome, RunningServer, make_ca_home, stop_server, wait_for_port
 from tests.helpers import free_port, require_tool, run
-from vpnca.ca import build_ocsp_signer
-from vpnca.crl import generate_crl
+from vpnca.ceremony import build_ocsp_signer
+from vpnca.config import CrlSettings
+from vpnca.crlshards import shard_for
 from vpnca.store import CertificateRecord
+from vpnca.x509util import crl_entry_der
 
 SECONDS = int(os.environ.get("VPNCA_BENCH_SECONDS", "8"))
 CONNECTIONS = 16
@@ -37,22 +39,27 @@ WORKERS = int(os.environ.get("VPNCA_BENCH_WORKERS", "2"))
 SAMPLE = 2000  # distinct requests the load generator cycles through
 
 
-def add_certificates(ca: CaHome, count: int, *, revoked_every: int = 10,
-                     status_all: str | None = None) -> list[int]:
-    """Rows for `count` certificates (no DER: OCSP and CRLs need serial and status only)."""
+def add_certificates(ca: CaHome, count: int, *, revoked_every: int = 10, status_all: str | None = None,
+                     crl: CrlSettings | None = None) -> list[int]:
+    """Rows for `count` certificates (no DER: OCSP and CRLs need serial and status only). Revoked rows
+    carry their CRL entry as a revoke writes it; with `crl`, rows expire over the next week and carry
+    the CRL shard that expiry gives."""
     now = datetime.now(UTC)
     serials: list[int] = []
     rows: list[dict[str, object]] = []
     for i in range(count):
         serial = secrets.randbits(127) | (1 << 126)
         revoked = status_all == "revoked" or (status_all is None and i % revoked_every == 0)
+        not_after = now + (timedelta(days=7) if crl is None else timedelta(days=1, seconds=i % (6 * 86400)))
         serials.append(serial)
         rows.append({"serial": format(serial, "x"), "issuer": ca.settings.ca.name, "profile": "device",
-                     "subject": f"CN=bench{i}", "identities": "[]",
+                     "subject": f"CN=bench{i}", "identities": (),
                      "status": "revoked" if revoked else "valid",
-                     "not_before": now, "not_after": now + timedelta(days=7), "requester": "bench",
+                     "not_before": now, "not_after": not_after, "requester": "bench",
                      "protocol": "bench", "created_at": now, "revoked_at": now if revoked else None,
-                     "revocation_reason": "keyCompromise" if revoked else None})
+                     "revocation_reason": "keyCompromise" if revoked else None,
+                     "crl_entry": crl_entry_der(serial, now, "keyCompromise") if revoked else None,
+                     "crl_shard": shard_for(crl, not_after) if crl is not None else None})
         if len(rows) == 50_000:
             _insert(ca, rows)
             rows = []
@@ -264,19 +271,82 @@ default_crl_days = 1
     return time.perf_counter() - started
 
 
-def test_crl_generation_time(tmp_path: Path, softhsm) -> None:  # type: ignore[no-untyped-def]
+TAIL_CERTIFICATES = int(os.environ.get("VPNCA_BENCH_TAIL_CERTS", "100000"))
+
+
+class Neighbour:
+    """A CPU-bound process pinned to one core (`openssl speed` in a loop) for the length of a `with`."""
+
+    def __init__(self, core: int = 0) -> None:
+        self.cmd = [require_tool("taskset"), "-c", str(core), "sh", "-c",
+                    f"while :; do {require_tool('openssl')} speed -seconds 1 sha256 >/dev/null 2>&1; done"]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Neighbour:
+        self.process = subprocess.Popen(self.cmd, start_new_session=True)
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, 15)
+        self.process.wait()
+
+
+def warm_up(url: str, script: Path) -> None:
+    """Until both workers answer: the port is open (the parent binds it) before they have started."""
+    deadline = time.monotonic() + 120
+    while wrk(url, connections=CONNECTIONS, seconds=2, script=script)["requests"] < 1000:
+        assert time.monotonic() < deadline, "the responder did not start answering"
+    wrk(url, connections=CONNECTIONS, seconds=2, script=script)
+
+
+def test_ocsp_tail_latency(tmp_path: Path, softhsm) -> None:  # type: ignore[no-untyped-def]
+    """p50/p99 and rate beside nginx at 16 and 64 connections, alone and with a CPU-bound neighbour
+    on one core; each pair measured back to back, every run reported."""
+    ca = make_ca_home(tmp_path / "tail", softhsm)
+    serials = add_certificates(ca, TAIL_CERTIFICATES)
+    load_ocsp_service(ca.settings, ca.store).presign_backlog(batch=2000)
+    sample = [serials[i] for i in sorted(secrets.SystemRandom().sample(range(len(serials)),
+                                                                       min(SAMPLE, len(serials))))]
+    paths = get_paths(ca, sample)
+    script = lua_get(tmp_path / "tail.lua", paths)
+    one = load_ocsp_service(ca.settings, ca.store).respond(
+        base64.b64decode(urllib.parse.unquote(paths[0][len("/ocsp/"):]))).body
+    port = free_port()
+    ours = start([sys.executable, "-m", "vpnca.cli", "ocsp", "serve", "--port", str(port), "--workers",
+                  str(WORKERS)], ca.env, port, tmp_path / "ours.log")
+    cmd, nginx_port = nginx_ceiling(tmp_path / "nginx", one)
+    nginx = start(cmd, os.environ.copy(), nginx_port, tmp_path / "nginx.log")
     rows = []
-    for count in (100_000, 1_000_000):
-        ca = make_ca_home(tmp_path / f"crl{count}", softhsm)
-        serials = add_certificates(ca, count, status_all="revoked")
-        started = time.perf_counter()
-        published = generate_crl(ca.authority, actor="bench")
-        ours = time.perf_counter() - started
-        theirs = openssl_gencrl_seconds(ca, tmp_path / f"o{count}", serials) if count <= 1_000_000 else None
-        size = (ca.home / "crl" / f"{ca.settings.ca.name}.crl").stat().st_size
-        rows.append({"revoked": count, "entries": published.entries, "vpnca_seconds": round(ours, 2),
-                     "openssl_ca_gencrl_seconds": round(theirs, 2) if theirs else None, "crl_bytes": size})
+    try:
+        warm_up(f"http://127.0.0.1:{port}", script)
+        for neighbour in (False, True):
+            for connections in (16, 64):
+                with Neighbour() if neighbour else contextlib.nullcontext():
+                    mine = wrk(f"http://127.0.0.1:{port}", connections=connections, seconds=SECONDS,
+                               script=script)
+                    theirs = wrk(f"http://127.0.0.1:{nginx_port}/ocsp", connections=connections,
+                                 seconds=SECONDS)
+                rows.append(_tail_row(connections, neighbour, mine, theirs))
+    finally:
+        stop_server(RunningServer(ca, 0, port, ours, tmp_path / "x"))
+        nginx.terminate()
+        nginx.wait()
         ca.store.dispose()
-    save("crl", {"rows": rows})
-    table("CRL generation (full CRL, signed on the token)", rows, list(rows[0]))
-    assert all(r["entries"] == r["revoked"] for r in rows)
+    save("ocsp-tail", {"workers": WORKERS, "seconds": SECONDS, "certificates": TAIL_CERTIFICATES,
+                       "rows": rows})
+    table(f"OCSP GET beside nginx, {WORKERS} workers each, with and without a CPU-bound neighbour", rows,
+          list(rows[0]))
+    assert all(r["vpnca_errors"] == 0 for r in rows)
+
+
+def _tail_row(connections: int, neighbour: bool, mine: dict[str, Any], theirs: dict[str, Any]
+              ) -> dict[str, object]:
+    return {"connections": connections, "neighbour": neighbour,
+            "vpnca_rps": round(mine["requests_per_second"], 1), "vpnca_p50_ms": round(mine["p50_ms"], 2),
+            "vpnca_p99_ms": round(mine["p99_ms"], 2), "nginx_rps": round(theirs["requests_per_second"], 1),
+            "nginx_p50_ms": round(theirs["p50_ms"], 2), "nginx_p99_ms": round(theirs["p99_ms"], 2),
+            "rate_vs_nginx": round(mine["requests_per_second"] / theirs["requests_per_second"], 2),
+            "p99_vs_nginx": round(mine["p99_ms"] / max(theirs["p99_ms"], 0.01), 2),
+            "vpnca_errors": mine["non_2xx"]}

@@ -136,3 +136,38 @@ def two_hosts(base: Path) -> Iterator[tuple[Charon, Charon]]:
             host.stop()
         for netns in created:
             subprocess.run([ip, "netns", "del", netns], capture_output=True, check=False)
+
+
+@contextmanager
+def road_warrior_and_gateways(base: Path, count: int) -> Iterator[tuple[Charon, list[Charon]]]:
+    """A road warrior joined to `count` gateways, one veth pair (and /24) each: gateway i is
+    10.(99-i).0.1, the road warrior 10.(99-i).0.2; inner addresses 10.200.2.1 (road warrior) and
+    10.200.1.1 (each gateway)."""
+    ip = require_tool("ip")
+    tag = secrets.token_hex(3)
+    rw = Charon("roadwarrior", f"vpnca-rw-{tag}", base / "rw", "10.99.0.2", "10.200.2.1")
+    gws = [Charon(f"gateway{i + 1}", f"vpnca-gw{i + 1}-{tag}", base / f"gw{i + 1}", f"10.{99 - i}.0.1",
+                  "10.200.1.1") for i in range(count)]
+    created: list[str] = []
+    try:
+        for host in (rw, *gws):
+            run([ip, "netns", "add", host.netns])
+            created.append(host.netns)
+            run([ip, "-n", host.netns, "link", "set", "lo", "up"])
+            run([ip, "-n", host.netns, "addr", "add", f"{host.inner}/32", "dev", "lo"])
+        for i, gw in enumerate(gws):
+            gw_dev, rw_dev = f"vg{i}{tag}", f"vr{i}{tag}"
+            run([ip, "link", "add", gw_dev, "netns", gw.netns, "type", "veth", "peer", "name", rw_dev,
+                 "netns", rw.netns])
+            rw_address = f"10.{99 - i}.0.2"
+            for netns, dev, address in ((gw.netns, gw_dev, gw.address), (rw.netns, rw_dev, rw_address)):
+                run([ip, "-n", netns, "addr", "add", f"{address}/24", "dev", dev])
+                run([ip, "-n", netns, "link", "set", dev, "up"])
+        for host in (*gws, rw):
+            host.start()
+        yield rw, gws
+    finally:
+        for host in (rw, *gws):
+            host.stop()
+        for netns in created:
+            subprocess.run([ip, "netns", "del", netns], capture_output=True, check=False)

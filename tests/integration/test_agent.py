@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import vici
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -27,10 +26,17 @@ from hsm.softhsm import DEFAULT_MODULE, SoftHsmToken
 from tests.conftest import CaHome, RunningServer, make_ca_home, start_server, stop_server
 from tests.helpers import free_port, remember_secret, require_tool, run, stop_process
 from tests.integration import strongswan
+from tests.integration.gateway_lab import (
+    GATEWAY_ID,
+    established,
+    initiate,
+    start_ocsp_responder,
+    terminate,
+    vpnca,
+)
 from tests.integration.strongswan import Charon, two_hosts
 
 CLIENT_ID = "rw.example.com"
-GATEWAY_ID = "vpn.example.com"
 LIFETIME_SECONDS = 120
 INNER_PORT = 8000  # an HTTP server on the gateway's inner address, reached through the tunnel
 SERVER_NAMES = '\n[server]\ntls_names = ["127.0.0.1"]\n'  # the agent connects to https://127.0.0.1:PORT
@@ -46,10 +52,6 @@ class Lab:
     key_kind: str
     agent_env: dict[str, str]
     pkcs11: list[str]  # the enroll options of a key on the agent's token
-
-
-def vpnca(ca: CaHome, *args: str) -> str:
-    return run([sys.executable, "-m", "vpnca.cli", *args], env=ca.env).stdout
 
 
 def agent_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -114,25 +116,6 @@ def load_conn(rw: Charon, gw: Charon) -> None:
         }})
 
 
-def initiate(rw: Charon) -> None:
-    with rw.session() as session:
-        for _ in session.initiate({"child": "api", "ike": "home", "timeout": 15000, "init-limits": False}):
-            pass
-
-
-def terminate(rw: Charon) -> None:
-    with rw.session() as session:
-        try:
-            for _ in session.terminate({"ike": "home", "timeout": 5000, "force": True}):
-                pass
-        except vici.exception.CommandException:
-            pass
-
-
-def established(charon: Charon) -> list[dict[str, object]]:
-    return [sa for sa in charon.sas() if sa.get("state") == "ESTABLISHED"]
-
-
 def traffic_through_tunnel(lab: Lab) -> None:
     """An HTTP request from the road warrior's inner address to a server on the gateway's, through
     kernel-libipsec's TUN devices (routed there by hand: install_routes = no)."""
@@ -179,10 +162,7 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
                           + f'\n[gateway]\nid = "{GATEWAY_ID}"\nvici_socket = "{gw.vici_uri}"\n'
                           + 'local_ts = ["10.200.1.0/24"]\nremote_ts = ["10.200.2.0/24"]\n'
                           + "\n[ocsp]\npresign_every_seconds = 2\n" + SERVER_NAMES)
-        ocsp_log = base / "ocsp.log"
-        responder = subprocess.Popen([require_tool("ip"), "netns", "exec", gw.netns, sys.executable, "-m",
-                                      "vpnca.cli", "ocsp", "serve", "--port", str(ocsp_port)], env=ca.env,
-                                     stdout=ocsp_log.open("wb"), stderr=subprocess.STDOUT)
+        responder = start_ocsp_responder(ca, gw, ocsp_port, base / "ocsp.log")
         (base / "www").mkdir()
         inner_server = subprocess.Popen(
             [require_tool("ip"), "netns", "exec", gw.netns, sys.executable, "-m", "http.server", "--bind",
@@ -225,7 +205,7 @@ def test_agent_keeps_the_tunnel_up_across_renewals(lab: Lab) -> None:
 
     load_conn(lab.rw, lab.gw)
     time.sleep(3)  # the scheduler pre-signs the new certificate's OCSP answer
-    initiate(lab.rw)
+    initiate(lab.rw, "home")
     assert established(lab.gw), lab.gw.log()[-3000:]
     traffic_through_tunnel(lab)
 
@@ -247,14 +227,15 @@ def test_agent_keeps_the_tunnel_up_across_renewals(lab: Lab) -> None:
                 assert loaded in lab.rw.cert_serials()  # `swanctl --list-certs` over its VICI socket
                 assert ike_before and ike_before <= {sa["uniqueid"] for sa in established(lab.gw)}
                 time.sleep(3)  # OCSP pre-signing of the new certificate
-                terminate(lab.rw)
-                initiate(lab.rw)  # a new IKE SA: the old key is unloaded, so it is the new certificate's
+                terminate(lab.rw, "home")
+                # a new IKE SA: the old key is unloaded, so it is the new certificate's
+                initiate(lab.rw, "home")
                 assert established(lab.gw), lab.gw.log()[-3000:]
                 traffic_through_tunnel(lab)
             time.sleep(1)
         # the first certificate has expired: a new IKE SA still authenticates, traffic still flows
-        terminate(lab.rw)
-        initiate(lab.rw)
+        terminate(lab.rw, "home")
+        initiate(lab.rw, "home")
         assert established(lab.gw), lab.gw.log()[-3000:]
         traffic_through_tunnel(lab)
     finally:

@@ -17,7 +17,8 @@ import pytest
 from hsm.softhsm import SoftHsmToken
 from tests.conftest import CaHome, RunningServer, make_ca_home, start_server, stop_server
 from tests.helpers import remember_secret
-from tests.integration.test_agent import SERVER_NAMES, agent_env, root_fingerprint, vpnca
+from tests.integration.gateway_lab import vpnca
+from tests.integration.test_agent import SERVER_NAMES, agent_env, root_fingerprint
 
 GRACE_SECONDS = 30
 DEVICE_SECONDS = 4

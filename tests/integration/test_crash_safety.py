@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs7
 from sqlalchemy import select
 
-from enrollment.auth import create_token
 from tests.conftest import CaHome, make_ca_home, wait_for_port
 from tests.helpers import est_csr_body, free_port, remember_secret, run, stop_process
+from vpnca.credentials import create_token
 from vpnca.identities import IkeIdentity
 from vpnca.store import CertificateRecord, CertStatus
 

@@ -16,12 +16,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
-from enrollment.auth import create_token
 from ocsp.service import load_ocsp_service
 from tests.conftest import RunningServer, make_ca_home, start_server, stop_server
 from tests.helpers import est_csr_body, remember_secret
 from tests.postgres import PostgresCluster
 from vpnca.authority import IssueRequest
+from vpnca.credentials import create_token
 from vpnca.identities import IkeIdentity
 
 

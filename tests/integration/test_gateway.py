@@ -18,10 +18,19 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import CaHome, RunningServer, make_ca_home, start_server, stop_server
 from tests.helpers import free_port, openssl_csr, require_tool, run
+from tests.integration.gateway_lab import (
+    GATEWAY_ID,
+    established,
+    initiate,
+    load_ca_certificates,
+    road_warrior_conn,
+    start_ocsp_responder,
+    terminate,
+    vpnca,
+)
 from tests.integration.strongswan import Charon, two_hosts
 
 CLIENT_ID = "rw.example.com"
-GATEWAY_ID = "vpn.example.com"
 
 
 @dataclass
@@ -32,24 +41,6 @@ class Lab:
     est: RunningServer
     client_serial: str
     scheduler: subprocess.Popen[bytes]
-
-
-def vpnca(ca: CaHome, *args: str, netns: str | None = None) -> str:
-    prefix = [require_tool("ip"), "netns", "exec", netns] if netns else []
-    return run([*prefix, sys.executable, "-m", "vpnca.cli", *args], env=ca.env).stdout
-
-
-def wait_in_netns(netns: str, url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited:\n{log.read_text()}")
-        probe = subprocess.run([require_tool("ip"), "netns", "exec", netns, require_tool("curl"), "-sf", url],
-                               capture_output=True, check=False)
-        if probe.returncode == 0:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{url} not answering in {netns}:\n{log.read_text()}")
 
 
 def enroll_client_over_est(lab_ca: CaHome, est: RunningServer, tmp: Path) -> tuple[bytes, bytes]:
@@ -76,37 +67,10 @@ def load_road_warrior(rw: Charon, ca: CaHome, cert_der: bytes, key_der: bytes, g
     with rw.session() as session:
         session.load_key({"type": "any", "data": key_der})
         session.load_cert({"type": "X509", "flag": "NONE", "data": cert_der})
-        for name in ("sub.pem", "root.pem"):
-            ca_cert = x509.load_pem_x509_certificate((ca.home / "ca" / name).read_bytes())
-            session.load_cert({"type": "X509", "flag": "CA",
-                               "data": ca_cert.public_bytes(serialization.Encoding.DER)})
-        session.load_conn({"home": {
-            "version": "2", "local_addrs": [rw.address], "remote_addrs": [gw.address],
-            "proposals": ["aes256gcm16-prfsha384-ecp384"],
-            "local": {"auth": "pubkey", "certs": [cert_der], "id": CLIENT_ID},
-            "remote": {"auth": "pubkey", "id": GATEWAY_ID, "revocation": "relaxed"},
-            "children": {"api": {"local_ts": ["10.200.2.0/24"], "remote_ts": ["10.200.1.0/24"],
-                                 "esp_proposals": ["aes256gcm16-ecp384"]}},
-        }})
-
-
-def initiate(rw: Charon) -> None:
-    with rw.session() as session:
-        for _ in session.initiate({"child": "api", "ike": "home", "timeout": 15000, "init-limits": False}):
-            pass
-
-
-def terminate(rw: Charon) -> None:
-    with rw.session() as session:
-        try:
-            for _ in session.terminate({"ike": "home", "timeout": 5000, "force": True}):
-                pass
-        except vici.exception.CommandException:
-            pass
-
-
-def established(charon: Charon) -> list[dict[str, object]]:
-    return [sa for sa in charon.sas() if sa.get("state") == "ESTABLISHED"]
+        load_ca_certificates(session, ca)
+        session.load_conn({"home": road_warrior_conn(
+            local=rw.address, remote=gw.address, identity=CLIENT_ID, gateway_id=GATEWAY_ID, cert_der=cert_der,
+            local_ts="10.200.2.0/24", remote_ts="10.200.1.0/24")})
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +88,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory, softhsm) -> Iterator[Lab]:  # 
                           + "check_every_seconds = 3\nrenewal_jitter = 0.02\n"
                           + "\n[ocsp]\npresign_every_seconds = 2\n")
         # the responder the gateway polls runs in the gateway's namespace, on the AIA URL's port
-        ocsp_log = base / "ocsp.log"
-        responder = subprocess.Popen([require_tool("ip"), "netns", "exec", gw.netns, sys.executable, "-m",
-                                      "vpnca.cli", "ocsp", "serve", "--port", str(ocsp_port)], env=ca.env,
-                                     stdout=ocsp_log.open("wb"), stderr=subprocess.STDOUT)
+        responder = start_ocsp_responder(ca, gw, ocsp_port, base / "ocsp.log")
         est = start_server(ca)
         scheduler = None
         try:
-            wait_in_netns(gw.netns, f"http://127.0.0.1:{ocsp_port}/healthz", responder, ocsp_log)
             vpnca(ca, "gateway", "enroll")
             vpnca(ca, "gateway", "push")
             (base / "swanctl.conf").write_text(vpnca(ca, "gateway", "render"))
@@ -167,7 +127,7 @@ def test_push_loaded_the_gateway_credentials(lab: Lab) -> None:
 
 
 def test_ike_sa_establishes_with_certificate_authentication(lab: Lab) -> None:
-    initiate(lab.rw)
+    initiate(lab.rw, "home")
     sas = established(lab.gw)
     assert sas, lab.gw.log()[-3000:]
     sa = sas[0]
@@ -185,8 +145,8 @@ def test_scheduler_renews_the_gateway_certificate_and_pushes_it(lab: Lab) -> Non
     renewed = x509.load_pem_x509_certificate((lab.ca.home / "gateway/gateway.pem").read_bytes())
     assert format(renewed.serial_number, "x") in lab.gw.cert_serials()
     assert ike_before <= {sa["uniqueid"] for sa in established(lab.gw)}  # the established SA stayed up
-    terminate(lab.rw)
-    initiate(lab.rw)
+    terminate(lab.rw, "home")
+    initiate(lab.rw, "home")
     assert established(lab.gw)
     runs = {j.job: j for j in lab.ca.store.job_runs()}
     audited = [e.details for e in lab.ca.store.audit_entries()
@@ -195,12 +155,12 @@ def test_scheduler_renews_the_gateway_certificate_and_pushes_it(lab: Lab) -> Non
 
 
 def test_revoked_client_is_refused_by_the_gateway_through_ocsp(lab: Lab) -> None:
-    terminate(lab.rw)
+    terminate(lab.rw, "home")
     vpnca(lab.ca, "revoke", lab.client_serial, "--reason", "keyCompromise")
     with lab.gw.session() as session:
         session.flush_certs({"type": "ocsp_response"})
     with pytest.raises(vici.exception.CommandException):
-        initiate(lab.rw)
+        initiate(lab.rw, "home")
     assert not established(lab.gw)
     log = lab.gw.log()
     assert "certificate was revoked" in log and "reason: key compromise" in log and "AUTH_FAILED" in log

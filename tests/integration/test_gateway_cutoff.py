@@ -9,17 +9,29 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
 import vici
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import CaHome, make_ca_home
 from tests.helpers import free_port, require_tool, run
+from tests.integration.gateway_lab import (
+    GATEWAY_ID,
+    cut_off_seconds,
+    established,
+    events,
+    initiate,
+    issue,
+    load_ca_certificates,
+    road_warrior_conn,
+    start_ocsp_responder,
+    vpnca,
+    wait_for,
+    wait_for_watcher,
+)
 from tests.integration.strongswan import Charon, two_hosts
-from tests.integration.test_gateway import GATEWAY_ID, established, vpnca, wait_in_netns
 
 CLIENT_ID = "rw.example.com"
 OTHER_ID = "rw2.example.com"
@@ -42,41 +54,14 @@ class Lab:
     tunnels: dict[str, Tunnel]
 
 
-def issue(ca: CaHome, identity: str, out: Path) -> tuple[bytes, bytes, str]:
-    cert_pem, key_pem = out.with_suffix(".pem"), out.with_suffix(".key")
-    vpnca(ca, "issue", "--profile", "device", "--id", identity, "--out", str(cert_pem),
-          "--key-out", str(key_pem))
-    cert = x509.load_pem_x509_certificate(cert_pem.read_bytes())
-    key = serialization.load_pem_private_key(key_pem.read_bytes(), None)
-    return (cert.public_bytes(serialization.Encoding.DER),
-            key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()),
-            format(cert.serial_number, "x"))
-
-
-def load_tunnel(lab_rw: Charon, gw: Charon, ca: CaHome, tunnel: Tunnel, cert_der: bytes,
-                key_der: bytes) -> None:
-    with lab_rw.session() as session:
+def load_tunnel(rw: Charon, gw: Charon, ca: CaHome, tunnel: Tunnel, cert_der: bytes, key_der: bytes) -> None:
+    with rw.session() as session:
         session.load_key({"type": "any", "data": key_der})
         session.load_cert({"type": "X509", "flag": "NONE", "data": cert_der})
-        for name in ("sub.pem", "root.pem"):
-            ca_cert = x509.load_pem_x509_certificate((ca.home / "ca" / name).read_bytes())
-            session.load_cert({"type": "X509", "flag": "CA",
-                               "data": ca_cert.public_bytes(serialization.Encoding.DER)})
-        session.load_conn({tunnel.name: {
-            "version": "2", "local_addrs": [lab_rw.address], "remote_addrs": [gw.address],
-            "proposals": ["aes256gcm16-prfsha384-ecp384"],
-            "local": {"auth": "pubkey", "certs": [cert_der], "id": tunnel.identity},
-            "remote": {"auth": "pubkey", "id": GATEWAY_ID, "revocation": "relaxed"},
-            "children": {"api": {"local_ts": [f"{tunnel.inner}/32"], "remote_ts": ["10.200.1.0/24"],
-                                 "esp_proposals": ["aes256gcm16-ecp384"]}},
-        }})
-
-
-def initiate(rw: Charon, name: str) -> None:
-    with rw.session() as session:
-        for _ in session.initiate({"child": "api", "ike": name, "timeout": 15000, "init-limits": False}):
-            pass
+        load_ca_certificates(session, ca)
+        session.load_conn({tunnel.name: road_warrior_conn(
+            local=rw.address, remote=gw.address, identity=tunnel.identity, gateway_id=GATEWAY_ID,
+            cert_der=cert_der, local_ts=f"{tunnel.inner}/32", remote_ts="10.200.1.0/24")})
 
 
 def gateway_sa_of(lab: Lab, name: str) -> dict[str, object] | None:
@@ -86,21 +71,6 @@ def gateway_sa_of(lab: Lab, name: str) -> dict[str, object] | None:
         return None
     spi = rw_sas[0]["initiator-spi"]
     return next((sa for sa in established(lab.gw) if sa.get("initiator-spi") == spi), None)
-
-
-def events(lab: Lab, name: str) -> list[dict[str, object]]:
-    path = lab.ca.home / "log" / "vpnca.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if data.get("event") == name:
-            out.append(data)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +85,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory, softhsm) -> Iterator[Lab]:  # 
                           + f'\n[gateway]\nid = "{GATEWAY_ID}"\nvici_socket = "{gw.vici_uri}"\n'
                           + 'local_ts = ["10.200.1.0/24"]\nremote_ts = ["10.200.2.0/24"]\n'
                           + "\n[ocsp]\npresign_every_seconds = 2\n")
-        responder = subprocess.Popen([require_tool("ip"), "netns", "exec", gw.netns, sys.executable, "-m",
-                                      "vpnca.cli", "ocsp", "serve", "--port", str(ocsp_port)], env=ca.env,
-                                     stdout=(base / "ocsp.log").open("wb"), stderr=subprocess.STDOUT)
+        responder = start_ocsp_responder(ca, gw, ocsp_port, base / "ocsp.log")
         scheduler = None
         try:
-            wait_in_netns(gw.netns, f"http://127.0.0.1:{ocsp_port}/healthz", responder, base / "ocsp.log")
             vpnca(ca, "gateway", "enroll")
             vpnca(ca, "gateway", "push")
             tunnels = {}
@@ -134,7 +101,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, softhsm) -> Iterator[Lab]:  # 
                 load_tunnel(rw, gw, ca, tunnels[name], cert_der, key_der)
             scheduler = subprocess.Popen([sys.executable, "-m", "vpnca.cli", "-v", "scheduler"], env=ca.env,
                                          stdout=(base / "scheduler.log").open("wb"), stderr=subprocess.STDOUT)
-            time.sleep(3)  # the scheduler's first pass pre-signs the new certificates' OCSP answers
+            wait_for_watcher(ca, {GATEWAY_ID})  # after the scheduler's first pass (OCSP pre-signing)
             yield Lab(ca, gw, rw, base, tunnels)
         finally:
             if scheduler is not None:
@@ -145,22 +112,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory, softhsm) -> Iterator[Lab]:  # 
             ca.store.dispose()
 
 
-def wait_for(what: str, check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def up_event(lab: Lab, tunnel: Tunnel) -> dict[str, object] | None:
     sa = gateway_sa_of(lab, tunnel.name)
     if sa is None:
         return None
-    return next((e for e in events(lab, "gateway.ike.up") if e.get("ike_id") == sa["uniqueid"]
+    return next((e for e in events(lab.ca, "gateway.ike.up") if e.get("ike_id") == sa["uniqueid"]
                  and e.get("initiator_spi") == sa["initiator-spi"]), None)
 
 
@@ -168,14 +124,14 @@ def test_tunnels_come_up_with_connection_records(lab: Lab) -> None:
     for name in ("home", "other"):
         initiate(lab.rw, name)
     for tunnel in (lab.tunnels["home"], lab.tunnels["other"]):
-        event = wait_for(f"gateway.ike.up of {tunnel.name}", lambda t=tunnel: up_event(lab, t))
+        event = wait_for(f"gateway.ike.up of {tunnel.name}", partial(up_event, lab, tunnel))
         assert event["identity"] == tunnel.identity and event["serial"] == tunnel.serial, event
         assert event["gateway"] == GATEWAY_ID and event["state"] == "ESTABLISHED"
         assert event["local_address"] == lab.gw.address and event["remote_address"] == lab.rw.address
         assert event["remote_port"] == 4500 and isinstance(event["nat"], dict)
         assert event["ike"] == {"encr_alg": "AES_GCM_16", "encr_keysize": "256",
                                 "prf_alg": "PRF_HMAC_SHA2_384", "dh_group": "ECP_384"}, event["ike"]
-    child_up = wait_for("gateway.child.up", lambda: [e for e in events(lab, "gateway.child.up")
+    child_up = wait_for("gateway.child.up", lambda: [e for e in events(lab.ca, "gateway.child.up")
                                                      if e.get("remote_ts") == ["10.200.2.1/32"]])
     assert child_up[0]["local_ts"] == ["10.200.1.0/24"] and child_up[0]["esp"]["encr_alg"] == "AES_GCM_16"
     assert child_up[0]["serial"] == lab.tunnels["home"].serial and child_up[0]["life_time"]
@@ -204,21 +160,22 @@ def test_revocation_cuts_off_only_that_certificates_tunnel(lab: Lab) -> None:
     vpnca(lab.ca, "revoke", revoked.serial, "--reason", "keyCompromise")
     wait_for("the revoked certificate's IKE SA to go",
              lambda: all(sa["uniqueid"] != doomed["uniqueid"] for sa in established(lab.gw)), timeout=5)
-    elapsed = time.monotonic() - started
-    assert elapsed < 5, elapsed
-    print(f"cut-off {elapsed:.2f}s after `vpnca revoke` started")
+    latency = cut_off_seconds(lab.ca, revoked.serial, GATEWAY_ID)
+    assert latency < 5, latency
+    print(f"cut-off {latency:.2f}s after the revocation was recorded, "
+          f"{time.monotonic() - started:.2f}s after `vpnca revoke` started")
     assert gateway_sa_of(lab, "again") is not None and gateway_sa_of(lab, "other") is not None
     entries = [json.loads(e.details) for e in lab.ca.store.audit_entries()
                if e.action == "gateway.terminated"]
     assert len(entries) == 1, entries
     assert entries[0]["serial"] == revoked.serial and entries[0]["identity"] == CLIENT_ID
     assert entries[0]["gateway"] == GATEWAY_ID and entries[0]["sas"][0]["ike_id"] == doomed["uniqueid"]
-    terminated = events(lab, "gateway.terminated")
+    terminated = events(lab.ca, "gateway.terminated")
     assert terminated and terminated[-1]["serial"] == revoked.serial
-    down = wait_for("gateway.ike.down", lambda: [e for e in events(lab, "gateway.ike.down")
+    down = wait_for("gateway.ike.down", lambda: [e for e in events(lab.ca, "gateway.ike.down")
                                                  if e.get("ike_id") == doomed["uniqueid"]])
     assert down[0]["serial"] == revoked.serial and down[0]["identity"] == CLIENT_ID and down[0]["reason"]
-    child_down = wait_for("gateway.child.down", lambda: [e for e in events(lab, "gateway.child.down")
+    child_down = wait_for("gateway.child.down", lambda: [e for e in events(lab.ca, "gateway.child.down")
                                                          if e.get("ike_id") == doomed["uniqueid"]])
     assert "bytes_in" in child_down[0] and "packets_out" in child_down[0], child_down[0]
     assert child_down[0]["serial"] == revoked.serial
@@ -244,13 +201,13 @@ def test_hold_cuts_off_and_release_brings_nothing_back(lab: Lab) -> None:
 
 
 def test_watcher_reconnects_after_a_charon_restart_and_reconciles(lab: Lab) -> None:
-    reconciled = len(events(lab, "gateway.reconciled"))
+    reconciled = len(events(lab.ca, "gateway.reconciled"))
     lab.gw.stop()
     (lab.gw.directory / "charon.vici").unlink(missing_ok=True)
     lab.gw.start()
     vpnca(lab.ca, "gateway", "push")
     wait_for("gateway.reconciled after the restart",
-             lambda: len(events(lab, "gateway.reconciled")) > reconciled, timeout=20)
+             lambda: len(events(lab.ca, "gateway.reconciled")) > reconciled, timeout=20)
     initiate(lab.rw, "again")  # released from hold: valid again, and a new tunnel is recorded
     event = wait_for("gateway.ike.up after the restart", lambda: up_event(lab, lab.tunnels["again"]))
     assert event["serial"] == lab.tunnels["again"].serial

@@ -1,6 +1,5 @@
 """Issuance through the token: chains openssl accepts, profiles exactly as the policy says."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -129,7 +128,7 @@ def test_the_row_is_committed_before_the_certificate_is_returned(ca_home: CaHome
     fresh.dispose()
     assert record is not None and record.status == CertStatus.VALID
     assert record.der == cert.public_bytes(Encoding.DER)
-    assert json.loads(record.identities) == [["fqdn", "gw.example.net"]]
+    assert record.identities == (IkeIdentity("fqdn", "gw.example.net"),)
 
 
 def test_name_constraints_on_the_sub_ca_when_configured(tmp_path: Path, softhsm) -> None:  # type: ignore[no-untyped-def]

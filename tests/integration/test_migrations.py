@@ -22,12 +22,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from enrollment.auth import create_token
 from hsm.softhsm import SoftHsmToken
 from tests.conftest import CaHome, make_ca_home
 from tests.helpers import free_port, remember_secret, run
 from vpnca.audit import verify_chain
 from vpnca.authority import IssueRequest
+from vpnca.credentials import create_token
 from vpnca.errors import SchemaOutdated
 from vpnca.identities import IkeIdentity
 from vpnca.revocation import Publisher
@@ -120,7 +120,7 @@ def fill(ca: CaHome) -> dict[str, str]:
     now = datetime.now(UTC)
     for request_id, decide in (("a" * 64, True), ("b" * 64, False)):
         store.add_pending_request(PendingRequest(
-            request_id=request_id, profile="device", identities=json.dumps([["fqdn", "wait.example.com"]]),
+            request_id=request_id, profile="device", identities=(IkeIdentity("fqdn", "wait.example.com"),),
             requester="token:x", protocol="scep", status="pending", created_at=now,
             csr_der=csr.public_bytes(Encoding.DER), transaction_id=f"tx-{request_id[:4]}"))
         if decide:
@@ -129,13 +129,13 @@ def fill(ca: CaHome) -> dict[str, str]:
     acme = AcmeRepository(store)
     kid = new_id()
     acme.add_eab_key(AcmeEabKey(kid=kid, hmac_key=b"k" * 32,
-                                allowed_identities=json.dumps([["fqdn", "vpn.example.com"]]),
+                                allowed_identities=(IkeIdentity("fqdn", "vpn.example.com"),),
                                 profile="gateway", created_by="op", created_at=now,
                                 expires_at=now + timedelta(days=7)))
     account = acme.create_account(AcmeAccount(
         id=new_id(), key_thumbprint=new_id(), jwk='{"crv":"P-256","kty":"EC","x":"x","y":"y"}',
         status="valid", contact='["mailto:ops@example.com"]', eab_kid=kid,
-        allowed_identities=json.dumps([["fqdn", "vpn.example.com"]]), profile="gateway", created_at=now))
+        allowed_identities=(IkeIdentity("fqdn", "vpn.example.com"),), profile="gateway", created_at=now))
     authz = AcmeAuthorization(id=new_id(), account_id=account.id, identifier_type="dns",
                               identifier_value="vpn.example.com", status="pending",
                               expires_at=now + timedelta(days=1))

@@ -22,6 +22,8 @@ from enrollment import scep
 from hsm import HsmUnavailable
 from tests.conftest import CaHome
 from vpnca.app import scep_context
+from vpnca.errors import SigningUnavailable
+from vpnca.ports import CaDoor, GuardedRsaKey
 from vpnca.store import Store
 
 CLIENT = "192.0.2.7"
@@ -29,7 +31,7 @@ CLIENT = "192.0.2.7"
 
 @pytest.fixture
 def ctx(ca_home: CaHome) -> Iterator[scep.ScepContext]:
-    context = scep_context(ca_home.settings, ca_home.store, ca_home.authority)
+    context = scep_context(ca_home.settings, ca_home.store, CaDoor(ca_home.authority))
     assert context is not None
     yield context
 
@@ -100,7 +102,7 @@ def test_unparsable_cms_is_http_400_with_a_short_text(ctx: scep.ScepContext) -> 
 def test_database_down_is_a_certrep_failure(ctx: scep.ScepContext, monkeypatch: pytest.MonkeyPatch,
                                             caplog: pytest.LogCaptureFixture) -> None:
     # a real store whose PostgreSQL does not answer (nothing listens on port 1)
-    monkeypatch.setattr(ctx.authority, "store", Store("postgresql+psycopg://vpnca@127.0.0.1:1/gone?connect_timeout=2"))
+    monkeypatch.setattr(ctx.door, "_store", Store("postgresql+psycopg://vpnca@127.0.0.1:1/gone?connect_timeout=2"))
     reply = scep.handle(ctx, get_crl(ctx), CLIENT)
     assert status_of(reply) == (scep.FAILURE, scep.BAD_REQUEST)
     assert b"127.0.0.1" not in reply.body and b"gone" not in reply.body
@@ -112,7 +114,7 @@ def test_an_unexpected_error_is_logged_with_its_traceback_and_answered_bad_reque
     def bug(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("internal detail 0xdeadbeef")
 
-    monkeypatch.setattr(ctx.authority.store, "latest_crl", bug)
+    monkeypatch.setattr(ctx.door, "latest_crl", bug)
     reply = scep.handle(ctx, get_crl(ctx), CLIENT)
     assert status_of(reply) == (scep.FAILURE, scep.BAD_REQUEST)
     assert b"0xdeadbeef" not in reply.body
@@ -123,19 +125,19 @@ def test_an_unexpected_error_is_logged_with_its_traceback_and_answered_bad_reque
 def test_token_trouble_while_the_ra_can_still_sign_is_a_certrep_failure(
         ctx: scep.ScepContext, monkeypatch: pytest.MonkeyPatch) -> None:
     def away(*args: Any, **kwargs: Any) -> None:
-        raise HsmUnavailable("token vpnca-test: DeviceRemoved")
+        raise SigningUnavailable("token vpnca-test: DeviceRemoved")
 
-    monkeypatch.setattr(ctx.authority.store, "latest_crl", away)  # as the CA key failing to sign would
+    monkeypatch.setattr(ctx.door, "latest_crl", away)  # as the CA key failing to sign would
     assert status_of(scep.handle(ctx, get_crl(ctx), CLIENT)) == (scep.FAILURE, scep.BAD_REQUEST)
     # the token failing to unwrap the content key: SoftHSM says the same (GeneralError) for a forged
     # key transport, so it is the message's fault as long as the RA can sign the answer
-    unwrap_fails = dataclasses.replace(ctx, ra_key=TokenAway(ctx.ra_key, can_sign=True))  # type: ignore[arg-type]
+    unwrap_fails = dataclasses.replace(ctx, ra_key=GuardedRsaKey(TokenAway(ctx.ra_key, can_sign=True)))  # type: ignore[arg-type]
     reply = scep.handle(unwrap_fails, get_crl(ctx), CLIENT)
     assert status_of(reply) == (scep.FAILURE, scep.BAD_MESSAGE_CHECK)
 
 
 def test_token_away_so_no_certrep_can_be_signed_is_503_with_retry_after(ctx: scep.ScepContext) -> None:
-    away = dataclasses.replace(ctx, ra_key=TokenAway(ctx.ra_key))  # type: ignore[arg-type]
+    away = dataclasses.replace(ctx, ra_key=GuardedRsaKey(TokenAway(ctx.ra_key)))  # type: ignore[arg-type]
     reply = scep.handle(away, get_crl(ctx), CLIENT)
     assert (reply.status, reply.media_type) == (503, "text/plain")
     assert reply.headers["Retry-After"] == str(scep.RETRY_AFTER_SECONDS)

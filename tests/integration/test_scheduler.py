@@ -2,7 +2,7 @@
 
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,15 +17,24 @@ from vpnca.revocation import Publisher
 from vpnca.scheduler import build_scheduler
 
 
+class DaysAhead:
+    """The machine's clock, moved on: the scheduler's backoff runs in real time, days from now."""
+
+    def __init__(self, days: int) -> None:
+        self.offset = timedelta(days=days)
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
 def test_failed_gateway_renewal_is_retried_with_backoff_and_shown(tmp_path: Path, softhsm) -> None:  # type: ignore[no-untyped-def]
     ca = make_ca_home(tmp_path / "home", softhsm)
     config = ca.home / "vpnca.toml"
-    config.write_text(config.read_text().replace("[profiles.gateway]\nlifetime_days = 30",
-                                                 "[profiles.gateway]\nlifetime_seconds = 3")
+    config.write_text(config.read_text()
                       + f'\n[gateway]\nid = "vpn.example.com"\nvici_socket = "unix://{tmp_path}/none.vici"\n')
     ca.authority.settings = load_settings(ca.home)
     enroll_gateway(ca.authority, requester="test")
-    time.sleep(2.5)  # past 2/3 of the 3 s lifetime (plus the jitter)
+    ca.authority.clock = DaysAhead(25)  # past 2/3 of the 30 days (plus the jitter): renewal is due
     scheduler = build_scheduler(Publisher(ca.authority), gateway_every=timedelta(seconds=1))
     scheduler.start()
     time.sleep(4.5)

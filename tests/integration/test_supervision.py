@@ -28,12 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509 import ocsp
 
-from enrollment.auth import create_token
 from hsm.softhsm import SoftHsmToken
 from tests.conftest import CaHome, RunningServer, make_ca_home, start_server, stop_server, wait_for_port
 from tests.helpers import est_csr_body, free_port, remember_secret, run, stop_process
 from tests.integration.test_workers import alive, children
 from vpnca.authority import IssueRequest
+from vpnca.credentials import create_token
 from vpnca.identities import IkeIdentity
 from vpnca.runtime.supervision import INITIAL_BACKOFF, SHUTDOWN_GRACE, Supervisor
 from vpnca.scheduler import first_run

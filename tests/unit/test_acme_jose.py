@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+from collections.abc import Callable, Mapping
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from enrollment.acme import jose
@@ -66,6 +69,75 @@ def test_a_good_es256_jws_verifies_and_a_tampered_one_does_not() -> None:
     assert problem_type(lambda: jose.verify(parsed, jose.public_key(parsed.jwk))) == "malformed"
     other = ec.generate_private_key(ec.SECP384R1())
     assert problem_type(lambda: jose.verify(parsed, other.public_key())) == "badSignatureAlgorithm"
+
+
+def _signed(sign: Callable[[bytes], bytes], protected: Mapping[str, object], payload: bytes = b"{}") -> bytes:
+    protected_b64, payload_b64 = jose.b64url(json.dumps(protected).encode()), jose.b64url(payload)
+    signature = sign(f"{protected_b64}.{payload_b64}".encode())
+    return json.dumps({"protected": protected_b64, "payload": payload_b64,
+                       "signature": jose.b64url(signature)}).encode()
+
+
+def _rsa_jwk(key: rsa.RSAPrivateKey) -> dict[str, str]:
+    numbers = key.public_key().public_numbers()
+    return {"kty": "RSA", "e": jose.b64url(numbers.e.to_bytes(3, "big")),
+            "n": jose.b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"))}
+
+
+def _signers() -> dict[str, tuple[Callable[[bytes], bytes], dict[str, str]]]:
+    """Each accepted algorithm: a signing function (cryptography, not the library under test), its JWK."""
+    rsa_key = rsa.generate_private_key(65537, 2048)
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    p384 = ec.generate_private_key(ec.SECP384R1())
+
+    def es384(data: bytes) -> bytes:
+        r, s = decode_dss_signature(p384.sign(data, ec.ECDSA(hashes.SHA384())))
+        return r.to_bytes(48, "big") + s.to_bytes(48, "big")
+
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+    ed_jwk = {"kty": "OKP", "crv": "Ed25519", "x": jose.b64url(ed_key.public_key().public_bytes_raw())}
+    return {
+        "ES384": (es384, ec_jwk(p384, 48)),
+        "RS256": (lambda data: rsa_key.sign(data, padding.PKCS1v15(), hashes.SHA256()), _rsa_jwk(rsa_key)),
+        "PS256": (lambda data: rsa_key.sign(data, pss, hashes.SHA256()), _rsa_jwk(rsa_key)),
+        "EdDSA": (ed_key.sign, ed_jwk),
+    }
+
+
+@pytest.mark.parametrize("alg", ["ES384", "RS256", "PS256", "EdDSA"])
+def test_every_accepted_algorithm_verifies_and_refuses_a_changed_payload(alg: str) -> None:
+    sign, jwk = _signers()[alg]
+    protected = {"alg": alg, "jwk": jwk, "nonce": "n", "url": "https://ca/acme/x"}
+    parsed = jose.parse_jws(_signed(sign, protected, b'{"a":1}'))
+    jose.verify(parsed, jose.public_key(parsed.jwk))
+    forged = json.loads(_signed(sign, protected, b'{"a":1}'))
+    forged["payload"] = jose.b64url(b'{"a":2}')
+    parsed = jose.parse_jws(json.dumps(forged).encode())
+    assert problem_type(lambda: jose.verify(parsed, jose.public_key(parsed.jwk))) == "malformed"
+
+
+def test_an_algorithm_that_does_not_fit_the_key_is_bad_signature_algorithm() -> None:
+    sign, jwk = _signers()["RS256"]
+    parsed = jose.parse_jws(_signed(sign, {"alg": "ES256", "jwk": jwk, "url": "https://ca/acme/x"}))
+    with pytest.raises(AcmeProblem) as raised:
+        jose.verify(parsed, jose.public_key(parsed.jwk))
+    assert raised.value.type == "badSignatureAlgorithm"
+    assert raised.value.extra["algorithms"] == list(jose.SIGNATURE_ALGORITHMS)
+
+
+def test_thumbprints_ignore_members_outside_rfc_7638() -> None:
+    for _, jwk in _signers().values():
+        assert jose.thumbprint({**jwk, "kid": "k", "use": "sig"}) == jose.thumbprint(jwk)
+    assert problem_type(lambda: jose.thumbprint({"kty": "EC", "crv": "P-256"})) == "malformed"
+
+
+def test_external_account_binding_hmac_verifies_only_with_its_key() -> None:
+    secret = b"k" * 32
+    protected = {"alg": "HS256", "kid": "eab1", "url": "https://ca/acme/new-account"}
+    body = _signed(lambda data: hmac.new(secret, data, hashlib.sha256).digest(), protected)
+    parsed = jose.parse_jws(body, algorithms=jose.EAB_ALGORITHMS)
+    jose.verify_hmac(parsed, secret)
+    assert problem_type(lambda: jose.verify_hmac(parsed, b"x" * 32)) == "unauthorized"
 
 
 @pytest.mark.parametrize(("body", "expected"), [

@@ -11,8 +11,8 @@ import pytest
 from enrollment.acme import jose
 from enrollment.acme.nonces import Nonces
 from enrollment.acme.problems import AcmeProblem, problem_for
-from hsm import HsmUnavailable
 from vpnca.errors import (
+    ApprovalRequired,
     BadRequest,
     ConfigError,
     Conflict,
@@ -20,7 +20,9 @@ from vpnca.errors import (
     NotAuthorized,
     NotFound,
     PolicyViolation,
+    SigningUnavailable,
     StoreUnavailable,
+    public_message,
 )
 
 KEY = b"k" * 32
@@ -43,6 +45,8 @@ def problem_type(call: object) -> tuple[str, int]:
     (PolicyViolation("RSA-1024"), "csr", ("badCSR", 400)),
     (BadRequest("no proof of possession"), "csr", ("badCSR", 400)),
     (NotAuthorized("names not allowed"), "csr", ("rejectedIdentifier", 400)),
+    (ApprovalRequired("profile gateway needs approval"), "csr", ("unauthorized", 403)),
+    (NotAuthorized("not this account's"), "identifier", ("rejectedIdentifier", 400)),
     (Conflict("already revoked"), "revocation", ("alreadyRevoked", 400)),
     (NotFound("x"), "csr", ("malformed", 404)),  # what the subject does not name falls back to the table
 ])
@@ -50,11 +54,13 @@ def test_core_errors_map_to_one_problem_type_each(error: Exception, subject: str
                                                   expected: tuple[str, int]) -> None:
     problem = problem_for(error, subject)  # type: ignore[arg-type]
     assert (problem.type, problem.status) == expected
-    assert problem.detail == str(error)  # core messages are written for users
+    # the fixed text of the error's class: the exception's own text goes to the log only
+    assert problem.detail == public_message(error) and str(error) not in problem.to_json()
+    assert problem.cause is error  # what the edge logs and counts, once
 
 
 def test_the_cas_own_troubles_are_503_with_retry_after_and_a_fixed_text() -> None:
-    for error in (HsmUnavailable("token vpnca: DeviceRemoved at slot 0x2f"),
+    for error in (SigningUnavailable("token vpnca: DeviceRemoved at slot 0x2f"),
                   StoreUnavailable("the database cannot be reached: db.internal:5432")):
         problem = problem_for(error)
         assert (problem.type, problem.status) == ("serverInternal", 503)

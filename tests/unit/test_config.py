@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import re
 import tomllib
 from collections.abc import Iterator
 from datetime import timedelta
@@ -155,6 +156,47 @@ def test_a_new_profile_can_be_referenced_and_inherits_the_device_lifetime(home: 
     assert settings.profiles["kiosk"].approval
 
 
+def test_a_profile_table_changes_only_the_keys_it_gives(home: Path) -> None:
+    settings = load(home, '[profiles.gateway]\nlifetime_hours = 12\n'
+                          '[profiles.merchant]\nekus = ["serverAuth"]\n')
+    gateway = settings.profiles["gateway"]
+    assert gateway.lifetime == timedelta(hours=12)
+    assert gateway.ekus == DEFAULT_PROFILES["gateway"].ekus
+    assert gateway.key_types == DEFAULT_PROFILES["gateway"].key_types
+    merchant = settings.profiles["merchant"]
+    assert merchant.ekus == ("serverAuth",)
+    assert merchant.protocols == DEFAULT_PROFILES["device"].protocols  # a new profile starts as the device
+
+
+@pytest.mark.parametrize(("text", "key", "expected"), [
+    ('[profiles.m]\nekus = ["serverAuthh"]\n', "profiles.m.ekus[0]", "dotted OID or one of serverAuth"),
+    ('[profiles.m]\nekus = ["1.3.6..1"]\n', "profiles.m.ekus[0]", "dotted OID"),
+    ("[profiles.m]\nekus = []\n", "profiles.m.ekus", "at least 1 item"),
+    ('[profiles.m]\nekus = ["clientAuth", "clientAuth"]\n', "profiles.m.ekus", "each item once"),
+    ('[profiles.m]\nkey_types = ["ec-p521"]\n', "profiles.m.key_types[0]", "expected 'ec-p256'"),
+    ('[profiles.m]\nkey_usages = ["digital_signature"]\n', "profiles.m.key_usages[0]", "'digitalSignature'"),
+    ('[profiles.m]\nprotocols = ["cmp"]\n', "profiles.m.protocols[0]", "'est', 'scep' or 'acme'"),
+    ('[profiles.m]\nidentities = "any"\n', "profiles.m.identities", "'policy' or 'server_tls_names'"),
+])
+def test_profile_values_are_validated(home: Path, text: str, key: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=f"^invalid {re.escape(key)} in .*{expected}"):
+        load(home, text)
+
+
+def test_unknown_profile_keys_are_errors(home: Path) -> None:
+    with pytest.raises(ConfigError, match=r"unknown key profiles\.m\.eku in .*mean profiles\.m\.ekus"):
+        load(home, '[profiles.m]\neku = ["clientAuth"]\n')
+
+
+@pytest.mark.parametrize("text", [
+    '[acme]\nprofile = "service"\n',
+    '[profiles.m]\nprotocols = ["scep"]\n[est]\ndefault_profile = "m"\n',
+])
+def test_a_protocol_default_must_be_a_profile_that_allows_it(home: Path, text: str) -> None:
+    with pytest.raises(ConfigError, match=r"profile '?\w+'? does not allow (acme|est)"):
+        load(home, text)
+
+
 def test_every_problem_is_reported_at_once(home: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load(home, '[ca]\nname_constraint = true\n[server]\nhttps_port = 70000\n')
@@ -210,7 +252,10 @@ def test_config_check_prints_the_effective_settings(home: Path, capsys: pytest.C
     assert main(["config", "check"]) == 0
     out = capsys.readouterr().out
     effective = tomllib.loads(out)
-    assert effective["profiles"]["device"] == {"lifetime_days": 7, "approval": False}
+    assert effective["profiles"]["device"] == {
+        "lifetime_days": 7, "approval": False, "ekus": ["clientAuth", "ipsecIKE"],
+        "key_usages": ["digitalSignature"], "key_types": ["ec-p256", "ec-p384", "rsa"],
+        "protocols": ["est", "scep", "acme"], "identities": "policy", "lint_accepted": []}
     assert effective["est"]["bootstrap_profile"] == "device"
     assert effective["ocsp"]["presign_every_minutes"] == 1  # readable units
     assert effective["crl"]["next_update_days"] == 1
@@ -277,18 +322,42 @@ allow_dn_identities = false
 [profiles.device]
 lifetime_days = 3
 approval = false
+ekus = ["clientAuth", "ipsecIKE"]
+key_usages = ["digitalSignature"]
+key_types = ["ec-p256", "ec-p384", "rsa"]
+protocols = ["est", "scep", "acme"]
+identities = "policy"
+lint_accepted = []
 
 [profiles.gateway]
 lifetime_hours = 36
 approval = true
+ekus = ["serverAuth", "clientAuth", "ipsecIKE", "ikeIntermediate"]
+key_usages = ["digitalSignature"]
+key_types = ["ec-p384"]
+protocols = ["est"]
+identities = "policy"
+lint_accepted = []
 
 [profiles.service]
 lifetime_days = 14
 approval = false
+ekus = ["serverAuth"]
+key_usages = ["digitalSignature"]
+key_types = ["ec-p256"]
+protocols = []
+identities = "server_tls_names"
+lint_accepted = ["pkix.invalid_domain_name_syntax"]
 
 [profiles.kiosk]
 lifetime_minutes = 90
 approval = true
+ekus = ["clientAuth", "1.3.6.1.4.1.99999.1"]
+key_usages = ["digitalSignature", "keyAgreement"]
+key_types = ["ed25519", "ec-p256"]
+protocols = ["est", "acme"]
+identities = "policy"
+lint_accepted = []
 
 [server]
 host = "0.0.0.0"
@@ -311,24 +380,33 @@ next_update_hours = 12
 regenerate_every_minutes = 30
 delta = true
 delta_next_update_minutes = 15
+shards = 8
+shard_window_hours = 6
 
 [ocsp]
 validity_hours = 8
 refresh_before_hours = 4
 presign_every_seconds = 30
+signer_key = "ec-p384"
 max_request_bytes = 4096
 
 [gateway]
+name = ""
 id = "vpn.corp.example"
 vici_socket = "unix:///run/charon.vici"
+credentials = "ca"
+groups = ["shops"]
 local_addrs = ["192.0.2.1"]
 local_ts = ["10.0.1.0/24[tcp/443]"]
 remote_ts = ["10.8.0.0/16"]
 ike_proposals = "aes256gcm16-prfsha384-ecp384"
 esp_proposals = "aes256gcm16-ecp384"
-rekey_time = "2h"
+rekey_time = "10h"
+rand_time = "1h"
 reauth_time = "0"
-child_rekey_time = "30m"
+child_rekey_time = "2h"
+child_rand_time = "10m"
+child_life_time = "3h"
 dpd_delay = "10s"
 renewal_jitter = 0.1
 check_every_seconds = 30.0
@@ -342,7 +420,7 @@ legacy_des3_profiles = ["kiosk"]
 
 [acme]
 enabled = false
-profile = "service"
+profile = "kiosk"
 external_account_required = false
 http01_port = 8080
 dns_resolver = "10.0.0.53:53"
@@ -351,6 +429,32 @@ nonce_lifetime_minutes = 30
 order_lifetime_hours = 12
 authorization_lifetime_days = 3
 max_body_bytes = 32768
+
+[groups.shops]
+identities = ["*.shops.corp.example"]
+local_ts = ["10.0.1.0/24[tcp/443]"]
+remote_ts = ["0.0.0.0/0"]
+
+[[gateways]]
+name = "vpn2"
+id = "vpn2.corp.example"
+vici_socket = "tls://vpn2.corp.example:4502"
+credentials = "agent"
+groups = ["shops"]
+local_addrs = ["%any"]
+local_ts = ["10.200.1.0/24"]
+remote_ts = ["0.0.0.0/0"]
+ike_proposals = "aes256gcm16-prfsha384-ecp384"
+esp_proposals = "aes256gcm16-ecp384"
+rekey_time = "9h"
+rand_time = "45m"
+reauth_time = "0"
+child_rekey_time = "90m"
+child_rand_time = "15m"
+child_life_time = "2h"
+dpd_delay = "30s"
+renewal_jitter = 0.05
+check_every_seconds = 60.0
 """
 
 

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 
-from enrollment.auth import create_token, option_safe_key, option_safe_token
+from vpnca.credentials import create_token, option_safe_key, option_safe_token
 from vpnca.identities import IkeIdentity
 from vpnca.store import Store
 

@@ -62,6 +62,34 @@ def add_agent_parser(sub: Any) -> None:
     p = command("status", cmd_status, "serial, expiry, next renewal, last error")
     p.add_argument("--json", action="store_true")
 
+    p = command("vici-relay", cmd_vici_relay,
+                "on a gateway host: let the CA reach the local charon's VICI over mutual TLS")
+    p.add_argument("--listen", required=True, help="HOST:PORT to listen on")
+    p.add_argument("--vici", default="unix:///var/run/charon.vici", help="charon's local VICI socket")
+    p.add_argument("--allow-id", action="append", required=True, dest="allow_ids",
+                   help="identity of a client certificate admitted (`vpnca gateway relay-client --id`)")
+
+
+def cmd_vici_relay(args: argparse.Namespace) -> int:
+    import logging
+
+    from vpnca.agent.relay import RelayConfig, serve
+
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        print("vpnca agent: error: --listen must be HOST:PORT", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    config = RelayConfig(directory=_dir(args), vici=args.vici,
+                         allow_ids=frozenset(i.lower() for i in args.allow_ids))
+    try:
+        serve(config, host.strip("[]"), int(port))
+    except AgentError as exc:
+        return _fail(exc)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
 
 def _dir(args: argparse.Namespace) -> Path:
     return Path(args.dir) if args.dir is not None else Path(default_dir())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,28 +20,24 @@ import vici
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from vpnca import vici_transport
 from vpnca.agent.errors import AgentError
 from vpnca.agent.state import KeyRef
 
 
 @contextmanager
 def vici_session(uri: str) -> Iterator[vici.Session]:
-    path = uri.removeprefix("unix://")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(30)
     try:
-        sock.connect(path)
-    except OSError as exc:
-        sock.close()
-        raise AgentError(f"cannot reach charon's VICI socket {path}: {exc.strerror or exc}") from exc
-    try:
-        yield vici.Session(sock)
+        with vici_transport.session(uri, timeout=30) as session:
+            yield session
+    except vici_transport.ViciUnreachable as exc:
+        raise AgentError(str(exc)) from exc
     except vici.exception.CommandException as exc:
         raise AgentError(f"charon refused: {exc}") from exc
     except (OSError, vici.exception.SessionException) as exc:
         raise AgentError(f"VICI session with charon failed: {exc}") from exc
-    finally:
-        sock.close()
+    except ValueError as exc:
+        raise AgentError(str(exc)) from exc
 
 
 def _text(value: Any) -> str:

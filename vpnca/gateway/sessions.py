@@ -27,21 +27,22 @@ import vici
 from cryptography import x509
 
 from vpnca import metrics
-from vpnca.config import Settings
+from vpnca.config import GatewaySettings, Settings
 from vpnca.events import emit
-from vpnca.gateway.vici_client import GatewayError, _plain, vici_session
+from vpnca.gateway import fleet
+from vpnca.gateway.vici_client import GatewayError, _plain
 from vpnca.identities import identities_of_certificate
 
 log = logging.getLogger("vpnca.gateway")
 EVENTS = ["ike-updown", "child-updown", "ike-rekey", "child-rekey"]
 
 
-def gateway_name(settings: Settings) -> str:
-    return settings.gateway.id or settings.gateway.vici_socket
+def gateway_name(settings: Settings, gw: GatewaySettings | None = None) -> str:
+    return fleet.name_of(settings, gw or settings.gateway)
 
 
-def _map_path(settings: Settings) -> Path:
-    return settings.home / "gateway" / "sessions.json"
+def _map_path(settings: Settings, gw: GatewaySettings | None = None) -> Path:
+    return fleet.directory(settings, gw or settings.gateway) / "sessions.json"
 
 
 def sa_key(sa: dict[str, Any]) -> str:
@@ -53,8 +54,8 @@ def sa_key(sa: dict[str, Any]) -> str:
 class SessionMap:
     """Serial per IKE SA, and the serials already seen in charon's certificate cache."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.path = _map_path(settings)
+    def __init__(self, settings: Settings, gw: GatewaySettings | None = None) -> None:
+        self.path = _map_path(settings, gw)
         self.sas: dict[str, dict[str, Any]] = {}
         self.cached: set[str] = set()
         try:
@@ -202,7 +203,7 @@ def terminate(session: vici.Session, ike_id: str) -> None:
 
 
 def cut_off(settings: Settings, store: Any, serial: str, *, actor: str,
-            uri: str | None = None) -> list[dict[str, Any]]:
+            uri: str | None = None, gw: GatewaySettings | None = None) -> list[dict[str, Any]]:
     """Terminate every IKE SA (with its CHILD SAs) the certificate `serial` authenticated, audited as
     `gateway.terminated`. An SA of the same identity recorded as authenticated by another certificate
     stays up. Then charon's cached OCSP answers and CRLs are dropped, so that a new attempt with the
@@ -211,11 +212,12 @@ def cut_off(settings: Settings, store: Any, serial: str, *, actor: str,
     if record is None or record.der is None:
         return []
     cert = x509.load_der_x509_certificate(record.der)
-    gateway = gateway_name(settings)
-    smap = SessionMap(settings)
+    gw = gw or settings.gateway
+    gateway = gateway_name(settings, gw)
+    smap = SessionMap(settings, gw)
     now = datetime.now(UTC)
     done: list[dict[str, Any]] = []
-    with vici_session(uri or settings.gateway.vici_socket) as session:
+    with fleet.session(settings, gw, uri) as session:
         cache = peer_certificates(session)
         for sa in ike_sas(session):
             if not identity_matches(str(sa.get("remote-id", "")), cert):
@@ -246,33 +248,43 @@ def cut_off(settings: Settings, store: Any, serial: str, *, actor: str,
 
 
 def cut_off_quietly(settings: Settings, store: Any, serial: str, *, actor: str) -> None:
-    """The revocation hook: cut off at the managed gateway; never fails the revocation itself."""
-    if not settings.gateway.id:
+    """The revocation hook: cut off at every managed gateway; never fails the revocation itself."""
+    gateways = fleet.managed(settings)
+    if not gateways:
         return
-    try:
-        record = store.get_certificate(serial)
-        if record is None or record.status != "revoked":
-            return  # a hold released: nothing comes back
-        cut_off(settings, store, serial, actor=actor)
-    except (GatewayError, OSError, vici.exception.SessionException) as exc:
-        log.warning("gateway cut-off for %s failed (the watcher retries): %s", serial, exc)
+    record = store.get_certificate(serial)
+    if record is None or record.status != "revoked":
+        return  # a hold released: nothing comes back
+    for gw in gateways:
+        try:
+            cut_off(settings, store, serial, actor=actor, gw=gw)
+        except (GatewayError, OSError, vici.exception.SessionException) as exc:
+            log.warning("gateway %s: cut-off for %s failed (the watcher retries): %s",
+                        gateway_name(settings, gw), serial, exc)
 
 
 # ---- live tunnels ----------------------------------------------------------------------------------
 
-def live_sessions(settings: Settings, *, uri: str | None = None) -> list[dict[str, Any]]:
-    """The gateway's IKE SAs now (`vpnca sessions`), each with its certificate where known."""
-    smap = SessionMap(settings)
+def live_sessions(settings: Settings, *, uri: str | None = None,
+                  gw: GatewaySettings | None = None) -> list[dict[str, Any]]:
+    """A gateway's IKE SAs now (`vpnca sessions`), each with its certificate where known."""
+    gw = gw or settings.gateway
+    smap = SessionMap(settings, gw)
     now = datetime.now(UTC)
-    with vici_session(uri or settings.gateway.vici_socket) as session:
+    with fleet.session(settings, gw, uri) as session:
         cache = peer_certificates(session)
         sas = ike_sas(session)
     out = []
     for sa in sas:
         known = attribution(sa, smap, cache, now)
-        out.append({"gateway": gateway_name(settings), **ike_record(sa), "serial": known.get("serial"),
+        out.append({"gateway": gateway_name(settings, gw), **ike_record(sa), "serial": known.get("serial"),
                     "serial_attribution": known.get("how")})
     return out
+
+
+def tunnels_up(settings: Settings, gw: GatewaySettings) -> int:
+    with fleet.session(settings, gw) as session:
+        return sum(1 for sa in ike_sas(session) if sa.get("state") == "ESTABLISHED")
 
 
 # ---- the watcher ------------------------------------------------------------------------------------
@@ -282,13 +294,15 @@ class Watcher:
     SA; reconnects when charon restarts and reconciles from `list-sas` (VICI does not replay events
     missed meanwhile); every few seconds cuts off SAs whose certificate has been revoked since."""
 
-    def __init__(self, settings: Settings, store: Any, *, sweep_every: float = 5.0) -> None:
+    def __init__(self, settings: Settings, store: Any, *, sweep_every: float = 5.0,
+                 gw: GatewaySettings | None = None) -> None:
         self.settings = settings
         self.store = store
-        self.gateway = gateway_name(settings)
+        self.gw = gw or settings.gateway
+        self.gateway = gateway_name(settings, self.gw)
         self.sweep_every = sweep_every
         self.stop = threading.Event()
-        self.smap = SessionMap(settings)
+        self.smap = SessionMap(settings, self.gw)
         self.recent: dict[str, dict[str, Any]] = {}  # IKE SAs just gone, for their CHILD SAs' events
         self.thread = threading.Thread(target=self.run, name="vpnca-gateway-watcher", daemon=True)
 
@@ -300,7 +314,7 @@ class Watcher:
         backoff = 0.5
         while not self.stop.is_set():
             try:
-                with vici_session(self.settings.gateway.vici_socket) as events:
+                with fleet.session(self.settings, self.gw) as events:
                     self.reconcile()
                     backoff = 0.5
                     self.listen(events)
@@ -324,7 +338,7 @@ class Watcher:
                 self.sweep()
 
     def _command(self) -> Any:
-        return vici_session(self.settings.gateway.vici_socket)
+        return fleet.session(self.settings, self.gw)
 
     def reconcile(self) -> None:
         """On (re)connect: record the SAs up now, forget those gone, set the tunnel gauge."""
@@ -358,7 +372,7 @@ class Watcher:
         for serial in sorted(serials):
             if self._revoked(serial):
                 try:
-                    if cut_off(self.settings, self.store, str(serial), actor="gateway-watcher"):
+                    if cut_off(self.settings, self.store, str(serial), actor="gateway-watcher", gw=self.gw):
                         log.info("gateway %s: cut off SAs of revoked %s", self.gateway, serial)
                 except GatewayError as exc:
                     log.warning("gateway %s: cut-off of %s failed: %s", self.gateway, serial, exc)
@@ -447,13 +461,14 @@ _WATCHERS_LOCK = threading.Lock()
 
 
 def ensure_watcher(settings: Settings, store: Any) -> bool:
-    """Start the watcher of the managed gateway in this process, or again if its thread died;
+    """Start a watcher for each managed gateway in this process, or again if its thread died;
     True when one was started."""
-    if not settings.gateway.id:
-        return False
+    started = False
     with _WATCHERS_LOCK:
-        current = _WATCHERS.get(settings.gateway.vici_socket)
-        if current is not None and current.thread.is_alive():
-            return False
-        _WATCHERS[settings.gateway.vici_socket] = Watcher(settings, store).start()
-        return True
+        for gw in fleet.managed(settings):
+            current = _WATCHERS.get(gw.vici_socket)
+            if current is not None and current.thread.is_alive():
+                continue
+            _WATCHERS[gw.vici_socket] = Watcher(settings, store, gw=gw).start()
+            started = True
+    return started

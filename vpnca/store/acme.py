@@ -51,9 +51,9 @@ class AcmeRepository:
     def add_eab_key(self, key: AcmeEabKey) -> None:
         with self.store.write() as session:
             session.add(key)
-            self.store._append_audit(session, key.created_by, "acme-eab-create", {
-                "kid": key.kid, "identities": json.loads(key.allowed_identities), "profile": key.profile,
-                "expires_at": key.expires_at.isoformat()})
+            self.store.append_audit(session, key.created_by, "acme-eab-create", {
+                "kid": key.kid, "identities": [[i.kind, i.value] for i in key.allowed_identities],
+                "profile": key.profile, "expires_at": key.expires_at.isoformat()})
 
     def eab_key(self, kid: str) -> AcmeEabKey | None:
         with self.store.read() as session:
@@ -147,7 +147,7 @@ class AcmeRepository:
                     if not _rowcount(bound):
                         raise NotAuthorized(f"external account key {account.eab_kid} is used up or expired")
                 session.add(account)
-                self.store._append_audit(session, f"acme:{account.id}", "acme-account-create", {
+                self.store.append_audit(session, f"acme:{account.id}", "acme-account-create", {
                     "account": account.id, "key_thumbprint": account.key_thumbprint,
                     "eab_kid": account.eab_kid, "contact": json.loads(account.contact)})
             return account
@@ -169,7 +169,7 @@ class AcmeRepository:
                                 .where(AcmeAuthorization.account_id == account_id,
                                        AcmeAuthorization.status.in_(("pending", "valid")))
                                 .values(status="deactivated"))
-            self.store._append_audit(session, f"acme:{account_id}", "acme-account-update",
+            self.store.append_audit(session, f"acme:{account_id}", "acme-account-update",
                                      {"account": account_id, **values})
             return account
 
@@ -183,7 +183,7 @@ class AcmeRepository:
                     .values(jwk=jwk, key_thumbprint=thumbprint))
                 if not _rowcount(changed):
                     raise Conflict("the account key changed meanwhile")
-                self.store._append_audit(session, f"acme:{account_id}", "acme-key-change", {
+                self.store.append_audit(session, f"acme:{account_id}", "acme-key-change", {
                     "account": account_id, "old_thumbprint": old_thumbprint, "new_thumbprint": thumbprint})
         except IntegrityError as exc:
             raise Conflict("another account already uses this key") from exc

@@ -10,6 +10,8 @@ from sqlalchemy import DateTime, Dialect, Index, Integer, LargeBinary, String, T
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from vpnca.store.identity_type import Identities, IdentityList
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
@@ -52,7 +54,7 @@ class CertificateRecord(Base):
     issuer: Mapped[str] = mapped_column(String(128))
     profile: Mapped[str] = mapped_column(String(32))
     subject: Mapped[str] = mapped_column(Text)
-    identities: Mapped[str] = mapped_column(Text)  # JSON list of [kind, value]
+    identities: Mapped[Identities] = mapped_column(IdentityList)
     status: Mapped[str] = mapped_column(String(16))
     not_before: Mapped[datetime] = mapped_column()
     not_after: Mapped[datetime] = mapped_column(index=True)
@@ -66,11 +68,18 @@ class CertificateRecord(Base):
     invalidity_date: Mapped[datetime | None] = mapped_column(nullable=True)
     hold_released_at: Mapped[datetime | None] = mapped_column(nullable=True)  # for delta CRLs (removeFromCRL)
     renew_after: Mapped[datetime | None] = mapped_column(nullable=True)  # `vpnca renew-early`: renew now
+    crl_shard: Mapped[int | None] = mapped_column(Integer, nullable=True)  # its CDP's shard ([crl] shards)
+    crl_entry: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)  # DER, written on revoke
 
     # a schema change here needs a migration (vpnca/store/migrations/versions) that makes the same change
     __table_args__ = (Index("ix_certificates_issuer_status", "issuer", "status"),
                       Index("ix_certificates_status_not_after", "status", "not_after"),
-                      Index("ix_certificates_status_serial", "status", "serial"))  # `vpnca list --status`
+                      Index("ix_certificates_status_serial", "status", "serial"),  # `vpnca list --status`
+                      # what a shard's CRL, a delta CRL's revocations and its released holds read, alone:
+                      # their cost follows what changed, not the CA's size (vpnca/store/crls.py)
+                      Index("ix_certificates_crl_shard", "issuer", "status", "crl_shard", "not_after"),
+                      Index("ix_certificates_revoked_at", "issuer", "status", "revoked_at"),
+                      Index("ix_certificates_hold_released_at", "issuer", "status", "hold_released_at"))
 
 
 class CaCertificate(Base):
@@ -110,7 +119,7 @@ class EnrollmentToken(Base):
 
     token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     secret_sha256: Mapped[str] = mapped_column(String(64))
-    identities: Mapped[str] = mapped_column(Text)  # JSON list of [kind, value]
+    identities: Mapped[Identities] = mapped_column(IdentityList)
     profile: Mapped[str] = mapped_column(String(32))
     protocol: Mapped[str] = mapped_column(String(16))  # est | scep
     created_by: Mapped[str] = mapped_column(String(255))
@@ -127,7 +136,7 @@ class PendingRequest(Base):
 
     request_id: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of the CSR DER
     profile: Mapped[str] = mapped_column(String(32))
-    identities: Mapped[str] = mapped_column(Text)
+    identities: Mapped[Identities] = mapped_column(IdentityList)
     requester: Mapped[str] = mapped_column(String(255))
     protocol: Mapped[str] = mapped_column(String(16))
     status: Mapped[str] = mapped_column(String(16))  # pending | approved | rejected | issued
@@ -165,8 +174,11 @@ class OcspResponseRecord(Base):
     hash_algorithm: Mapped[str] = mapped_column(String(8), primary_key=True)  # sha1 | sha256
     cert_status: Mapped[str] = mapped_column(String(16))  # good | revoked
     this_update: Mapped[datetime] = mapped_column(index=True)  # responders poll for changes by it
-    next_update: Mapped[datetime] = mapped_column(index=True)
+    next_update: Mapped[datetime] = mapped_column()
     der: Mapped[bytes] = mapped_column(LargeBinary)
+
+    # `vpnca status` counts the fresh answers on this index alone (vpnca/store/ocsp_backlog.py)
+    __table_args__ = (Index("ix_ocsp_responses_hash_algorithm_next_update", "hash_algorithm", "next_update"),)
 
 
 class JobRun(Base):
@@ -193,7 +205,7 @@ class AcmeEabKey(Base):
 
     kid: Mapped[str] = mapped_column(String(64), primary_key=True)
     hmac_key: Mapped[bytes] = mapped_column(LargeBinary)
-    allowed_identities: Mapped[str] = mapped_column(Text)  # JSON list of [kind, value]
+    allowed_identities: Mapped[Identities] = mapped_column(IdentityList)
     profile: Mapped[str] = mapped_column(String(32))
     created_by: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column()
@@ -212,7 +224,7 @@ class AcmeAccount(Base):
     status: Mapped[str] = mapped_column(String(16))  # valid | deactivated | revoked
     contact: Mapped[str] = mapped_column(Text)  # JSON list of URLs
     eab_kid: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    allowed_identities: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON; None: policy alone
+    allowed_identities: Mapped[Identities | None] = mapped_column(IdentityList, nullable=True)  # None: policy
     profile: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column()
 

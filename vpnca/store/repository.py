@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import queue
 import threading
@@ -53,6 +52,7 @@ from vpnca.store.models import (
     PendingRequest,
 )
 from vpnca.store.prepared import Prepared
+from vpnca.x509util import crl_entry_der
 
 AUDIT_LOCK_KEY = 0x7670_6E63  # "vpnc": the advisory lock serialising audit appends on PostgreSQL
 
@@ -94,6 +94,10 @@ class HotStatements:
 
 class SerialCollision(Exception):
     """The random serial is already taken; draw another."""
+
+
+class CrlNumberTaken(Exception):
+    """Another publisher recorded this CRL number first; sign again with the next one."""
 
 
 def make_engine(url: str) -> Engine:
@@ -296,6 +300,9 @@ class Store:
 
     def require_current_schema(self) -> None:
         """Raise SchemaOutdated unless the database is at this vpnca's head revision."""
+        with self.engine.connect() as conn:
+            if migrations.is_current(conn):
+                return
         problem = self.schema_state().problem()
         if problem is not None:
             raise problem
@@ -354,6 +361,12 @@ class Store:
             self._hot.audit_lock.run(cursor, key=AUDIT_LOCK_KEY)
         head = self._hot.audit_head.run(cursor).fetchone()
         self._hot.audit_insert.run(cursor, **_audit_row(head, actor, action, details))
+
+    def append_audit(self, session: Session | Connection, actor: str, action: str,
+                     details: dict[str, Any]) -> AuditEntry:
+        """Append one audit entry inside the caller's write transaction (the store's own modules, such
+        as the ACME state, write their rows and its entry at once): the one append path."""
+        return self._append_audit(session, actor, action, details)
 
     def audit(self, actor: str, action: str, details: dict[str, Any]) -> AuditEntry:
         """Append one audit entry in its own transaction."""
@@ -619,6 +632,7 @@ class Store:
                 record.revoked_at = revoked_at
             record.revocation_reason = reason
             record.invalidity_date = invalidity_date
+            record.crl_entry = crl_entry_der(int(serial, 16), record.revoked_at, reason, invalidity_date)
             self._append_audit(session, actor, "revoke", {
                 "serial": serial, "reason": reason,
                 "invalidity_date": invalidity_date.isoformat() if invalidity_date else None,
@@ -636,6 +650,7 @@ class Store:
             record.revoked_at = None
             record.revocation_reason = None
             record.invalidity_date = None
+            record.crl_entry = None
             record.hold_released_at = utcnow()
             self._append_audit(session, actor, "release-hold", {"serial": serial})
             return record
@@ -702,7 +717,7 @@ class Store:
         with self.write() as session:
             session.add(token)
             self._append_audit(session, token.created_by, "token-create", {
-                "token_id": token.token_id, "identities": json.loads(token.identities),
+                "token_id": token.token_id, "identities": [[i.kind, i.value] for i in token.identities],
                 "profile": token.profile, "protocol": token.protocol,
                 "expires_at": token.expires_at.isoformat(),
             })
@@ -736,7 +751,8 @@ class Store:
                 session.add(pending)
                 self._append_audit(session, pending.requester, "request-pending", {
                     "request_id": pending.request_id, "profile": pending.profile,
-                    "identities": json.loads(pending.identities), "protocol": pending.protocol,
+                    "identities": [[i.kind, i.value] for i in pending.identities],
+                    "protocol": pending.protocol,
                 })
             return pending
         except IntegrityError:
@@ -804,11 +820,17 @@ class Store:
         return (current or 0) + 1
 
     def add_crl(self, record: CrlRecord, *, actor: str) -> None:
-        with self.write() as session:
-            session.add(record)
-            self._append_audit(session, actor, "crl", {
-                "number": record.number, "delta_base": record.delta_base, "entries": record.entries,
-                "this_update": record.this_update.isoformat(), "next_update": record.next_update.isoformat()})
+        """Record a signed CRL; CrlNumberTaken when another publisher recorded that number first."""
+        try:
+            with self.write() as session:
+                session.add(record)
+                session.flush()
+                self._append_audit(session, actor, "crl", {
+                    "number": record.number, "delta_base": record.delta_base, "entries": record.entries,
+                    "this_update": record.this_update.isoformat(),
+                    "next_update": record.next_update.isoformat()})
+        except IntegrityError as exc:
+            raise CrlNumberTaken(f"CRL number {record.number} is already recorded") from exc
 
     def latest_crl(self, ca_name: str, *, delta: bool = False) -> CrlRecord | None:
         query = select(CrlRecord).where(CrlRecord.ca_name == ca_name)
@@ -868,37 +890,10 @@ class Store:
                 CertificateRecord.status.in_([CertStatus.VALID, CertStatus.REVOKED]),
                 CertificateRecord.serial.not_in(fresh))
 
-    def ocsp_backlog(self, issuer: str, refresh_before: datetime, limit: int) -> list[CertificateRecord]:
-        with self.read() as session:
-            return list(session.scalars(select(CertificateRecord)
-                                        .where(*self._ocsp_stale(issuer, refresh_before)).limit(limit)))
-
     def count_ocsp_backlog(self, issuer: str, refresh_before: datetime) -> int:
         with self.read() as session:
             return int(session.scalar(select(func.count()).select_from(CertificateRecord)
                                       .where(*self._ocsp_stale(issuer, refresh_before))) or 0)
-
-    def count_ocsp_backlog_within(self, issuer: str, refresh_before: datetime, seconds: float) -> int | None:
-        """`count_ocsp_backlog`, given up after `seconds` (None): the count joins every certificate with
-        its answers (about 10 s at 1,000,000 certificates on SQLite), too long for `vpnca status`."""
-        query = select(func.count()).select_from(CertificateRecord).where(*self._ocsp_stale(issuer,
-                                                                                          refresh_before))
-        deadline = time.monotonic() + seconds
-        with self._reachable(), self.engine.connect() as conn:
-            raw: Any = conn.connection.dbapi_connection
-            if self.is_postgres:
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(seconds * 1000))}")
-            elif hasattr(raw, "set_progress_handler"):
-                raw.set_progress_handler(lambda: int(time.monotonic() > deadline), 20_000)
-            try:
-                return int(conn.scalar(query) or 0)
-            except OperationalError:
-                if time.monotonic() < deadline:
-                    raise  # not our timeout: the database went away
-                return None
-            finally:
-                if not self.is_postgres and hasattr(raw, "set_progress_handler"):
-                    raw.set_progress_handler(None, 0)
 
     # -- scheduler ---------------------------------------------------------------------------------
 

@@ -14,16 +14,19 @@ revisions run.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from vpnca.errors import SchemaOutdated
+
+# Alembic is imported where a migration runs: checking that a database is current needs none of it
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 BASELINE = "0001"
 MIGRATION_LOCK_KEY = 0x7670_6D67  # "vpmg": the advisory lock that serialises upgrades on PostgreSQL
@@ -33,6 +36,8 @@ UPGRADE_HINT = "run `vpnca db upgrade`"
 
 def config(connection: sa.Connection | None = None, *, url: str | None = None) -> Config:
     """An Alembic configuration without alembic.ini: the scripts beside this file."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).resolve().parent).replace("%", "%%"))
     if url is not None:
@@ -44,6 +49,8 @@ def config(connection: sa.Connection | None = None, *, url: str | None = None) -
 
 @functools.cache
 def script_directory() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(config())
 
 
@@ -52,6 +59,28 @@ def head_revision() -> str:
     head = script_directory().get_current_head()
     assert head is not None, "no migration scripts"
     return head
+
+
+@functools.cache
+def head_without_alembic() -> str:
+    """`head_revision()` read from the scripts' `revision` and `down_revision` lines alone (a test
+    checks they agree): the revision no other revision follows."""
+    revisions, parents = set(), set()
+    for script in (Path(__file__).resolve().parent / "versions").glob("r*.py"):
+        text = script.read_text()
+        revisions |= set(re.findall(r'^revision\b[^=]*= "([^"]+)"', text, re.MULTILINE))
+        parents |= set(re.findall(r'^down_revision\b[^=]*= "([^"]+)"', text, re.MULTILINE))
+    heads = revisions - parents
+    assert len(heads) == 1, f"migration heads: {sorted(heads)}"
+    return str(heads.pop())
+
+
+def is_current(connection: sa.Connection) -> bool:
+    """The database records this vpnca's head revision (a quick check; `schema_state` says why not)."""
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return False
+    rows = connection.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
+    return rows == [head_without_alembic()]
 
 
 def known_revisions() -> set[str]:
@@ -104,6 +133,8 @@ class SchemaState:
 
 
 def schema_state(connection: sa.Connection) -> SchemaState:
+    from alembic.runtime.migration import MigrationContext
+
     current = MigrationContext.configure(connection).get_current_revision()
     inspector = sa.inspect(connection)
     has_tables = any(inspector.has_table(name) for name in VPNCA_TABLES)
@@ -122,6 +153,9 @@ def upgrade(connection: sa.Connection, target: str = "head") -> tuple[SchemaStat
         problem = before.problem()
         assert problem is not None
         raise problem
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
     cfg = config(connection)
     cfg.attributes["adopt"] = before.pre_migrations
     command.upgrade(cfg, target)

@@ -1,10 +1,12 @@
-"""What every enrollment protocol does once it has parsed its request: authorise, approve, issue."""
+"""The one enrollment path of the core, for EST, SCEP and ACME alike: CSR checks, the
+credential's profile binding, renewal binding, operator approval, re-delivery; then one policy check
+and the issuance."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -12,13 +14,21 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from enrollment.auth import Requester
-from vpnca import metrics
 from vpnca.authority import Authority, IssuedCertificate, IssueRequest
-from vpnca.errors import BadRequest, NotAuthenticated, NotAuthorized, Pending, PolicyViolation, VpncaError
+from vpnca.credentials import Requester
+from vpnca.errors import (
+    ApprovalRequired,
+    BadRequest,
+    NotAuthenticated,
+    NotAuthorized,
+    Pending,
+    StoreUnavailable,
+    VpncaError,
+)
 from vpnca.events import emit
 from vpnca.identities import IkeIdentity, identities_from_csr, identities_of_certificate
 from vpnca.policy import check_csr
+from vpnca.refusals import record_refusal
 from vpnca.store import CertStatus, PendingRequest
 
 
@@ -31,25 +41,23 @@ class Enrollment:
     server_public_key: CertificatePublicKeyTypes | None = None  # serverkeygen: the key vpnca made
     client: str | None = None  # the requester's network address, for the record
     transaction_id: str | None = None  # SCEP: how the client polls a pending request
-
-
-REFUSAL_KINDS: tuple[tuple[type[VpncaError], str], ...] = (
-    (NotAuthenticated, "authentication"), (NotAuthorized, "not_authorized"), (PolicyViolation, "policy"),
-    (BadRequest, "bad_request"))
+    can_wait: bool = True  # the protocol can say "pending" (ACME cannot: approval needs an EAB there)
+    details: tuple[tuple[str, str], ...] = ()  # what the protocol adds to the audit record
+    renews: str | None = None  # the serial a renewal replaces, when the protocol names it (ACME)
+    on_checked: Callable[[], None] | None = None  # runs after the policy accepted, before signing
+    identities: tuple[IkeIdentity, ...] | None = None  # the protocol's (an ACME order's), else the CSR's
 
 
 def enroll(authority: Authority, requester: Requester, enrollment: Enrollment) -> IssuedCertificate:
     """Check the CSR, bind it to the requester, wait for approval if the profile wants it, issue.
-    Every refusal is logged and counted once, here or in the authority."""
+    Every refusal is logged and counted once, here or in the authority; an authentication failure (a
+    spent or expired credential) is left to the protocol's edge, which logs it as one."""
     try:
         return _enroll(authority, requester, enrollment)
     except VpncaError as exc:
-        kind = next((k for t, k in REFUSAL_KINDS if isinstance(exc, t)), None)
-        if kind is not None and not exc.counted:
-            emit("issuance.refused", logging.WARNING, requester=requester.name, protocol=enrollment.protocol,
-                 profile=enrollment.profile, reason=kind, detail=str(exc), client=enrollment.client)
-            metrics.refused(enrollment.protocol, kind, enrollment.profile)
-            exc.counted = True
+        if not isinstance(exc, Pending | NotAuthenticated):
+            record_refusal(exc, protocol=enrollment.protocol, profile=enrollment.profile,
+                           requester=requester.name, client=enrollment.client)
         raise
 
 
@@ -74,7 +82,7 @@ def _enroll(authority: Authority, requester: Requester, enrollment: Enrollment) 
                              "certificate")
         profile = current.profile
     else:
-        identities = identities_from_csr(csr)
+        identities = enrollment.identities or identities_from_csr(csr)
         profile = enrollment.profile
     request = IssueRequest(
         profile=profile, identities=identities,
@@ -85,16 +93,32 @@ def _enroll(authority: Authority, requester: Requester, enrollment: Enrollment) 
                  **({"renewal_after_expiry": "within grace", "expired_at": requester.expired_at.isoformat()}
                     if grace_renewal and requester.expired_at else {}),
                  **({"renews": requester.current.serial}
-                                               if enrollment.renewal and requester.current else {})},
+                                               if enrollment.renewal and requester.current else {}),
+                 **({"renews": enrollment.renews} if enrollment.renews else {}),
+                 **dict(enrollment.details)},
         spend_token=requester.token_id,
     )
-    if authority.settings.profiles[profile].approval and not enrollment.renewal:
-        authority.check(request)  # before the request is filed for an operator
+    checked = authority.check(request)  # the one policy check
+    approval = _needs_approval(authority, requester, enrollment, profile)
+    if approval:  # filed for an operator, or approved by one
         _await_approval(authority, request, csr, enrollment.transaction_id)
-    issued = authority.issue(request)
-    if authority.settings.profiles[profile].approval and not enrollment.renewal:
+    if enrollment.on_checked is not None:
+        enrollment.on_checked()
+    issued = authority.issue(checked)
+    if approval:
         authority.store.mark_pending_issued(_request_id(csr), issued.serial)
     return issued
+
+
+def _needs_approval(authority: Authority, requester: Requester, enrollment: Enrollment, profile: str) -> bool:
+    """Whether an operator must approve this request first: the profile says so, it is no renewal, and
+    the credential is not one an operator bound to the request already (an ACME EAB)."""
+    if not authority.settings.profiles[profile].approval or enrollment.renewal or requester.preapproved:
+        return False
+    if not enrollment.can_wait:
+        raise ApprovalRequired(f"profile {profile} needs operator approval, which {enrollment.protocol} "
+                            "cannot wait for: use a credential an operator made for it")
+    return True
 
 
 def _deliver_again(authority: Authority, requester: Requester, enrollment: Enrollment) -> IssuedCertificate:
@@ -149,7 +173,7 @@ def _await_approval(authority: Authority, request: IssueRequest, csr: x509.Certi
     request_id = _request_id(csr)
     pending = store.pending_request(request_id) or store.add_pending_request(PendingRequest(
         request_id=request_id, profile=request.profile,
-        identities=json.dumps([[i.kind, i.value] for i in request.identities]),
+        identities=request.identities,
         requester=request.requester, protocol=request.protocol, status="pending",
         created_at=datetime.now(UTC),
         csr_der=csr.public_bytes(Encoding.DER), transaction_id=transaction_id,
@@ -162,3 +186,28 @@ def _await_approval(authority: Authority, request: IssueRequest, csr: x509.Certi
         raise NotAuthorized(f"request {request_id} was already issued (serial {pending.serial})")
     if pending.status != "approved":
         raise Pending(request_id, authority.settings.est.retry_after_seconds)
+
+
+def record_transaction(authority: Authority, transaction_id: str, requester: str, profile: str,
+                       csr: x509.CertificateSigningRequest, issued: IssuedCertificate) -> None:
+    """Remember which certificate a SCEP transaction was issued, so that a CertPoll for it (a client that
+    lost the CertRep) finds it as it finds an approved one: a pending_requests row, status issued."""
+    store = authority.store
+    try:
+        if store.pending_by_transaction(transaction_id) is not None:
+            return  # the PKCSReq was sent again and delivered again
+        identities = identities_of_certificate(issued.certificate)
+        csr_der = csr.public_bytes(Encoding.DER)
+        store.add_pending_request(PendingRequest(
+            request_id=hashlib.sha256(csr_der).hexdigest(), profile=profile,
+            identities=identities, requester=requester,
+            protocol="scep", status="issued", created_at=datetime.now(UTC), serial=issued.serial,
+            csr_der=csr_der, transaction_id=transaction_id))
+    except StoreUnavailable as exc:
+        # the certificate is issued: deliver it; only a later CertPoll would miss it
+        logging.getLogger("vpnca.scep").warning(
+            "SCEP transaction %s (serial %s) not recorded for CertPoll: %s", transaction_id, issued.serial,
+            type(exc).__name__)
+
+
+__all__ = ["Enrollment", "enroll", "record_transaction"]

@@ -1,11 +1,11 @@
-"""Enrollment authorisation shared by EST and SCEP: one-time tokens and client certificates."""
+"""Who is enrolling: one-time tokens and client certificates, checked against the register (EST, SCEP;
+ACME accounts are Requesters too)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
-import json
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from vpnca.clock import SYSTEM_CLOCK, Clock
 from vpnca.config import Settings
 from vpnca.errors import NotAuthenticated, NotAuthorized
 from vpnca.identities import IkeIdentity, identities_of_certificate
@@ -33,6 +34,7 @@ class Requester:
     issued_serial: str | None = None  # a token already used: the certificate it was used for
     # a vpnca certificate expired less than est.reenroll_grace ago: good for EST re-enrollment only
     expired_at: datetime | None = None
+    preapproved: bool = False  # an operator bound this credential (ACME EAB): no approval step
 
 
 @dataclass(frozen=True)
@@ -67,14 +69,14 @@ def _secret_hash(secret: str) -> str:
 
 def create_token(
     store: Store, *, identities: tuple[IkeIdentity, ...], profile: str, protocol: str, ttl: timedelta,
-    created_by: str,
+    created_by: str, clock: Clock = SYSTEM_CLOCK,
 ) -> NewToken:
     """A single-use credential bound to `identities` and `profile`; only its hash is stored."""
-    now = datetime.now(UTC)
+    now = clock.now()
     token = NewToken(secrets.token_hex(8), option_safe_token(24), now + ttl)  # hex id: never '-'
     store.add_enrollment_token(EnrollmentToken(
         token_id=token.token_id, secret_sha256=_secret_hash(token.secret),
-        identities=json.dumps([[i.kind, i.value] for i in identities]), profile=profile, protocol=protocol,
+        identities=identities, profile=profile, protocol=protocol,
         created_by=created_by, created_at=now, expires_at=token.expires_at,
     ))
     return token
@@ -91,7 +93,7 @@ def check_token(store: Store, token_id: str, secret: str, *, protocol: str) -> R
         raise NotAuthenticated(f"token {token_id} expired at {record.expires_at.isoformat()}")
     if record.used_at is not None and record.used_for_serial is None:
         raise NotAuthenticated(f"token {token_id} was already used")
-    identities = frozenset(IkeIdentity(kind, value) for kind, value in json.loads(record.identities))
+    identities = frozenset(record.identities)
     # a used token is still accepted to deliver again the certificate it was used for (same CSR key)
     return Requester(name=f"token:{token_id}", method="token", allowed_identities=identities,
                      profile=record.profile, token_id=None if record.used_at else token_id,
@@ -103,7 +105,7 @@ def requester_for_token(store: Store, token_id: str) -> Requester:
     record = store.get_enrollment_token(token_id)
     if record is None or record.used_at is not None or record.expires_at <= datetime.now(UTC):
         raise NotAuthenticated(f"token {token_id} is no longer usable")
-    identities = frozenset(IkeIdentity(kind, value) for kind, value in json.loads(record.identities))
+    identities = frozenset(record.identities)
     return Requester(name=f"token:{token_id}", method="token", allowed_identities=identities,
                      profile=record.profile, token_id=token_id)
 

@@ -1,4 +1,4 @@
-"""The CA hierarchy: creating it (`vpnca init`) and opening its keys on the token."""
+"""The `init` ceremony: the CA hierarchy (root, sub-CA, OCSP signer, SCEP RA) created, its keys opened."""
 
 from __future__ import annotations
 
@@ -231,7 +231,7 @@ def issue_ocsp_signer(
     """Generate a new OCSP signing key on the token and certify it with the sub-CA."""
     generation = len(store.ca_certificates("ocsp")) + 1
     label = f"{key_labels(settings)['ocsp']}-{generation}"
-    token.generate(KeySpec(label, "ec-p256"))
+    token.generate(KeySpec(label, settings.ocsp.signer_key))
     key = token_key(token, label)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     cert = build_ocsp_signer(settings=settings, public_key=key.public_key(), issuer=sub, issuer_key=sub_key)

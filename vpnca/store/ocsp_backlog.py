@@ -1,0 +1,101 @@
+"""The OCSP pre-signing backlog, read by keyset pages and shared between worker processes.
+
+A certificate is in the backlog when its pre-signed (SHA-256 CertID) answer is missing, due for
+refresh, or tells another status than the certificate has now. Each `vpnca serve` worker takes the
+certificates whose serial ends in its share of the 256 two-hex-digit suffixes, so that the workers,
+each with its own token session, sign side by side without claiming rows from one another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, and_, func, or_, select
+
+from vpnca.store.models import CertificateRecord, CertStatus, OcspResponseRecord
+from vpnca.store.repository import Store
+
+SIGNED_STATUSES = (CertStatus.VALID.value, CertStatus.REVOKED.value)  # the others have no OCSP answer
+CHECKED_HASH = "sha256"  # every pre-signing writes all the CertID hashes at once: one stands for them
+
+
+@dataclass(frozen=True)
+class BacklogEntry:
+    """What a pre-signed answer says of one certificate."""
+
+    serial: str
+    status: str
+    revoked_at: datetime | None
+    revocation_reason: str | None
+
+
+def _tables() -> tuple[Table, Table]:
+    return cast(Table, CertificateRecord.__table__), cast(Table, OcspResponseRecord.__table__)
+
+
+def backlog_page(store: Store, issuer: str, refresh_before: datetime, status: str, *, after: str = "",
+                 suffixes: Sequence[str] | None = None, limit: int = 500) -> list[BacklogEntry]:
+    """The next `limit` certificates of the backlog in `status` (one of SIGNED_STATUSES) with a serial
+    above `after`, in serial order, straight from the (status, serial) index: each page reads on from
+    where the previous one ended. `suffixes`: only serials ending in one of these two hex digits."""
+    c, o = _tables()
+    answer = o.alias("answer")
+    query = (select(c.c.serial, c.c.status, c.c.revoked_at, c.c.revocation_reason)
+             .select_from(c.outerjoin(answer, and_(answer.c.serial == c.c.serial,
+                                                   answer.c.hash_algorithm == CHECKED_HASH)))
+             .where(c.c.status == status, c.c.serial > after, c.c.issuer == issuer,
+                    or_(answer.c.serial.is_(None), answer.c.next_update < refresh_before,
+                        and_(answer.c.cert_status == "good", c.c.status != CertStatus.VALID.value),
+                        and_(answer.c.cert_status != "good", c.c.status == CertStatus.VALID.value)))
+             .order_by(c.c.serial).limit(limit))
+    if suffixes is not None:
+        query = query.where(func.substr(c.c.serial, func.length(c.c.serial) - 1, 2).in_(list(suffixes)))
+    with store._reachable(), store.engine.connect() as conn:
+        return [BacklogEntry(*row) for row in conn.execute(query)]
+
+
+ANSWER_COLUMNS = ("serial", "hash_algorithm", "cert_status", "this_update", "next_update", "der")
+
+
+def save_answers(store: Store, rows: list[dict[str, Any]]) -> None:
+    """Insert or replace pre-signed answers (dicts of the ocsp_responses columns) in one transaction:
+    one INSERT ... ON CONFLICT run by the driver over plain tuples (SQLite and PostgreSQL alike), the
+    times converted once per distinct value: pre-signing writes a thousand rows a page."""
+    if not rows:
+        return
+    _, o = _tables()
+    placeholder = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"
+    sql = (f"INSERT INTO {o.name} ({', '.join(ANSWER_COLUMNS)}) "
+           f"VALUES ({', '.join([placeholder] * len(ANSWER_COLUMNS))}) "
+           "ON CONFLICT (serial, hash_algorithm) DO UPDATE SET "
+           + ", ".join(f"{name} = excluded.{name}" for name in ANSWER_COLUMNS[2:]))
+    converters = {name: o.c[name].type.bind_processor(store.engine.dialect) for name in ("this_update",
+                                                                                          "next_update")}
+    converted: dict[tuple[str, datetime], Any] = {}
+
+    def bound(name: str, value: datetime) -> Any:
+        if (name, value) not in converted:
+            convert = converters[name]
+            converted[(name, value)] = convert(value) if convert is not None else value
+        return converted[(name, value)]
+
+    values = [(r["serial"], r["hash_algorithm"], r["cert_status"], bound("this_update", r["this_update"]),
+               bound("next_update", r["next_update"]), r["der"]) for r in rows]
+    with store.write_core() as conn:
+        conn.exec_driver_sql(sql, values)
+
+
+def count_without_fresh_answer(store: Store, issuer: str, refresh_before: datetime) -> int:
+    """How many certificates have no answer fresh until `refresh_before`, counted on indexes alone
+    (certificates by issuer and status, answers by hash and nextUpdate): fast at any size, for
+    `vpnca status`. A status change not yet re-signed is not in it (the pre-signing job finds it)."""
+    c, o = _tables()
+    with store._reachable(), store.engine.connect() as conn:
+        certificates = conn.scalar(select(func.count()).select_from(c).where(
+            c.c.issuer == issuer, c.c.status.in_(SIGNED_STATUSES))) or 0
+        fresh = conn.scalar(select(func.count()).select_from(o).where(
+            o.c.hash_algorithm == CHECKED_HASH, o.c.next_update >= refresh_before)) or 0
+    return max(0, int(certificates) - int(fresh))
