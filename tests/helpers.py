@@ -96,3 +96,30 @@ def est_csr_body(name: str) -> bytes:
            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
            .sign(key, hashes.SHA256()))
     return base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
+
+
+def scep_post(scep_url: str, body: bytes) -> tuple[int, bytes]:
+    """POST a pkiMessage to a SCEP endpoint as a client would; the HTTP status and the body."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{scep_url}?operation=PKIOperation", data=body,
+                                     headers={"Content-Type": "application/x-pki-message"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as error:
+        return int(error.code), bytes(error.read())
+
+
+def scep_status(reply: bytes) -> tuple[str, str | None]:
+    """A CertRep's pkiStatus and failInfo, read from its signed attributes."""
+    from asn1crypto import cms, core
+
+    from enrollment import scep
+
+    signer = cms.ContentInfo.load(reply)["content"]["signer_infos"][0]
+    attrs = {a["type"].dotted: a["values"][0].dump() for a in signer["signed_attrs"]}
+    fail = attrs.get(scep.OID_FAIL_INFO)
+    return (core.PrintableString.load(attrs[scep.OID_PKI_STATUS]).native,
+            core.PrintableString.load(fail).native if fail else None)

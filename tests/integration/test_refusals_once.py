@@ -21,7 +21,6 @@ from typing import Any
 import httpx
 import pytest
 from acme import crypto_util, messages
-from asn1crypto import cms, core
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -34,7 +33,7 @@ from enrollment.acme.routes import make_router as acme_router
 from enrollment.acme.service import AcmeService
 from enrollment.est import EstContext, make_app
 from tests.conftest import CaHome, RunningServer, make_ca_home, start_server, stop_server
-from tests.helpers import est_csr_body, remember_secret, require_tool, run
+from tests.helpers import est_csr_body, remember_secret, require_tool, run, scep_post, scep_status
 from tests.integration.acme_peers import Http01Server, LoopbackDns, acme_peers
 from tests.integration.test_acme import (
     GATEWAY,
@@ -159,21 +158,7 @@ def scep_request(server: RunningServer, key: rsa.RSAPrivateKey, csr: x509.Certif
     message = scep.signed_message(signer, key, message_type=scep.PKCS_REQ, transaction_id=transaction_id,
                                   sender_nonce=os.urandom(16),
                                   content=scep.envelope(csr.public_bytes(serialization.Encoding.DER), ra))
-    request = urllib.request.Request(f"{server.http}/scep?operation=PKIOperation", data=message,
-                                     headers={"Content-Type": "application/x-pki-message"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def cert_rep_status(reply: bytes) -> tuple[str, str | None]:
-    signer = cms.ContentInfo.load(reply)["content"]["signer_infos"][0]
-    attrs = {a["type"].dotted: a["values"][0].dump() for a in signer["signed_attrs"]}
-    fail = attrs.get(scep.OID_FAIL_INFO)
-    return (core.PrintableString.load(attrs[scep.OID_PKI_STATUS]).native,
-            core.PrintableString.load(fail).native if fail else None)
+    return scep_post(f"{server.http}/scep", message)
 
 
 def test_rsa_1024_csr_refused_by_est_scep_and_acme_is_one_sample_and_one_event_each(
@@ -192,7 +177,7 @@ def test_rsa_1024_csr_refused_by_est_scep_and_acme_is_one_sample_and_one_event_e
     watch = Watch(server, "scep")
     key, csr = rsa_1024_csr("weak-scep.example.com", token(server, "weak-scep.example.com", "scep"))
     status, reply = scep_request(server, key, csr, "weak-1")
-    assert status == 200 and cert_rep_status(reply) == (scep.FAILURE, scep.BAD_REQUEST)
+    assert status == 200 and scep_status(reply) == (scep.FAILURE, scep.BAD_REQUEST)
     assert "1024" in watch.assert_one_refusal("policy")["detail"]
 
     acme = register(server, account_key(), eab_create(server.ca, GATEWAY))
@@ -217,12 +202,12 @@ def test_scep_answers_a_spent_challenge_with_a_failure_certrep_not_a_500(server:
     challenge = token(server, "spent.example.com", "scep")
     key = rsa.generate_private_key(65537, 2048)
     status, reply = scep_request(server, key, challenge_csr(key, "spent.example.com", challenge), "spent-1")
-    assert status == 200 and cert_rep_status(reply) == (scep.SUCCESS, None)
+    assert status == 200 and scep_status(reply) == (scep.SUCCESS, None)
     other_key = rsa.generate_private_key(65537, 2048)  # the spent challenge with another key
     again = challenge_csr(other_key, "spent.example.com", challenge)
     watch = Watch(server, "scep")
     status, reply = scep_request(server, other_key, again, "spent-2")
-    assert status == 200 and cert_rep_status(reply) == (scep.FAILURE, scep.BAD_REQUEST)
+    assert status == 200 and scep_status(reply) == (scep.FAILURE, scep.BAD_REQUEST)
     assert refused_samples(server, "scep") == watch.samples + 1
     (event,) = watch.new_events()
     assert event["reason"] == "authentication" and "already used" in event["detail"]

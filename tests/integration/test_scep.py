@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from asn1crypto import cms, core
+from asn1crypto import cms
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from enrollment import scep
 from tests.conftest import RunningServer, make_ca_home, start_server, stop_server
-from tests.helpers import remember_secret, require_tool, run
+from tests.helpers import remember_secret, require_tool, run, scep_post, scep_status
 
 
 @pytest.fixture(scope="module")
@@ -164,24 +164,6 @@ def client_identity() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     return key, cert
 
 
-def post(server: RunningServer, body: bytes) -> tuple[int, bytes]:
-    request = urllib.request.Request(f"{url(server)}?operation=PKIOperation", data=body,
-                                     headers={"Content-Type": "application/x-pki-message"})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def status_of(reply: bytes) -> tuple[str, str | None]:
-    signer = cms.ContentInfo.load(reply)["content"]["signer_infos"][0]
-    attrs = {a["type"].dotted: a["values"][0].dump() for a in signer["signed_attrs"]}
-    fail = attrs.get(scep.OID_FAIL_INFO)
-    return (core.PrintableString.load(attrs[scep.OID_PKI_STATUS]).native,
-            core.PrintableString.load(fail).native if fail else None)
-
-
 def request(server: RunningServer, content: bytes, message_type: int = scep.PKCS_REQ) -> bytes:
     key, cert = client_identity()
     ra = x509.load_pem_x509_certificate((server.ca.home / "ca/scep-ra.pem").read_bytes())
@@ -194,16 +176,16 @@ def test_corrupted_pkimessages_get_failinfo_and_the_server_keeps_serving(server:
     good = request(server, csr_der)
     corrupt_envelope = bytearray(good)
     corrupt_envelope[-300] ^= 0xFF  # inside the encrypted content
-    status, reply = post(server, bytes(corrupt_envelope))
-    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_MESSAGE_CHECK)
+    status, reply = scep_post(url(server), bytes(corrupt_envelope))
+    assert status == 200 and scep_status(reply) == (scep.FAILURE, scep.BAD_MESSAGE_CHECK)
     corrupt_signature = bytearray(good)
     corrupt_signature[-1] ^= 0x01  # the signature value is the last field
-    status, reply = post(server, bytes(corrupt_signature))
-    assert status == 200 and status_of(reply)[1] in (scep.BAD_MESSAGE_CHECK, scep.BAD_REQUEST)
-    status, reply = post(server, good)  # well-formed envelope, but not a CSR
-    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_REQUEST)
-    assert post(server, b"\x30\x82\x01\x00garbage")[0] == 400
-    assert post(server, os.urandom(100_000))[0] == 413
+    status, reply = scep_post(url(server), bytes(corrupt_signature))
+    assert status == 200 and scep_status(reply)[1] in (scep.BAD_MESSAGE_CHECK, scep.BAD_REQUEST)
+    status, reply = scep_post(url(server), good)  # well-formed envelope, but not a CSR
+    assert status == 200 and scep_status(reply) == (scep.FAILURE, scep.BAD_REQUEST)
+    assert scep_post(url(server), b"\x30\x82\x01\x00garbage")[0] == 400
+    assert scep_post(url(server), os.urandom(100_000))[0] == 413
     with urllib.request.urlopen(f"{url(server)}?operation=GetCACaps", timeout=30) as response:
         assert b"AES" in response.read()
     assert "Traceback" not in server.log.read_text()
@@ -230,22 +212,22 @@ def pkcs_req(server: RunningServer, identity: str, credential: str, cipher: str,
 
 def test_des3_only_for_the_named_legacy_profiles(server: RunningServer) -> None:
     device = pkcs_req(server, "old1.example.com", token(server, "old1.example.com"), "tripledes_3key")
-    status, reply = post(server, device)
-    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_ALG)
+    status, reply = scep_post(url(server), device)
+    assert status == 200 and scep_status(reply) == (scep.FAILURE, scep.BAD_ALG)
     legacy = pkcs_req(server, "old2.example.com", token(server, "old2.example.com", "--profile", "gateway"),
                       "tripledes_3key")
-    status, reply = post(server, legacy)
-    assert status == 200 and status_of(reply) == (scep.PENDING, None)  # accepted, waits for approval
+    status, reply = scep_post(url(server), legacy)
+    assert status == 200 and scep_status(reply) == (scep.PENDING, None)  # accepted, waits for approval
     modern = pkcs_req(server, "new1.example.com", token(server, "new1.example.com"), "aes256_cbc")
-    status, reply = post(server, modern)
-    assert status == 200 and status_of(reply) == (scep.SUCCESS, None)
+    status, reply = scep_post(url(server), modern)
+    assert status == 200 and scep_status(reply) == (scep.SUCCESS, None)
 
 
 def test_signing_time_far_off_is_bad_time(server: RunningServer) -> None:
     message = pkcs_req(server, "late.example.com", token(server, "late.example.com"), "aes256_cbc",
                        signing_time=datetime.now(UTC) - timedelta(hours=2))
-    status, reply = post(server, message)
-    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_TIME)
+    status, reply = scep_post(url(server), message)
+    assert status == 200 and scep_status(reply) == (scep.FAILURE, scep.BAD_TIME)
 
 
 def test_get_cert_over_http_get_for_an_unknown_serial_is_bad_cert_id(server: RunningServer) -> None:
@@ -258,7 +240,7 @@ def test_get_cert_over_http_get_for_an_unknown_serial_is_bad_cert_id(server: Run
     encoded = urllib.parse.quote(base64.b64encode(message).decode(), safe="")
     get_url = f"{url(server)}?operation=PKIOperation&message={encoded}"
     with urllib.request.urlopen(get_url, timeout=30) as response:
-        assert status_of(response.read()) == (scep.FAILURE, scep.BAD_CERT_ID)
+        assert scep_status(response.read()) == (scep.FAILURE, scep.BAD_CERT_ID)
 
 
 def test_get_crl_returns_the_crl_enveloped_to_the_requester(server: RunningServer) -> None:
@@ -269,8 +251,8 @@ def test_get_crl_returns_the_crl_enveloped_to_the_requester(server: RunningServe
     query = cms.IssuerAndSerialNumber({"issuer": sub.issuer, "serial_number": sub.serial_number}).dump()
     message = scep.signed_message(cert, key, message_type=scep.GET_CRL, transaction_id="crl-1",
                                   sender_nonce=os.urandom(16), content=scep.envelope(query, ra))
-    status, reply = post(server, message)
-    assert status == 200 and status_of(reply) == (scep.SUCCESS, None)
+    status, reply = scep_post(url(server), message)
+    assert status == 200 and scep_status(reply) == (scep.SUCCESS, None)
     signed = cms.ContentInfo.load(reply)["content"]
     ra_signer = x509.load_der_x509_certificate(signed["certificates"][0].chosen.dump())
     assert ra_signer == ra
@@ -345,8 +327,8 @@ def test_a_signer_certificate_with_an_unknown_key_algorithm_is_bad_alg(server: R
     message = scep.signed_message(signer, key, message_type=scep.PKCS_REQ, transaction_id="oid-1",
                                   sender_nonce=os.urandom(16),
                                   content=scep.envelope(b"\x30\x00", ra_cert(server)))
-    status, reply = post(server, message)
-    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_ALG)
+    status, reply = scep_post(url(server), message)
+    assert status == 200 and scep_status(reply) == (scep.FAILURE, scep.BAD_ALG)
     assert "Traceback" not in server.log.read_text()
 
 
@@ -357,8 +339,8 @@ def test_get_cert_with_content_that_is_not_issuer_and_serial_is_bad_request(serv
     message = scep.signed_message(cert, key, message_type=scep.GET_CERT, transaction_id="getcert-garbage",
                                   sender_nonce=os.urandom(16),
                                   content=scep.envelope(content, ra_cert(server)))
-    status, reply = post(server, message)
-    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_REQUEST)
+    status, reply = scep_post(url(server), message)
+    assert status == 200 and scep_status(reply) == (scep.FAILURE, scep.BAD_REQUEST)
     assert "Traceback" not in server.log.read_text()
 
 
@@ -368,8 +350,8 @@ def test_get_cert_for_another_issuer_is_bad_cert_id(server: RunningServer) -> No
     query = cms.IssuerAndSerialNumber({"issuer": own.subject, "serial_number": 1}).dump()
     message = scep.signed_message(cert, key, message_type=scep.GET_CERT, transaction_id="getcert-other",
                                   sender_nonce=os.urandom(16), content=scep.envelope(query, ra_cert(server)))
-    status, reply = post(server, message)
-    assert status == 200 and status_of(reply) == (scep.FAILURE, scep.BAD_CERT_ID)
+    status, reply = scep_post(url(server), message)
+    assert status == 200 and scep_status(reply) == (scep.FAILURE, scep.BAD_CERT_ID)
 
 
 def test_a_pkcsreq_sent_again_gets_the_same_certificate(server: RunningServer) -> None:
@@ -378,15 +360,15 @@ def test_a_pkcsreq_sent_again_gets_the_same_certificate(server: RunningServer) -
     credential = token(server, "resend.example.com")
     key = rsa.generate_private_key(65537, 2048)
     name = "resend.example.com"
-    status, first = post(server, enrollment_request(server, key, name, credential, "resend-1"))
-    assert status == 200 and status_of(first) == (scep.SUCCESS, None)
+    status, first = scep_post(url(server), enrollment_request(server, key, name, credential, "resend-1"))
+    assert status == 200 and scep_status(first) == (scep.SUCCESS, None)
     issued = delivered(first, key)
-    status, again = post(server, enrollment_request(server, key, name, credential, "resend-2"))
-    assert status == 200 and status_of(again) == (scep.SUCCESS, None)
+    status, again = scep_post(url(server), enrollment_request(server, key, name, credential, "resend-2"))
+    assert status == 200 and scep_status(again) == (scep.SUCCESS, None)
     assert delivered(again, key) == issued
     other = rsa.generate_private_key(65537, 2048)
-    status, refused = post(server, enrollment_request(server, other, name, credential, "resend-3"))
-    assert status == 200 and status_of(refused) == (scep.FAILURE, scep.BAD_REQUEST)
+    status, refused = scep_post(url(server), enrollment_request(server, other, name, credential, "resend-3"))
+    assert status == 200 and scep_status(refused) == (scep.FAILURE, scep.BAD_REQUEST)
     serial = f"{issued.serial_number:x}"
     assert [c.serial for c in server.ca.store.list_certificates()
             if c.subject == issued.subject.rfc4514_string()] == [serial]  # issued once
@@ -398,18 +380,19 @@ def test_certpoll_finds_a_certificate_issued_without_approval(server: RunningSer
     credential = token(server, "poll.example.com")
     key = rsa.generate_private_key(65537, 2048)
     transaction_id = os.urandom(20).hex()
-    status, reply = post(server, enrollment_request(server, key, "poll.example.com", credential,
+    status, reply = scep_post(url(server), enrollment_request(server, key, "poll.example.com", credential,
                                                     transaction_id))
-    assert status == 200 and status_of(reply) == (scep.SUCCESS, None)
+    assert status == 200 and scep_status(reply) == (scep.SUCCESS, None)
     issued = delivered(reply, key)
-    status, polled = post(server, cert_poll(server, key, "poll.example.com", transaction_id))
-    assert status == 200 and status_of(polled) == (scep.SUCCESS, None)
+    status, polled = scep_post(url(server), cert_poll(server, key, "poll.example.com", transaction_id))
+    assert status == 200 and scep_status(polled) == (scep.SUCCESS, None)
     assert delivered(polled, key) == issued
     intruder = rsa.generate_private_key(65537, 2048)
-    status, refused = post(server, cert_poll(server, intruder, "poll.example.com", transaction_id))
-    assert status == 200 and status_of(refused) == (scep.FAILURE, scep.BAD_MESSAGE_CHECK)
-    status, unknown = post(server, cert_poll(server, key, "poll.example.com", "no-such-transaction"))
-    assert status == 200 and status_of(unknown) == (scep.FAILURE, scep.BAD_CERT_ID)
+    status, refused = scep_post(url(server), cert_poll(server, intruder, "poll.example.com", transaction_id))
+    assert status == 200 and scep_status(refused) == (scep.FAILURE, scep.BAD_MESSAGE_CHECK)
+    unknown_poll = cert_poll(server, key, "poll.example.com", "no-such-transaction")
+    status, unknown = scep_post(url(server), unknown_poll)
+    assert status == 200 and scep_status(unknown) == (scep.FAILURE, scep.BAD_CERT_ID)
     assert "Traceback" not in server.log.read_text()
 
 
@@ -434,15 +417,15 @@ def test_failure_and_pending_certreps_carry_content_openssl_verifies(server: Run
     """RFC 8894 3.3.2: no pkcsPKIEnvelope in a FAILURE or PENDING CertRep, but the SignedData still
     encapsulates (empty) data: without it OpenSSL calls the message detached and refuses it ("no
     content"), and certmonger reported every refusal as CA_UNREACHABLE."""
-    status, failure = post(server, request(server, b"\x30\x03\x02\x01\x00"))
-    assert status == 200 and status_of(failure) == (scep.FAILURE, scep.BAD_REQUEST)
+    status, failure = scep_post(url(server), request(server, b"\x30\x03\x02\x01\x00"))
+    assert status == 200 and scep_status(failure) == (scep.FAILURE, scep.BAD_REQUEST)
     encapsulated = cms.ContentInfo.load(failure)["content"]["encap_content_info"]
     assert encapsulated["content_type"].native == "data" and encapsulated["content"].native == b""
     openssl_verifies(server, failure, tmp_path)
     credential = token(server, "wait1.example.com", "--profile", "gateway")
     pending = pkcs_req(server, "wait1.example.com", credential, "aes256_cbc")
-    status, reply = post(server, pending)
-    assert status == 200 and status_of(reply) == (scep.PENDING, None)
+    status, reply = scep_post(url(server), pending)
+    assert status == 200 and scep_status(reply) == (scep.PENDING, None)
     openssl_verifies(server, reply, tmp_path)
 
 
@@ -464,12 +447,13 @@ def test_pkcsreq_signed_by_a_current_certificate_renews_and_by_a_revoked_one_is_
     name = "renew-pkcsreq.example.com"
     key = rsa.generate_private_key(65537, 2048)
     credential = token(server, name)
-    status, reply = post(server, enrollment_request(server, key, name, credential, os.urandom(8).hex()))
-    assert status == 200 and status_of(reply) == (scep.SUCCESS, None)
+    message = enrollment_request(server, key, name, credential, os.urandom(8).hex())
+    status, reply = scep_post(url(server), message)
+    assert status == 200 and scep_status(reply) == (scep.SUCCESS, None)
     first = delivered(reply, key)
     new_key = rsa.generate_private_key(65537, 2048)
-    status, reply = post(server, renewal_pkcs_req(server, first, key, new_key, name))
-    assert status == 200 and status_of(reply) == (scep.SUCCESS, None), status_of(reply)
+    status, reply = scep_post(url(server), renewal_pkcs_req(server, first, key, new_key, name))
+    assert status == 200 and scep_status(reply) == (scep.SUCCESS, None), scep_status(reply)
     second = delivered(reply, key)  # enveloped to the signer: the current certificate's key
     assert second.public_key() == new_key.public_key() and second.subject == first.subject
     old_serial, new_serial = f"{first.serial_number:x}", f"{second.serial_number:x}"
@@ -480,6 +464,6 @@ def test_pkcsreq_signed_by_a_current_certificate_renews_and_by_a_revoked_one_is_
     run([sys.executable, "-m", "vpnca.cli", "revoke", new_serial, "--reason", "keyCompromise"],
         env=server.ca.env)
     another = rsa.generate_private_key(65537, 2048)
-    status, refused = post(server, renewal_pkcs_req(server, second, new_key, another, name))
-    assert status == 200 and status_of(refused) == (scep.FAILURE, scep.BAD_REQUEST)
+    status, refused = scep_post(url(server), renewal_pkcs_req(server, second, new_key, another, name))
+    assert status == 200 and scep_status(refused) == (scep.FAILURE, scep.BAD_REQUEST)
     assert "Traceback" not in server.log.read_text()
