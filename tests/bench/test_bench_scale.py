@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.bench.common import save, table
 from tests.conftest import make_ca_home
 from tests.helpers import require_tool
-from tests.integration.test_scale_cli import VPNCA, fill
+from tests.integration.test_scale_cli import VPNCA, fill, first_bytes
 
 ROWS = int(os.environ.get("VPNCA_BENCH_SCALE_ROWS", "1000000"))
 AUDIT = int(os.environ.get("VPNCA_BENCH_SCALE_AUDIT", str(ROWS // 10)))
@@ -121,16 +121,33 @@ def test_operator_commands_and_presigning_at_scale(tmp_path: Path, softhsm) -> N
         started = time.monotonic()
         fill(ca.store, ca.settings.ca.name, ROWS, now=datetime.now(UTC), audit_entries=AUDIT)
         fill_seconds = round(time.monotonic() - started, 1)
+        with ca.store.engine.connect() as conn:  # the serial in the middle of the serial order
+            middle = conn.exec_driver_sql("SELECT serial FROM certificates ORDER BY serial LIMIT 1 OFFSET ?",
+                                          (ROWS // 2,)).scalar_one()
+        pack, gzip_pack = tmp_path / "pack", tmp_path / "pack-gz"
         commands = [
             ("list --json --limit 100 (first page)", ["list", "--json", "--limit", "100"]),
+            ("list --json --limit 1000 --after SERIAL (mid-table)",
+             ["list", "--json", "--limit", "1000", "--after", str(middle)]),
+            ("list --identity dev123456. (identity substring)", ["list", "--identity", "dev123456."]),
             ("list --status valid --limit 100 (table)", ["list", "--status", "valid", "--limit", "100"]),
             ("list --json (every row)", ["list", "--json"]),
             ("report expiring --within 14d --json", ["report", "expiring", "--within", "14d", "--json"]),
-            ("audit export (default 90 days)", ["audit", "export", str(tmp_path / "pack")]),
+            ("audit export (default 90 days)", ["audit", "export", str(pack)]),
+            ("audit export --gzip (default 90 days)", ["audit", "export", str(gzip_pack), "--gzip"]),
+            ("audit verify --pack", ["audit", "verify", "--pack", str(pack)]),
+            ("audit verify --pack (gzip)", ["audit", "verify", "--pack", str(gzip_pack)]),
             ("status --json", ["status", "--json"]),
             ("status --json (again)", ["status", "--json"]),
         ]
         rows = [{"command": name, **gnu_time(ca.env, *args)} for name, args in commands]
+        streamed = (("list", "--status", "valid", "--json"),
+                    ("report", "expiring", "--within", "14d", "--json"))
+        for args in streamed:
+            data, seconds, status, stderr = first_bytes(ca, *args)  # a reader that stops, as `head -c` does
+            assert status == 0 and not stderr and (args[0] != "list" or len(data) == 1000), stderr
+            rows.append({"command": f"{' '.join(args)} | head -c 1000", "seconds": round(seconds, 3),
+                         "cpu_seconds": "", "max_rss_mb": 0.0})
         presigning = presign_rounds(ca.home, 1) + presign_rounds(ca.home, WORKERS)
         for workers in (1, WORKERS):  # all rounds together: responses over time, beside the mean raw rate
             rounds = [p for p in presigning if p["workers"] == workers]
