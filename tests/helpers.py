@@ -48,10 +48,30 @@ def stop_process(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+# Ports for the servers the tests start, below Linux's ephemeral range (32768-60999, where bind(0) and
+# outgoing connections take theirs) and one block per pytest-xdist worker: a port handed out here is
+# free when checked but only bound later by a server, so two workers drawing from one pool could both
+# hand out the same port in between (it happened: "Address already in use").
+_PORT_BLOCK = 1500
+_PORT_BASE = 20000
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free TCP port on 127.0.0.1 that no other test of this run was given."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = _PORT_BASE + (int(worker) if worker.isdigit() else 0) % 8 * _PORT_BLOCK
+    for port in range(first, first + _PORT_BLOCK):
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port left in {first}-{first + _PORT_BLOCK - 1}")
 
 
 def openssl_key(path: Path, algorithm: str = "ec-p256") -> Path:
