@@ -5,23 +5,39 @@ type, the result is linted, and only a certificate without ERROR or FATAL findin
 for real, on the token. The validator is built once per process (building it costs far more than
 running it), when the first certificate is linted: importing pkilint costs a third of a second that
 commands which sign nothing should not pay.
+
+Linting takes ~12 ms of pure Python per certificate, several times the rest of an issuance, so the
+verdict is kept per *lint shape*: the certificate with the three fields vpnca draws itself replaced by
+fixed stand-ins that keep every property the RFC 5280 validators look at: the serial by the power of two
+of the same bit length (same range, same encoding length), each validity time by a fixed instant of the
+same encoding class (UTCTime, GeneralizedTime) keeping the order of the two, the subject key by a fixed
+key of the same algorithm, curve or modulus size and exponent (with its key identifier derived the same
+way). The key's bits are checked where the request is made (a CSR's key is parsed and policy-checked).
+Names, extensions, algorithms and profile are the real ones: a renewal, the same device again with a new
+key, hits; a new name or profile is linted in full.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from vpnca.errors import PolicyViolation
 
 BLOCKING = frozenset({"FATAL", "ERROR"})  # pkilint's ValidationFindingSeverity names that refuse
+VERDICTS_KEPT = 50_000  # lint shapes remembered per process (~100 bytes each: a digest and a tuple)
 
 
 @dataclass(frozen=True)
@@ -79,19 +95,109 @@ def _throwaway_key(kind: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def lint_before_signing(builder: x509.CertificateBuilder,
+# --- the lint shape -------------------------------------------------------------------------------
+
+_TIME_CLASSES = (  # RFC 5280 4.1.2.5: UTCTime for 1950-2049, GeneralizedTime otherwise
+    (datetime(1950, 1, 1, tzinfo=UTC), datetime(1940, 1, 1, tzinfo=UTC)),
+    (datetime(2050, 1, 1, tzinfo=UTC), datetime(2001, 1, 1, tzinfo=UTC)),
+    (datetime.max.replace(tzinfo=UTC), datetime(2060, 1, 1, tzinfo=UTC)),
+)
+
+
+def _time_class(moment: datetime) -> datetime:
+    return next(base for bound, base in _TIME_CLASSES if moment < bound)
+
+
+def shape_validity(not_before: datetime, not_after: datetime) -> tuple[datetime, datetime]:
+    """Fixed stand-ins in the same encoding classes and the same order (before, equal, after)."""
+    start, end = _time_class(not_before), _time_class(not_after)
+    if start == end:
+        order = (not_after > not_before) - (not_after < not_before)
+        end = start + timedelta(days=order)
+    return start, end
+
+
+def shape_serial(serial: int) -> int:
+    """The power of two with the serial's bit length: in RFC 5280's range exactly when the serial is."""
+    return 1 << (serial.bit_length() - 1) if serial > 0 else serial
+
+
+@cache
+def _stand_in_ec(curve: type[ec.EllipticCurve]) -> ec.EllipticCurvePublicKey:
+    return ec.derive_private_key(1, curve()).public_key()  # the generator point: on every named curve
+
+
+@cache
+def _stand_in_rsa(bits: int, exponent: int) -> rsa.RSAPublicKey:
+    # an odd modulus of the same length; pkilint decodes it and derives the key identifier, nothing more
+    return rsa.RSAPublicNumbers(exponent, (1 << (bits - 1)) | 0xFFFF_FFFF_FFFF_FFFF).public_key()
+
+
+def shape_key(key: CertificatePublicKeyTypes) -> CertificatePublicKeyTypes | None:
+    """A fixed key of the same algorithm and parameters, or None for a key type without one."""
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return _stand_in_ec(type(key.curve))
+    if isinstance(key, rsa.RSAPublicKey):
+        return _stand_in_rsa(key.key_size, key.public_numbers().e)
+    return None
+
+
+class _Verdicts:
+    """A bounded, thread-safe map from a lint shape's digest to its findings (least recently used out)."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[bytes, tuple[Finding, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, digest: bytes) -> tuple[Finding, ...] | None:
+        with self._lock:
+            found = self._entries.get(digest)
+            if found is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._entries.move_to_end(digest)
+            return found
+
+    def put(self, digest: bytes, verdict: tuple[Finding, ...]) -> None:
+        with self._lock:
+            self._entries[digest] = verdict
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+verdicts = _Verdicts(VERDICTS_KEPT)
+
+Build = Callable[[CertificatePublicKeyTypes, int, datetime, datetime], x509.CertificateBuilder]
+
+
+def lint_before_signing(build: Build, public_key: CertificatePublicKeyTypes, serial: int,
+                        not_before: datetime, not_after: datetime,
                         ca_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
                         algorithm: hashes.SHA256 | hashes.SHA384,
                         *, accepted: frozenset[str] = frozenset()) -> None:
-    """Sign `builder` with an in-memory key of the CA key's type and lint it; LintFailed on an ERROR
-    or FATAL finding whose code is not `accepted`."""
+    """Lint the certificate `build(public_key, serial, not_before, not_after)` would make (by its lint
+    shape, signed with an in-memory key of the CA key's type); LintFailed on an ERROR or FATAL finding
+    whose code is not `accepted`."""
+    stand_in = shape_key(public_key)
+    if stand_in is not None:
+        builder = build(stand_in, shape_serial(serial), *shape_validity(not_before, not_after))
+    else:  # no stand-in: the real certificate, its verdict kept but unlikely to be asked for again
+        builder = build(public_key, serial, not_before, not_after)
     # the signature algorithm in the TBS follows the hash, not the curve: a P-256 key signs fastest
     kind = "secp256r1" if isinstance(ca_key, ec.EllipticCurvePrivateKey) else "rsa"
     precertificate = builder.sign(_throwaway_key(kind), algorithm)
-    blocking = [f for f in findings(precertificate.public_bytes(Encoding.DER))
-                if f.severity in BLOCKING and f.code not in accepted]
+    digest = hashlib.sha256(precertificate.tbs_certificate_bytes).digest()
+    verdict = verdicts.get(digest)
+    if verdict is None:
+        verdict = tuple(findings(precertificate.public_bytes(Encoding.DER)))
+        verdicts.put(digest, verdict)
+    blocking = [f for f in verdict if f.severity in BLOCKING and f.code not in accepted]
     if blocking:
         raise LintFailed(blocking)
 
 
-__all__ = ["Finding", "LintFailed", "findings", "lint_before_signing"]
+__all__ = ["Finding", "LintFailed", "findings", "lint_before_signing", "shape_key", "shape_serial",
+           "shape_validity", "verdicts"]

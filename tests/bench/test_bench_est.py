@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.bench.common import save, table, wrk
 from tests.conftest import make_ca_home, start_server, stop_server
 from tests.helpers import openssl_csr, require_tool, run
+from vpnca.authority import IssueRequest
 from vpnca.credentials import _secret_hash
 from vpnca.identities import IkeIdentity
 from vpnca.store import EnrollmentToken
@@ -96,9 +97,25 @@ def wait_until_answering(url: str, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
+def in_process_issuance_ms(ca, count: int = 200) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Milliseconds per `Authority.issue` (a new key each time): the same name again (a renewal: the kept
+    lint verdict) and a new name each time (linted in full)."""
+    keys = [ec.generate_private_key(ec.SECP256R1()).public_key() for _ in range(count)]
+    figures = {}
+    for case, name in (("new_name", "dev{}.example.com"), ("same_name", "renewing.example.com")):
+        started = time.perf_counter()
+        for i, key in enumerate(keys):
+            identity = IkeIdentity("fqdn", name.format(i))
+            ca.authority.issue(IssueRequest(profile="device", identities=(identity,), public_key=key,
+                                            requester="bench", protocol="bench"))
+        figures[f"issue_{case}_ms"] = round((time.perf_counter() - started) * 1000 / count, 2)
+    return figures
+
+
 def test_est_enrollment_rate(tmp_path: Path, softhsm) -> None:  # type: ignore[no-untyped-def]
     ca = make_ca_home(tmp_path / "home", softhsm)
     sign_before = raw_sign_rate(ca.authority.key)  # type: ignore[arg-type]
+    in_process = in_process_issuance_ms(ca)
     csr = openssl_csr(tmp_path, subject="/CN=bench.example.com", sans=["DNS:bench.example.com"])
     der = tmp_path / "req.der"
     run([require_tool("openssl"), "req", "-in", str(csr), "-outform", "DER", "-out", str(der)])
@@ -142,7 +159,8 @@ def test_est_enrollment_rate(tmp_path: Path, softhsm) -> None:  # type: ignore[n
         row["enroll_vs_raw_sign"] = round(row["enroll_per_s"] / sign_rate, 3)
     row_count = sum(1 for _ in ca.store.list_certificates(status="valid"))
     save("est", {"workers": WORKERS, "seconds": SECONDS, "repeats": REPEATS, "database": "sqlite",
-                 "issued_total": row_count, "rows": rows})
+                 "issued_total": row_count, "in_process": in_process, "rows": rows})
+    print("in-process issuance (ms):", in_process)
     table("EST enrollment over HTTPS (wrk, keep-alive; median of the runs)", rows,
           [c for c in rows[0] if c != "enroll_runs_per_s"] + ["enroll_runs_per_s"])
     assert all(r["enroll_errors"] == 0 for r in rows)
