@@ -29,6 +29,7 @@ from vpnca.issuer import (
     open_settings_token,
     token_key,
 )
+from vpnca.leaf import LeafSpec, build_leaf
 from vpnca.lint import LintFailed, lint_before_signing
 from vpnca.policy import check_csr, check_identities, check_public_key
 from vpnca.profiles import Profile, get_profile
@@ -234,36 +235,18 @@ class Authority:
         self, request: IssueRequest, profile: Profile, serial: int, subject: x509.Name,
         not_before: datetime, not_after: datetime,
     ) -> x509.Certificate:
-        # a DN identity is also a directoryName SAN: strict verifiers want a SAN in every leaf
-        sans = [i.general_name() for i in request.identities]
-        extensions = (*self._issuer_extensions, *leaf_crl_extensions(self.settings, not_after))
-
-        def build(public_key: CertificatePublicKeyTypes, serial: int, not_before: datetime,
-                  not_after: datetime) -> x509.CertificateBuilder:
-            builder = (
-                x509.CertificateBuilder()
-                .subject_name(subject)
-                .issuer_name(self.certificate.subject)
-                .public_key(public_key)
-                .serial_number(serial)
-                .not_valid_before(not_before)
-                .not_valid_after(not_after)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(profile.key_usage(public_key), critical=True)
-                .add_extension(x509.ExtendedKeyUsage(list(profile.extended_key_usages)), critical=False)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-            )
-            for extension in extensions:
-                builder = builder.add_extension(extension, critical=False)
-            if sans:  # RFC 5280 4.2.1.6: critical when the subject is empty (a name too long for a CN)
-                builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=not subject.rdns)
-            return builder
-
+        spec = LeafSpec(
+            subject=subject, issuer=self.certificate.subject, profile=profile,
+            # a DN identity is also a directoryName SAN: strict verifiers want a SAN in every leaf
+            sans=tuple(i.general_name() for i in request.identities),
+            extensions=(*self._issuer_extensions, *leaf_crl_extensions(self.settings, not_after)),
+        )
         # LintFailed: nothing is signed (a profile may accept some codes: the service profile's names come
         # from server.tls_names and may be `localhost`, a single label pkilint's domain syntax refuses)
-        lint_before_signing(build, request.public_key, serial, not_before, not_after, self.key,
+        lint_before_signing(spec, request.public_key, serial, not_before, not_after, self.key,
                             hash_for(self.key), accepted=profile.lint_accepted)
-        return build(request.public_key, serial, not_before, not_after).sign(self.key, hash_for(self.key))
+        return build_leaf(spec, request.public_key, serial, not_before, not_after).sign(
+            self.key, hash_for(self.key))
 
     def revoke(
         self, serial: str, reason: str, *, actor: str, invalidity_date: datetime | None = None

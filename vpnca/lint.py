@@ -6,38 +6,40 @@ for real, on the token. The validator is built once per process (building it cos
 running it), when the first certificate is linted: importing pkilint costs a third of a second that
 commands which sign nothing should not pay.
 
-Linting takes ~12 ms of pure Python per certificate, several times the rest of an issuance, so the
-verdict is kept per *lint shape*: the certificate with the three fields vpnca draws itself replaced by
-fixed stand-ins that keep every property the RFC 5280 validators look at: the serial by the power of two
-of the same bit length (same range, same encoding length), each validity time by a fixed instant of the
-same encoding class (UTCTime, GeneralizedTime) keeping the order of the two, the subject key by a fixed
-key of the same algorithm, curve or modulus size and exponent (with its key identifier derived the same
-way). The key's bits are checked where the request is made (a CSR's key is parsed and policy-checked).
-Names, extensions, algorithms and profile are the real ones: a renewal, the same device again with a new
-key, hits; a new name or profile is linted in full.
+Linting takes ~10 ms of pure Python per certificate, more than the rest of an issuance, so each
+process keeps pkilint's verdict by *lint shape*: the leaf's spec (vpnca/leaf.py: names, profile,
+extensions; a certificate is a pure function of it and the three fields below) with the fields vpnca
+draws for each certificate replaced by fixed stand-ins that keep what the RFC 5280 validators look at:
+any serial in RFC 5280's range by one fixed serial (a serial out of it is kept), each validity time by a
+fixed instant of the same encoding class (UTCTime, GeneralizedTime) in the same order, the subject key by
+a fixed key of the same algorithm, curve or modulus size and exponent (and its key identifier derived the
+same way). The key's own bits were checked where the request was made (a CSR's key is parsed and
+policy-checked). A miss lints that shape certificate in full; a renewal, or the same name with a new
+key, finds its verdict without building anything.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from vpnca.errors import PolicyViolation
+from vpnca.leaf import LeafSpec, build_leaf
 
 BLOCKING = frozenset({"FATAL", "ERROR"})  # pkilint's ValidationFindingSeverity names that refuse
-VERDICTS_KEPT = 50_000  # lint shapes remembered per process (~100 bytes each: a digest and a tuple)
+VERDICTS_KEPT = 100_000  # lint shapes remembered per process (~200 bytes each: a key tuple, its verdict)
+MAX_SERIAL = (1 << 159) - 1  # RFC 5280 4.1.2.2: 20 octets, positive
+IN_RANGE_SERIAL = 1 << 158
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,8 @@ def shape_validity(not_before: datetime, not_after: datetime) -> tuple[datetime,
 
 
 def shape_serial(serial: int) -> int:
-    """The power of two with the serial's bit length: in RFC 5280's range exactly when the serial is."""
-    return 1 << (serial.bit_length() - 1) if serial > 0 else serial
+    """One fixed serial for every serial in RFC 5280's range (positive, at most 20 octets); others kept."""
+    return IN_RANGE_SERIAL if 0 < serial <= MAX_SERIAL else serial
 
 
 @cache
@@ -133,12 +135,18 @@ def _stand_in_rsa(bits: int, exponent: int) -> rsa.RSAPublicKey:
     return rsa.RSAPublicNumbers(exponent, (1 << (bits - 1)) | 0xFFFF_FFFF_FFFF_FFFF).public_key()
 
 
-def shape_key(key: CertificatePublicKeyTypes) -> CertificatePublicKeyTypes | None:
-    """A fixed key of the same algorithm and parameters, or None for a key type without one."""
+def shape_key(key: CertificatePublicKeyTypes) -> tuple[tuple[object, ...], CertificatePublicKeyTypes] | None:
+    """(what the stand-in keeps of the key, a fixed key of the same algorithm and parameters), or None
+    for a key type without a stand-in."""
     if isinstance(key, ec.EllipticCurvePublicKey):
-        return _stand_in_ec(type(key.curve))
+        return ("ec", key.curve.name), _stand_in_ec(type(key.curve))
     if isinstance(key, rsa.RSAPublicKey):
-        return _stand_in_rsa(key.key_size, key.public_numbers().e)
+        exponent = key.public_numbers().e
+        return ("rsa", key.key_size, exponent), _stand_in_rsa(key.key_size, exponent)
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return ("ed25519",), ed25519.Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key()
+    if isinstance(key, ed448.Ed448PublicKey):
+        return ("ed448",), ed448.Ed448PrivateKey.from_private_bytes(bytes(57)).public_key()
     return None
 
 
@@ -147,11 +155,11 @@ class _Verdicts:
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._entries: OrderedDict[bytes, tuple[Finding, ...]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[Finding, ...]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, digest: bytes) -> tuple[Finding, ...] | None:
+    def get(self, digest: Hashable) -> tuple[Finding, ...] | None:
         with self._lock:
             found = self._entries.get(digest)
             if found is None:
@@ -161,7 +169,7 @@ class _Verdicts:
                 self._entries.move_to_end(digest)
             return found
 
-    def put(self, digest: bytes, verdict: tuple[Finding, ...]) -> None:
+    def put(self, digest: Hashable, verdict: tuple[Finding, ...]) -> None:
         with self._lock:
             self._entries[digest] = verdict
             if len(self._entries) > self._size:
@@ -170,33 +178,37 @@ class _Verdicts:
 
 verdicts = _Verdicts(VERDICTS_KEPT)
 
-Build = Callable[[CertificatePublicKeyTypes, int, datetime, datetime], x509.CertificateBuilder]
-
-
-def lint_before_signing(build: Build, public_key: CertificatePublicKeyTypes, serial: int,
+def lint_before_signing(spec: LeafSpec, public_key: CertificatePublicKeyTypes, serial: int,
                         not_before: datetime, not_after: datetime,
                         ca_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
                         algorithm: hashes.SHA256 | hashes.SHA384,
                         *, accepted: frozenset[str] = frozenset()) -> None:
-    """Lint the certificate `build(public_key, serial, not_before, not_after)` would make (by its lint
-    shape, signed with an in-memory key of the CA key's type); LintFailed on an ERROR or FATAL finding
-    whose code is not `accepted`."""
-    stand_in = shape_key(public_key)
-    if stand_in is not None:
-        builder = build(stand_in, shape_serial(serial), *shape_validity(not_before, not_after))
-    else:  # no stand-in: the real certificate, its verdict kept but unlikely to be asked for again
-        builder = build(public_key, serial, not_before, not_after)
+    """Lint the leaf `spec` and these fields make, by its lint shape (signed with an in-memory key of the
+    CA key's type); LintFailed on an ERROR or FATAL finding whose code is not `accepted`."""
     # the signature algorithm in the TBS follows the hash, not the curve: a P-256 key signs fastest
     kind = "secp256r1" if isinstance(ca_key, ec.EllipticCurvePrivateKey) else "rsa"
-    precertificate = builder.sign(_throwaway_key(kind), algorithm)
-    digest = hashlib.sha256(precertificate.tbs_certificate_bytes).digest()
-    verdict = verdicts.get(digest)
-    if verdict is None:
-        verdict = tuple(findings(precertificate.public_bytes(Encoding.DER)))
-        verdicts.put(digest, verdict)
+    shape = shape_key(public_key)
+    if shape is None:  # no stand-in: the real fields, linted every time
+        verdict = _lint(spec, public_key, serial, not_before, not_after, kind, algorithm)
+    else:
+        kept, stand_in = shape
+        serial, (not_before, not_after) = shape_serial(serial), shape_validity(not_before, not_after)
+        key = (spec.digest, kept, serial, not_before, not_after, kind, algorithm.name)
+        found = verdicts.get(key)
+        if found is None:
+            found = _lint(spec, stand_in, serial, not_before, not_after, kind, algorithm)
+            verdicts.put(key, found)
+        verdict = found
     blocking = [f for f in verdict if f.severity in BLOCKING and f.code not in accepted]
     if blocking:
         raise LintFailed(blocking)
+
+
+def _lint(spec: LeafSpec, public_key: CertificatePublicKeyTypes, serial: int, not_before: datetime,
+          not_after: datetime, kind: str, algorithm: hashes.SHA256 | hashes.SHA384) -> tuple[Finding, ...]:
+    precertificate = build_leaf(spec, public_key, serial, not_before, not_after).sign(
+        _throwaway_key(kind), algorithm)
+    return tuple(findings(precertificate.public_bytes(Encoding.DER)))
 
 
 __all__ = ["Finding", "LintFailed", "findings", "lint_before_signing", "shape_key", "shape_serial",
