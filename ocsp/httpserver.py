@@ -19,14 +19,16 @@ import logging
 import socket
 import time
 import urllib.parse
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from ocsp.app import CrlCache, not_modified
-from ocsp.responses import error_response
+from ocsp.responses import CertIdKey, error_response
 from ocsp.service import OcspAnswer, OcspService
 from vpnca import metrics
 from vpnca.balance import AcceptBalance, accept_balanced
+from vpnca.errors import StoreUnavailable
 from vpnca.events import emit
 from vpnca.runtime import limits
 
@@ -40,6 +42,18 @@ REASONS = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Fou
 OPEN, IDLE, HEAD, BODY, BUSY, DONE = range(6)
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 ETAG_MEMO = 8192  # answers whose ETag is remembered (~1 KB each: it may outlive the cache's entry)
+REPLY_MEMO = 8192  # GET paths whose whole reply is remembered (~1.5 KB each)
+REPLY_MEMO_SECONDS = 1.0  # how long a remembered reply's max-age may lag
+
+
+@dataclass(frozen=True)
+class RememberedReply:
+    """A GET's reply to a pre-signed answer, served again while the cache holds the same answer."""
+
+    key: CertIdKey
+    body: bytes  # the cached answer's own bytes object: re-signed (a revocation) means another object
+    reply: Reply
+    until: float  # monotonic: a second on (max-age), never past the answer's nextUpdate
 
 
 class Responder:
@@ -51,6 +65,7 @@ class Responder:
         self.crls = CrlCache(service)
         self.static = extra or {}
         self._etags: dict[bytes, bytes] = {}
+        self._replies: dict[bytes, RememberedReply] = {}
 
     def handle(self, method: bytes, target: bytes, headers: dict[bytes, bytes],
                body: bytes) -> Reply | asyncio.Future[Reply]:
@@ -58,13 +73,17 @@ class Responder:
         if method == b"POST" and path in (b"/ocsp", b"/ocsp/", b"/"):
             return self._ocsp(body, cacheable=False)
         if method == b"GET" and path.startswith(b"/ocsp/"):
+            remembered = self._replies.get(path)
+            if remembered is not None and self._still_current(remembered):
+                metrics.ocsp_answered("presigned", 0.0)
+                return remembered.reply
             try:
                 encoded = path[6:]  # percent-decoding only where a client escaped something
                 der = base64.b64decode(urllib.parse.unquote_to_bytes(encoded) if b"%" in encoded else encoded,
                                        validate=True)
             except (binascii.Error, ValueError):
                 der = b""
-            return self._ocsp(der, cacheable=True)
+            return self._ocsp(der, cacheable=True, path=path)
         if method in (b"GET", b"HEAD") and path.decode("latin-1") in self.crls.names:
             return self._crl(path.decode("latin-1"), headers)
         if method == b"GET" and path == b"/metrics":
@@ -75,12 +94,25 @@ class Responder:
             return 200, [(b"content-type", content_type)], content
         return 404, [(b"content-type", b"text/plain")], b"not found\n"
 
-    def _ocsp(self, der: bytes, *, cacheable: bool) -> Reply | asyncio.Future[Reply]:
+    def _still_current(self, remembered: RememberedReply) -> bool:
+        """Within its second, and the cache (which follows every commit) still holds the same answer."""
+        if time.monotonic() >= remembered.until:
+            return False
+        try:
+            found = self.service.cache.get(remembered.key)
+        except StoreUnavailable:
+            return False
+        return found is not None and found[0] is remembered.body
+
+    def _ocsp(self, der: bytes, *, cacheable: bool, path: bytes = b"") -> Reply | asyncio.Future[Reply]:
         started = time.perf_counter()
         fast = self.service.respond_presigned(der)
         if isinstance(fast, OcspAnswer):
             metrics.ocsp_answered(fast.kind, time.perf_counter() - started)
-            return self._ocsp_reply(fast, cacheable)
+            answered = self._ocsp_reply(fast, cacheable)
+            if path and fast.key is not None and fast.next_update is not None:
+                self._remember(path, fast, answered)
+            return answered
         loop = asyncio.get_running_loop()
         signed = loop.run_in_executor(None, self.service.sign_live, fast.requests, fast.nonce)
         reply: asyncio.Future[Reply] = loop.create_future()
@@ -103,6 +135,14 @@ class Responder:
             headers += [(b"cache-control", b"public, max-age=%d, no-transform, must-revalidate" % max_age),
                         (b"etag", self._etag(answer.body))]
         return 200, headers, answer.body
+
+    def _remember(self, path: bytes, answer: OcspAnswer, reply: Reply) -> None:
+        assert answer.key is not None and answer.next_update is not None
+        left = (answer.next_update - datetime.now(UTC)).total_seconds()
+        if len(self._replies) >= REPLY_MEMO:
+            self._replies.clear()
+        self._replies[path] = RememberedReply(answer.key, answer.body, reply,
+                                              time.monotonic() + min(REPLY_MEMO_SECONDS, left))
 
     def _etag(self, body: bytes) -> bytes:
         """The answer's ETag, hashed once per answer (the pre-signed bodies are the cached objects)."""

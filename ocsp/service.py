@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from ocsp.cache import PresignedCache
 from ocsp.presign import PresignStats, ResponseEncoder, Share, Signable
 from ocsp.responses import (
+    CertIdKey,
     CertRequest,
     IssuerHashes,
     MalformedRequest,
@@ -58,6 +59,7 @@ class OcspAnswer:
     body: bytes
     next_update: datetime | None = None  # set when the answer may be cached (GET)
     kind: str = "presigned"  # presigned | live | malformed_request | unauthorized | try_later
+    key: CertIdKey | None = None  # a pre-signed answer's CertID: the HTTP layer may memo its reply
 
 
 def status_of(record: Signable | None) -> Status:
@@ -108,7 +110,7 @@ class OcspService:
             except StoreUnavailable:
                 return OcspAnswer(TRY_LATER, kind="try_later")
             if found is not None and found[1] > datetime.now(UTC):
-                return OcspAnswer(found[0], found[1])
+                return OcspAnswer(found[0], found[1], key=key)
         if request is None:  # a plain request that missed: read it in full for live signing
             try:
                 request = parse_request(der)

@@ -298,3 +298,34 @@ def test_an_expired_revoked_certificate_leaves_the_crl_after_one_crl_beyond_its_
     beyond = generate_crl(ca_home.authority, now=expiry + timedelta(hours=1)).crl
     assert listed(beyond)  # the first CRL issued beyond its validity still lists it
     assert not listed(generate_crl(ca_home.authority, now=expiry + timedelta(hours=2)).crl)  # then it goes
+
+
+
+def test_a_remembered_get_reply_turns_revoked_at_once(server: RunningServer, tmp_path: Path) -> None:
+    """The standalone responder's HTTP layer remembers whole GET replies for a second; a revocation
+    re-signs the answer and the very next GET, within that second, says revoked."""
+    from ocsp.httpserver import Responder
+    from ocsp.service import load_ocsp_service
+    from vpnca.authority import Register
+
+    leaf, serial = issue(server.ca, tmp_path, "remembered")
+    service = load_ocsp_service(server.ca.settings, server.ca.store)
+    service.presign_backlog()
+    responder = Responder(service)
+    encoded = urllib.parse.quote(base64.b64encode(ocsp_request(leaf, server.ca.home / "ca/sub.pem")).decode(),
+                                 safe="")
+    path = f"/ocsp/{encoded}".encode()
+
+    def get() -> ocsp.OCSPResponse:
+        reply = responder.handle(b"GET", path, {}, b"")
+        assert isinstance(reply, tuple) and reply[0] == 200
+        return ocsp.load_der_ocsp_response(reply[2])
+
+    assert get().certificate_status == ocsp.OCSPCertStatus.GOOD
+    assert path in responder._replies  # the next GET is answered from the remembered reply
+    assert get().certificate_status == ocsp.OCSPCertStatus.GOOD
+    Register(server.ca.store).revoke(serial, "keyCompromise", actor="test")
+    service.presign_backlog()  # re-signs the revoked certificate's answer, as a revoke's publication does
+    revoked = get()
+    assert revoked.certificate_status == ocsp.OCSPCertStatus.REVOKED
+    assert revoked.revocation_reason == x509.ReasonFlags.key_compromise

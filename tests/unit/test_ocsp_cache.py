@@ -190,8 +190,9 @@ def test_answers_in_memory_are_served_while_the_database_is_down(
     try_later = error_response("try_later")
     for _ in range(1000):
         clock[0] += 0.1  # 100 s of polling
-        assert responder.respond_presigned(request(1)) == OcspAnswer(cached, responder.cache.entries[
-            HASHES.key("sha1", 1)][1])
+        key = HASHES.key("sha1", 1)
+        assert responder.respond_presigned(request(1)) == OcspAnswer(cached, responder.cache.entries[key][1],
+                                                                     key=key)
         assert responder.respond(request(2)) == OcspAnswer(try_later, kind="try_later")  # a miss
         assert responder.respond(padded(3, 50)).body == try_later
     downs = [r for r in caplog.records if getattr(r, "event", None) == "dependency.down"]
