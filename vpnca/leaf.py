@@ -17,7 +17,7 @@ from vpnca.profiles import Profile
 
 @dataclass(frozen=True)
 class LeafSpec:
-    """Everything in a leaf but its key, serial and validity (hashable: the lint verdict's key)."""
+    """Everything in a leaf but its key, serial and validity (its digest keys the lint verdict)."""
 
     subject: x509.Name
     issuer: x509.Name
