@@ -12,9 +12,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from ocsp.cache import PresignedCache
-from ocsp.presign import PresignStats, ResponseEncoder, Share, Signable
+from ocsp.presign import PageWriter, PresignStats, ResponseEncoder, Share, Signable
 from ocsp.responses import (
     CertIdKey,
     CertRequest,
@@ -32,7 +33,14 @@ from vpnca.config import Settings
 from vpnca.errors import BadRequest, StoreUnavailable, Unavailable, VpncaError, token_errors
 from vpnca.outage import OUTAGES
 from vpnca.store import CertStatus, Store
-from vpnca.store.ocsp_backlog import SIGNED_STATUSES, backlog_page, save_answers
+from vpnca.store.ocsp_backlog import (
+    SIGNED_STATUSES,
+    BacklogEntry,
+    answer_values,
+    backlog_page,
+    save_answers,
+    write_answer_values,
+)
 from vpnca.x509util import serial_hex
 
 log = logging.getLogger("vpnca.ocsp")
@@ -78,6 +86,7 @@ class OcspService:
         self.issuer_hashes = issuer_hashes
         self.signer = signer
         self.cache = PresignedCache(store, issuer_hashes)
+        self._resume: dict[Share, tuple[str, str]] = {}  # (status, serial) where a `limit` stopped a run
 
     def respond(self, der: bytes) -> OcspAnswer:
         """The whole answer, signing live where nothing pre-signed fits."""
@@ -176,45 +185,67 @@ class OcspService:
                         stats: PresignStats | None = None, limit: int | None = None) -> int:
         """Pre-sign this worker's share of the certificates whose answer is missing, due for refresh or
         out of date, until none is left: keyset passes in serial order, again while a pass found some
-        (certificates issued or revoked meanwhile). `limit`: stop after about that many (a sample)."""
+        (certificates issued or revoked meanwhile). `limit`: stop after about that many (a sample); the
+        next run goes on from there rather than reading again past what this one signed."""
         if self.signer is None:
             return 0
         share = share or Share()
         stats = stats if stats is not None else PresignStats()
         done = 0
+        resume = self._resume.pop(share, None)
         for _ in range(MAX_PRESIGN_PASSES):
-            found = self._presign_pass(share, batch, stats, None if limit is None else limit - done)
+            found, stopped = self._presign_pass(share, batch, stats, None if limit is None else limit - done,
+                                                resume)
             done += found
-            if not found or (limit is not None and done >= limit):
+            if limit is not None and done >= limit:
+                if stopped is not None:
+                    self._resume[share] = stopped
                 return done
+            if not found and resume is None:  # a pass from the start found nothing: the backlog is drained
+                return done
+            resume = None
         log.warning("OCSP pre-signing stopped after %d passes: answers are due as soon as signed "
                     "(ocsp.validity no longer than ocsp.refresh_before?)", MAX_PRESIGN_PASSES)
         return done
 
-    def _presign_pass(self, share: Share, batch: int, stats: PresignStats, limit: int | None) -> int:
-        """One pass over the share's backlog in serial order (valid, then revoked certificates), a page
-        read, signed and written at a time. (Reading and writing in threads beside the signing was slower:
-        the token calls hold the GIL, and the threads made them wait.)"""
+    def _presign_pass(self, share: Share, batch: int, stats: PresignStats, limit: int | None,
+                      resume: tuple[str, str] | None) -> tuple[int, tuple[str, str] | None]:
+        """One pass over the share's backlog in serial order (valid, then revoked certificates; from
+        `resume` if given), a page read and signed at a time while a second thread writes the one before.
+        Returns how many it signed and, if `limit` stopped it, where."""
         refresh_before = datetime.now(UTC) + self.settings.ocsp.refresh_before
         issuer, suffixes = self.settings.ca.name, share.suffixes()
+        statuses = SIGNED_STATUSES[SIGNED_STATUSES.index(resume[0]):] if resume else SIGNED_STATUSES
         found = 0
         stats.passes += 1
-        for status in SIGNED_STATUSES:
-            after = ""
-            while limit is None or found < limit:
-                started = time.perf_counter()
-                page = backlog_page(self.store, issuer, refresh_before, status, after=after,
+
+        def read(status: str, after: str) -> list[BacklogEntry]:
+            started = time.perf_counter()
+            try:
+                return backlog_page(self.store, issuer, refresh_before, status, after=after,
                                     suffixes=suffixes, limit=batch)
+            finally:
                 stats.reading += time.perf_counter() - started
-                if not page:
-                    break
-                rows = self.sign_answers(page, stats)
-                started = time.perf_counter()
-                save_answers(self.store, rows)
-                stats.writing += time.perf_counter() - started
-                found += len(page)
-                after = page[-1].serial
-        return found
+
+        with PageWriter(partial(write_answer_values, self.store), stats) as writer:
+            for status in statuses:
+                after = resume[1] if resume and status == resume[0] else ""
+                if limit is not None and found >= limit:
+                    return found, (status, after)
+                page = read(status, after)
+                while page:
+                    values = answer_values(self.store, self.sign_answers(page, stats))
+                    found += len(page)
+                    after = page[-1].serial
+                    stopped = limit is not None and found >= limit
+                    # the last page was written while this one was signed; the next is read between two
+                    # writes, as an SQLite reader beside a commit stalls
+                    writer.wait()
+                    page = [] if stopped else read(status, after)
+                    writer.write(values)
+                    if stopped:
+                        return found, (status, after)
+        return found, None
 
     def presign_serials(self, serials: list[str]) -> int:
         return self.presign([r for r in (self.store.get_certificate(s) for s in serials) if r is not None])

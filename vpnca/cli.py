@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hsm.errors import HsmError
-from vpnca import issuer
-from vpnca.agent.cli import add_agent_parser
 from vpnca.config import CONFIG_NAME, Settings, load_settings, vpnca_home
 from vpnca.errors import BadRequest, ConfigError, VpncaError
 from vpnca.events import configure_for, configure_logging
@@ -269,6 +267,7 @@ STATUS_AUDIT_TAIL = 1000  # `vpnca status` verifies this many of the newest audi
 def status_report(settings: Settings, store: Store) -> dict[str, Any]:
     from cryptography import x509
 
+    from vpnca import issuer
     from vpnca.audit import GENESIS_HASH
     from vpnca.health import job_freshness
     from vpnca.store.ocsp_backlog import count_without_fresh_answer
@@ -304,7 +303,8 @@ def status_report(settings: Settings, store: Store) -> dict[str, Any]:
                       for j in store.job_runs()]
     # counted on indexes alone: certificates without a fresh answer (vpnca/store/ocsp_backlog.py)
     report["ocsp_presign_backlog"] = count_without_fresh_answer(store, settings.ca.name,
-                                                                now + settings.ocsp.refresh_before)
+                                                                now + settings.ocsp.refresh_before,
+                                                                report["certificates"])
     # the newest entries only (the whole chain: `vpnca audit verify`), so that status stays fast
     from vpnca.evidence import verify_segment
 
@@ -448,7 +448,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_crl(args: argparse.Namespace) -> int:
-    from vpnca import ceremony
+    from vpnca import ceremony, issuer
     from vpnca.authority import Authority
     from vpnca.crl import generate_crl, generate_delta_crl, generate_root_crl
 
@@ -483,7 +483,7 @@ def cmd_ocsp_serve(args: argparse.Namespace) -> int:
 
 def cmd_ocsp_rotate(args: argparse.Namespace) -> int:
     from ocsp.service import load_ocsp_service
-    from vpnca import ceremony
+    from vpnca import ceremony, issuer
     from vpnca.authority import Authority
 
     settings = load_settings()
@@ -598,7 +598,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
 
 
 def cmd_scep_init(args: argparse.Namespace) -> int:
-    from vpnca import ceremony
+    from vpnca import ceremony, issuer
     from vpnca.authority import Authority
 
     settings = load_settings()
@@ -747,6 +747,25 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 # -- parser ---------------------------------------------------------------------------------
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    from vpnca.agent.cli import add_agent_parser
+
+    parser = argparse.ArgumentParser(prog="vpnca")
+    add_agent_parser(parser.add_subparsers(dest="command", required=True))
+    agent_args = parser.parse_args(["agent", *args.agent_args])
+    return int(agent_args.func(agent_args))
+
+
+def revocation_reason(name: str) -> str:
+    """`--reason`, checked when given: the reasons' module loads the token layer, which most commands
+    never need."""
+    from vpnca.issuer import REVOCATION_REASONS
+
+    if name not in REVOCATION_REASONS:
+        raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(REVOCATION_REASONS)}")
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vpnca", description="Private PKI for IKEv2/IPsec VPNs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -782,7 +801,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("revoke", cmd_revoke, "revoke a certificate (or put it on hold)")
     p.add_argument("serial")
-    p.add_argument("--reason", default="unspecified", choices=list(issuer.REVOCATION_REASONS))
+    p.add_argument("--reason", default="unspecified", type=revocation_reason,
+                   help="an RFC 5280 reason name, e.g. keyCompromise, superseded, certificateHold")
     p.add_argument("--invalidity-date", help="ISO 8601 time the key is known or suspected compromised")
 
     p = command("sessions", cmd_sessions, "live tunnels at the managed gateways (VICI list-sas)")
@@ -916,7 +936,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_config_check)
 
-    add_agent_parser(sub)
+    # the endpoint agent's parser (vpnca/agent/cli.py) loads the agent; it is built for `vpnca agent` only
+    p = sub.add_parser("agent", add_help=False,
+                       help="the endpoint agent: enroll over EST, renew, reload charon")
+    p.add_argument("agent_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_agent)
 
     report = sub.add_parser("report", help="reports").add_subparsers(dest="report_command", required=True)
     p = report.add_parser("expiring", help="valid certificates expiring within a window (streamed)")
@@ -927,7 +951,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.func is not cmd_agent:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.func is cmd_agent:  # what its parser reads: `vpnca agent --help` leaves the remainder empty
+        args.agent_args = [*args.agent_args, *unknown]
     os.umask(STATE_UMASK)  # the database (EAB keys), logs and vpnca.toml: nothing for others
     # the operator reads one-line errors on stderr; the events go to the log file (and syslog)
     configure_logging(verbose=args.verbose, quiet=True)

@@ -382,3 +382,29 @@ def test_presigning_shares_sign_every_certificate_once_until_drained(any_ca_home
     owner = next(i for i in range(3) if revoked[-2:] in (Share(i, 3).suffixes() or []))
     assert service.presign_backlog(Share((owner + 1) % 3, 3)) == 0
     assert service.presign_backlog(Share(owner, 3)) == 1
+
+
+def test_a_presigning_run_stopped_by_its_limit_goes_on_where_it_stopped(ca_home: CaHome) -> None:
+    from ocsp.presign import PresignStats
+    from ocsp.service import load_ocsp_service
+
+    ca = ca_home
+    fill(ca.store, ca.settings.ca.name, 600, now=datetime.now(UTC), batch=1000)  # 540 valid, 60 revoked
+    service = load_ocsp_service(ca.settings, ca.store)
+    valid = [r.serial for r in ca.store.iter_certificates(status="valid")]  # in serial order, as passes go
+
+    def answered() -> list[str]:
+        with ca.store.engine.connect() as conn:
+            return [serial for (serial,) in conn.exec_driver_sql(
+                "SELECT serial FROM ocsp_responses WHERE hash_algorithm = 'sha256' ORDER BY serial")]
+
+    def drop_answer(serial: str) -> None:
+        with ca.store.write_core() as conn:
+            conn.exec_driver_sql("DELETE FROM ocsp_responses WHERE serial = ?", (serial,))
+
+    assert service.presign_backlog(batch=100, limit=200) == 200 and answered() == valid[:200]
+    drop_answer(valid[0])  # behind where the run stopped: the next limited run does not read it again
+    assert service.presign_backlog(batch=100, limit=200) == 200 and answered() == valid[1:400]
+    stats = PresignStats()  # unlimited: on from the 400th, then a pass from the start finds the dropped one
+    assert service.presign_backlog(batch=100, stats=stats) == 140 + 60 + 1 and stats.passes == 3
+    assert answered() == sorted(valid + [r.serial for r in ca.store.iter_certificates(status="revoked")])

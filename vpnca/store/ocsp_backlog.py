@@ -8,7 +8,7 @@ each with its own token session, sign side by side without claiming rows from on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -61,17 +61,14 @@ ANSWER_COLUMNS = ("serial", "hash_algorithm", "cert_status", "this_update", "nex
 
 
 def save_answers(store: Store, rows: list[dict[str, Any]]) -> None:
-    """Insert or replace pre-signed answers (dicts of the ocsp_responses columns) in one transaction:
-    one INSERT ... ON CONFLICT run by the driver over plain tuples (SQLite and PostgreSQL alike), the
-    times converted once per distinct value: pre-signing writes a thousand rows a page."""
-    if not rows:
-        return
+    """Insert or replace pre-signed answers (dicts of the ocsp_responses columns) in one transaction."""
+    write_answer_values(store, answer_values(store, rows))
+
+
+def answer_values(store: Store, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """The driver's parameters for answers (dicts of the ocsp_responses columns), in ANSWER_COLUMNS order,
+    the times converted once per distinct value: pre-signing writes a thousand rows a page."""
     _, o = _tables()
-    placeholder = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"
-    sql = (f"INSERT INTO {o.name} ({', '.join(ANSWER_COLUMNS)}) "
-           f"VALUES ({', '.join([placeholder] * len(ANSWER_COLUMNS))}) "
-           "ON CONFLICT (serial, hash_algorithm) DO UPDATE SET "
-           + ", ".join(f"{name} = excluded.{name}" for name in ANSWER_COLUMNS[2:]))
     converters = {name: o.c[name].type.bind_processor(store.engine.dialect) for name in ("this_update",
                                                                                           "next_update")}
     converted: dict[tuple[str, datetime], Any] = {}
@@ -82,20 +79,39 @@ def save_answers(store: Store, rows: list[dict[str, Any]]) -> None:
             converted[(name, value)] = convert(value) if convert is not None else value
         return converted[(name, value)]
 
-    values = [(r["serial"], r["hash_algorithm"], r["cert_status"], bound("this_update", r["this_update"]),
-               bound("next_update", r["next_update"]), r["der"]) for r in rows]
+    return [(r["serial"], r["hash_algorithm"], r["cert_status"], bound("this_update", r["this_update"]),
+             bound("next_update", r["next_update"]), r["der"]) for r in rows]
+
+
+def write_answer_values(store: Store, values: list[tuple[Any, ...]]) -> None:
+    """Insert or replace answers given as `answer_values` in one transaction: one INSERT ... ON CONFLICT
+    run by the driver over plain tuples (SQLite and PostgreSQL alike)."""
+    if not values:
+        return
+    _, o = _tables()
+    placeholder = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"
+    sql = (f"INSERT INTO {o.name} ({', '.join(ANSWER_COLUMNS)}) "
+           f"VALUES ({', '.join([placeholder] * len(ANSWER_COLUMNS))}) "
+           "ON CONFLICT (serial, hash_algorithm) DO UPDATE SET "
+           + ", ".join(f"{name} = excluded.{name}" for name in ANSWER_COLUMNS[2:]))
     with store.write_core() as conn:
         conn.exec_driver_sql(sql, values)
 
 
-def count_without_fresh_answer(store: Store, issuer: str, refresh_before: datetime) -> int:
+def count_without_fresh_answer(store: Store, issuer: str, refresh_before: datetime,
+                               by_status: Mapping[str, int] | None = None) -> int:
     """How many certificates have no answer fresh until `refresh_before`, counted on indexes alone
     (certificates by issuer and status, answers by hash and nextUpdate): fast at any size, for
-    `vpnca status`. A status change not yet re-signed is not in it (the pre-signing job finds it)."""
+    `vpnca status`, which passes the store's counts by status: they are the issuer's when it is the only
+    one. A status change not yet re-signed is not in it (the pre-signing job finds it)."""
     c, o = _tables()
     with store._reachable(), store.engine.connect() as conn:
-        certificates = conn.scalar(select(func.count()).select_from(c).where(
-            c.c.issuer == issuer, c.c.status.in_(SIGNED_STATUSES))) or 0
+        if by_status is not None and conn.scalar(select(func.min(c.c.issuer))) == issuer == \
+                conn.scalar(select(func.max(c.c.issuer))):
+            certificates = sum(by_status.get(status, 0) for status in SIGNED_STATUSES)
+        else:
+            certificates = int(conn.scalar(select(func.count()).select_from(c).where(
+                c.c.issuer == issuer, c.c.status.in_(SIGNED_STATUSES))) or 0)
         fresh = conn.scalar(select(func.count()).select_from(o).where(
             o.c.hash_algorithm == CHECKED_HASH, o.c.next_update >= refresh_before)) or 0
-    return max(0, int(certificates) - int(fresh))
+    return max(0, certificates - int(fresh))

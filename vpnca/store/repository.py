@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import queue
 import threading
@@ -256,12 +257,16 @@ class Store:
         self._writer = WriterLock(f"{database}.writelock") if self.engine.dialect.name == "sqlite" and \
             database and database != ":memory:" else None
         self._group = GroupCommitter(self) if self._writer is not None else None
-        self._hot = HotStatements(self.engine.dialect)
         self.issuing: set[str] = set()  # serials reserved and being signed in this process
         self._integrity_error: type[Exception] = self.engine.dialect.loaded_dbapi.IntegrityError
         dbapi = self.engine.dialect.loaded_dbapi
         self._unavailable: tuple[type[Exception], ...] = (
             OperationalError, InterfaceError, dbapi.OperationalError, dbapi.InterfaceError)
+
+    @functools.cached_property
+    def _hot(self) -> HotStatements:
+        """The issuance path's prepared statements, compiled on first use: a read-only command needs none."""
+        return HotStatements(self.engine.dialect)
 
     @contextmanager
     def _reachable(self) -> Iterator[None]:
@@ -373,11 +378,13 @@ class Store:
         with self.write() as session:
             return self._append_audit(session, actor, action, details)
 
-    def latest_audit(self, action: str) -> AuditEntry | None:
-        with self.read() as session:
-            return session.scalars(
-                select(AuditEntry).where(AuditEntry.action == action).order_by(AuditEntry.seq.desc()).limit(1)
-            ).first()
+    def latest_audit(self, action: str) -> Any:
+        """The newest entry of `action` as a Core row (an AuditEntry's attributes): the operator's read-only
+        commands, which record a changed vpnca.toml first, never configure the ORM's mappers."""
+        table = cast(Table, AuditEntry.__table__)
+        with self._reachable(), self.engine.connect() as conn:
+            return conn.execute(select(table).where(table.c.action == action)
+                                .order_by(table.c.seq.desc()).limit(1)).first()
 
     def audit_entries(self) -> list[AuditEntry]:
         with self.read() as session:
@@ -485,11 +492,18 @@ class Store:
                        CertificateRecord.not_after <= end)) or 0)
 
     def count_by_status(self) -> dict[str, int]:
-        with self.read() as session:
-            rows = session.execute(
-                select(CertificateRecord.status, func.count()).group_by(CertificateRecord.status)
-            )
-            return dict(rows.all())  # not dict(rows): a Result has keys(), the column names
+        """Certificates by status, counted as SQLite counts fastest (a third of a GROUP BY's time at a
+        million rows): the whole table, and the index range of each status but valid, which is the rest."""
+        table = cast(Table, CertificateRecord.__table__)
+        others = [status.value for status in CertStatus if status != CertStatus.VALID]
+        with self._reachable(), self.engine.connect() as conn:
+            total = int(conn.scalar(select(func.count()).select_from(table)) or 0)
+            counts = {status: int(count) for status, count in conn.execute(
+                select(table.c.status, func.count()).where(table.c.status.in_(others))
+                .group_by(table.c.status))}
+        if total > sum(counts.values()):
+            counts[CertStatus.VALID.value] = total - sum(counts.values())
+        return counts
 
     # -- operators' streaming queries (`vpnca list`, `vpnca report expiring`, `vpnca audit export`) --------
 
