@@ -151,7 +151,7 @@ def shape_key(key: CertificatePublicKeyTypes) -> tuple[tuple[object, ...], Certi
 
 
 class _Verdicts:
-    """A bounded, thread-safe map from a lint shape's digest to its findings (least recently used out)."""
+    """A bounded, thread-safe map from a lint shape to its findings (least recently used out)."""
 
     def __init__(self, size: int) -> None:
         self._size = size
@@ -159,24 +159,25 @@ class _Verdicts:
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def get(self, digest: Hashable) -> tuple[Finding, ...] | None:
+    def get(self, shape: Hashable) -> tuple[Finding, ...] | None:
         with self._lock:
-            found = self._entries.get(digest)
+            found = self._entries.get(shape)
             if found is None:
                 self.misses += 1
             else:
                 self.hits += 1
-                self._entries.move_to_end(digest)
+                self._entries.move_to_end(shape)
             return found
 
-    def put(self, digest: Hashable, verdict: tuple[Finding, ...]) -> None:
+    def put(self, shape: Hashable, verdict: tuple[Finding, ...]) -> None:
         with self._lock:
-            self._entries[digest] = verdict
+            self._entries[shape] = verdict
             if len(self._entries) > self._size:
                 self._entries.popitem(last=False)
 
 
 verdicts = _Verdicts(VERDICTS_KEPT)
+
 
 def lint_before_signing(spec: LeafSpec, public_key: CertificatePublicKeyTypes, serial: int,
                         not_before: datetime, not_after: datetime,
