@@ -230,6 +230,17 @@ def test_standalone_ocsp_responder_without_ca_key(server: RunningServer, tmp_pat
         assert f"{leaf}: revoked" in out and "WARNING: no nonce in response" in out
         empty = ocsp.load_der_ocsp_response(post_ocsp(server, b"", port=port))
         assert empty.response_status == ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+        # GET with curl, twice on one connection: the second reply is the remembered one, byte for byte,
+        # and openssl reads it as the revoked answer
+        encoded = urllib.parse.quote(base64.b64encode(ocsp_request(leaf, server.ca.home / "ca/sub.pem"))
+                                     .decode(), safe="")
+        url = f"http://127.0.0.1:{port}/ocsp/{encoded}"
+        first, second = tmp_path / "get1.der", tmp_path / "get2.der"
+        run([require_tool("curl"), "-sSf", url, "-o", str(first), "--next", "-sSf", url, "-o", str(second)])
+        assert first.read_bytes() == second.read_bytes()
+        text = run([require_tool("openssl"), "ocsp", "-respin", str(second), "-resp_text",
+                    "-noverify"]).stdout
+        assert "Cert Status: revoked" in text and "Reason: affiliationChanged" in text
     finally:
         stop_server(RunningServer(server.ca, 0, port, process, log))
 
