@@ -80,14 +80,23 @@ def ocsp_answered(answer: str, seconds: float) -> None:
     """Count every answer; observe its time (the responder's hot path: the label child is cached and,
     above a few answers a second, the latency histogram is sampled)."""
     global _ocsp_latency_last  # noqa: PLW0603 - one float on the responder's hot path, per process
-    counter = _ocsp_answers.get(answer)
-    if counter is None:
-        counter = _ocsp_answers[answer] = _metrics()["ocsp"].labels(answer)
-    counter.inc()
+    _ocsp_counter(answer).inc()
     now = time.monotonic()
     if next(_ocsp_latency_seen) % OCSP_LATENCY_SAMPLE == 0 or now - _ocsp_latency_last > 0.1:
         _ocsp_latency_last = now
         _metrics()["ocsp_latency"].observe(seconds)
+
+
+def ocsp_answered_many(answer: str, count: int) -> None:
+    """Count `count` answers at once (replies the responder remembered; their time is negligible)."""
+    _ocsp_counter(answer).inc(count)
+
+
+def _ocsp_counter(answer: str) -> Any:
+    counter = _ocsp_answers.get(answer)
+    if counter is None:
+        counter = _ocsp_answers[answer] = _metrics()["ocsp"].labels(answer)
+    return counter
 
 
 def token_signed(key: str, seconds: float) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import socket
 import subprocess
 import sys
 import urllib.parse
@@ -241,8 +243,41 @@ def test_standalone_ocsp_responder_without_ca_key(server: RunningServer, tmp_pat
         text = run([require_tool("openssl"), "ocsp", "-respin", str(second), "-resp_text",
                     "-noverify"]).stdout
         assert "Cert Status: revoked" in text and "Reason: affiliationChanged" in text
+        remembered_replies_keep_http_semantics(port, f"/ocsp/{encoded}".encode(), first.read_bytes())
     finally:
         stop_server(RunningServer(server.ca, 0, port, process, log))
+
+
+def remembered_replies_keep_http_semantics(port: int, path: bytes, answer: bytes) -> None:
+    """Raw HTTP against a responder that remembers `path`'s reply: pipelined requests, Connection:
+    close and HTTP/1.0 are answered as before, and every remembered answer reaches the metrics."""
+    def count() -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        found = re.findall(r'vpnca_ocsp_requests_total\{answer="presigned"\} (\S+)', text)
+        return sum(float(n) for n in found)
+
+    def exchange(data: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(data)
+            if b"close" not in data and b"HTTP/1.0" not in data:
+                conn.shutdown(socket.SHUT_WR)  # keep-alive: the server answers, then sees the end
+            received = b""
+            while chunk := conn.recv(65536):
+                received += chunk
+        return received
+
+    before = count()
+    plain = b"GET " + path + b" HTTP/1.1\r\nHost: ocsp\r\n\r\n"
+    replies = exchange(plain * 3)  # three pipelined in one write: all answered, in order
+    assert replies.count(b"HTTP/1.1 200 OK") == 3 and replies.count(answer) == 3
+    closing = exchange(b"GET " + path + b" HTTP/1.1\r\nHost: ocsp\r\nConnection: close\r\n\r\n")
+    assert b"\r\nconnection: close\r\n" in closing and closing.endswith(answer)  # and the server closed
+    old = exchange(b"GET " + path + b" HTTP/1.0\r\n\r\n")
+    assert b"\r\nconnection: close\r\n" in old and old.endswith(answer)
+    for _ in range(5):
+        assert exchange(plain).endswith(answer)  # one request per connection, the fast path
+    assert count() - before == 3 + 1 + 1 + 5
 
 
 def test_root_crl_covers_the_sub_ca_and_full_chain_crl_checking_passes(server: RunningServer,
@@ -313,9 +348,9 @@ def test_an_expired_revoked_certificate_leaves_the_crl_after_one_crl_beyond_its_
 
 
 def test_a_remembered_get_reply_turns_revoked_at_once(server: RunningServer, tmp_path: Path) -> None:
-    """The standalone responder's HTTP layer remembers whole GET replies for a second; a revocation
-    re-signs the answer and the very next GET, within that second, says revoked."""
-    from ocsp.httpserver import Responder
+    """The standalone responder's HTTP layer remembers whole GET replies (for up to 30 s, their max-age
+    that much shorter); a revocation re-signs the answer and the very next GET says revoked."""
+    from ocsp.httpserver import REPLY_MEMO_SECONDS, Responder
     from ocsp.service import load_ocsp_service
     from vpnca.authority import Register
 
@@ -332,8 +367,13 @@ def test_a_remembered_get_reply_turns_revoked_at_once(server: RunningServer, tmp
         assert isinstance(reply, tuple) and reply[0] == 200
         return ocsp.load_der_ocsp_response(reply[2])
 
-    assert get().certificate_status == ocsp.OCSPCertStatus.GOOD
+    good = get()
+    assert good.certificate_status == ocsp.OCSPCertStatus.GOOD
     assert path in responder._replies  # the next GET is answered from the remembered reply
+    headers = dict(responder._replies[path].reply[1])
+    max_age = int(re.search(rb"max-age=(\d+)", headers[b"cache-control"]).group(1))  # type: ignore[union-attr]
+    assert good.next_update_utc is not None  # written at any moment of its memo, never cached past nextUpdate
+    assert datetime.now(UTC) + timedelta(seconds=max_age + REPLY_MEMO_SECONDS) <= good.next_update_utc
     assert get().certificate_status == ocsp.OCSPCertStatus.GOOD
     Register(server.ca.store).revoke(serial, "keyCompromise", actor="test")
     service.presign_backlog()  # re-signs the revoked certificate's answer, as a revoke's publication does
