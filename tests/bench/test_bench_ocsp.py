@@ -146,7 +146,8 @@ def nginx_ceiling(tmp: Path, response: bytes) -> tuple[list[str], int]:
     (root / "logs").mkdir(parents=True, exist_ok=True)
     (root / "resp.der").write_bytes(response)
     port = free_port()
-    (root / "nginx.conf").write_text(f"""
+    user = "user root;" if os.geteuid() == 0 else ""  # else its workers (nobody) cannot read pytest's tmp
+    (root / "nginx.conf").write_text(f"""{user}
 worker_processes {WORKERS};
 daemon off;
 pid {root}/nginx.pid;
