@@ -1,6 +1,7 @@
 """Prometheus metrics. Worker processes share them through prometheus_client's multiprocess mode
 (PROMETHEUS_MULTIPROC_DIR, set by `vpnca serve` before the workers start); the gauges that describe
-state (CRL age, certificates expiring) are read from the database at scrape time."""
+state (CRL age, certificates expiring) are read from the database at scrape time. prometheus_client is
+imported on first use: operator commands that never count anything do not load it."""
 
 from __future__ import annotations
 
@@ -11,10 +12,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-import prometheus_client as prom
-from prometheus_client import multiprocess
-from prometheus_client import values as prom_values
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -34,6 +31,8 @@ def _metrics() -> dict[str, Any]:
 
 
 def _register() -> dict[str, Any]:
+    import prometheus_client as prom
+
     return {
         "issued": prom.Counter("vpnca_certificates_issued_total", "Certificates issued",
                                ["protocol", "profile", "kind"]),
@@ -130,7 +129,9 @@ def prepare_multiprocess(directory: Path) -> None:
     for stale in directory.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
-    # prometheus_client chose its value class when it was imported, before the variable was set
+    from prometheus_client import values as prom_values
+
+    # prometheus_client may have chosen its value class when it was imported, before the variable was set
     prom_values.ValueClass = prom_values.MultiProcessValue()
 
 
@@ -141,6 +142,8 @@ def _worker_restarts() -> Any:
     """The supervisor's counter, created on first use (after prepare_multiprocess, so that its file
     is in the shared directory the workers' /metrics read), and only in the supervising process."""
     if not _WORKER_RESTARTS:
+        import prometheus_client as prom
+
         _WORKER_RESTARTS.append(prom.Counter("vpnca_worker_restarts_total",
                                              "Worker processes replaced after an unexpected exit",
                                              ["server"]))
@@ -159,11 +162,17 @@ def worker_restarted(server: str) -> None:
 def worker_gone(pid: int) -> None:
     """A worker exited: its live gauges no longer count (its counters and histograms still do)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
         multiprocess.mark_process_dead(pid)
 
 
 def render(store: Any, ca_name: str) -> bytes:
     """The exposition text: process metrics (merged across workers) plus state read now."""
+    import prometheus_client as prom
+    from prometheus_client import multiprocess
+    from prometheus_client import values as prom_values
+
     if prom_values.ValueClass is not prom_values.MutexValue:  # this process writes the shared files
         registry = prom.CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -185,4 +194,10 @@ def render(store: Any, ca_name: str) -> bytes:
     return prom.generate_latest(registry) + prom.generate_latest(state)
 
 
-CONTENT_TYPE = prom.CONTENT_TYPE_LATEST
+def __getattr__(name: str) -> str:
+    """CONTENT_TYPE: the exposition's media type, from prometheus_client when it is first asked for."""
+    if name == "CONTENT_TYPE":
+        import prometheus_client
+
+        return str(prometheus_client.CONTENT_TYPE_LATEST)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
