@@ -42,7 +42,7 @@ REASONS = {200: b"OK", 304: b"Not Modified", 400: b"Bad Request", 404: b"Not Fou
 OPEN, IDLE, HEAD, BODY, BUSY, DONE = range(6)
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 ETAG_MEMO = 8192  # answers whose ETag is remembered (~1 KB each: it may outlive the cache's entry)
-REPLY_MEMO = 8192  # GET paths whose whole reply is remembered (~1.5 KB each)
+REPLY_MEMO = 8192  # GET paths whose whole reply is remembered (~3 KB each: the reply and its wire bytes)
 # how long a GET reply is remembered; its max-age is that much shorter than nextUpdate allows, so a
 # reply written at any moment of its memo never lets a cache keep the answer past its nextUpdate
 REPLY_MEMO_SECONDS = 30.0
