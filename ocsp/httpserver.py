@@ -3,8 +3,10 @@
 The responder answers small fixed-shape requests from memory, so the cost that matters is HTTP
 framing; a general ASGI stack spends several times the work of the answer itself. This protocol
 speaks just what OCSP and CRL clients send: GET and POST with Content-Length, keep-alive, HTTP/1.0
-and 1.1. Answers that need signing go to a worker thread and are written back in order. On stop it
-stops accepting, closes idle connections and answers the requests in flight before it returns.
+and 1.1. Answers that need signing go to a worker thread and are written back in order. The whole
+reply to a GET for a pre-signed answer is remembered while that answer stays the one in memory; a read
+that is exactly one plain keep-alive GET for a remembered path is answered with its bytes, unparsed
+further. On stop it stops accepting, closes idle connections and answers the requests in flight.
 Slow or oversized requests are cut off as vpnca.runtime.limits says (431 for a head over 16 KiB, 408
 for a head or body that does not arrive in time), and idle keep-alive connections are closed.
 """
@@ -59,7 +61,7 @@ class RememberedReply:
     body: bytes  # the cached answer's own bytes object: re-signed (a revocation) means another object
     reply: Reply
     wire: bytes  # the reply as written on a keep-alive connection, head and body
-    until: float  # monotonic: a second on (max-age), never past the answer's nextUpdate
+    until: float  # monotonic: REPLY_MEMO_SECONDS on, never past the answer's nextUpdate
 
 
 def wire_bytes(reply: Reply, *, close: bool = False, head_only: bool = False) -> bytes:
