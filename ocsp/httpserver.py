@@ -59,6 +59,7 @@ class RememberedReply:
 
     key: CertIdKey
     body: bytes  # the cached answer's own bytes object: re-signed (a revocation) means another object
+    next_update: datetime
     reply: Reply
     wire: bytes  # the reply as written on a keep-alive connection, head and body
     until: float  # monotonic: REPLY_MEMO_SECONDS on, never past the answer's nextUpdate
@@ -105,10 +106,17 @@ class Responder:
         self._memo_answers = 0  # answered from remembered replies, not yet added to the metrics
 
     def remembered(self, path: bytes) -> RememberedReply | None:
-        """The reply remembered for GET `path` while it is still current (counted as answered)."""
+        """The reply remembered for GET `path` while the cache holds the same answer (counted as
+        answered). One remembered for REPLY_MEMO_SECONDS is renewed: the same answer, a fresh max-age."""
         remembered = self._replies.get(path)
-        if remembered is None or not self._still_current(remembered):
+        if remembered is None or not self._holds(remembered):
             return None
+        if time.monotonic() >= remembered.until:
+            answer = OcspAnswer(remembered.body, remembered.next_update, key=remembered.key)
+            renewed = self._remember(path, answer, self._ocsp_reply(answer, cacheable=True))
+            if renewed is None:
+                return None
+            remembered = renewed
         self._memo_answers += 1
         if self._memo_answers >= MEMO_COUNT_EVERY:
             self.count_answers()
@@ -147,10 +155,8 @@ class Responder:
             return 200, [(b"content-type", content_type)], content
         return 404, [(b"content-type", b"text/plain")], b"not found\n"
 
-    def _still_current(self, remembered: RememberedReply) -> bool:
-        """Within its second, and the cache (which follows every commit) still holds the same answer."""
-        if time.monotonic() >= remembered.until:
-            return False
+    def _holds(self, remembered: RememberedReply) -> bool:
+        """Whether the cache (which follows every commit) still holds the remembered answer object."""
         try:
             found = self.service.cache.get(remembered.key)
         except StoreUnavailable:
@@ -190,13 +196,19 @@ class Responder:
                         (b"etag", self._etag(answer.body))]
         return 200, headers, answer.body
 
-    def _remember(self, path: bytes, answer: OcspAnswer, reply: Reply) -> None:
+    def _remember(self, path: bytes, answer: OcspAnswer, reply: Reply) -> RememberedReply | None:
+        """Remember `reply` to GET `path` for REPLY_MEMO_SECONDS, never past the answer's nextUpdate."""
         assert answer.key is not None and answer.next_update is not None
         left = (answer.next_update - datetime.now(UTC)).total_seconds()
+        if left <= 0:
+            self._replies.pop(path, None)
+            return None
         if len(self._replies) >= REPLY_MEMO:
             self._replies.clear()
-        self._replies[path] = RememberedReply(answer.key, answer.body, reply, wire_bytes(reply),
-                                              time.monotonic() + min(REPLY_MEMO_SECONDS, left))
+        remembered = self._replies[path] = RememberedReply(
+            answer.key, answer.body, answer.next_update, reply, wire_bytes(reply),
+            time.monotonic() + min(REPLY_MEMO_SECONDS, left))
+        return remembered
 
     def _etag(self, body: bytes) -> bytes:
         """The answer's ETag, hashed once per answer (the pre-signed bodies are the cached objects)."""

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
 import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -375,6 +377,15 @@ def test_a_remembered_get_reply_turns_revoked_at_once(server: RunningServer, tmp
     assert good.next_update_utc is not None  # written at any moment of its memo, never cached past nextUpdate
     assert datetime.now(UTC) + timedelta(seconds=max_age + REPLY_MEMO_SECONDS) <= good.next_update_utc
     assert get().certificate_status == ocsp.OCSPCertStatus.GOOD
+    # its time up, a remembered reply of the same answer is renewed (fresh headers, the same answer) ...
+    aged = dataclasses.replace(responder._replies[path], until=time.monotonic() - 1)
+    responder._replies[path] = aged
+    assert get().certificate_status == ocsp.OCSPCertStatus.GOOD
+    renewed = responder._replies[path]
+    assert renewed is not aged and renewed.body is aged.body and renewed.until > time.monotonic()
+    # ... but never past the answer's nextUpdate: then the full path answers, and nothing is remembered
+    responder._replies[path] = dataclasses.replace(renewed, until=0.0, next_update=datetime.now(UTC))
+    assert responder.remembered(path) is None and path not in responder._replies
     Register(server.ca.store).revoke(serial, "keyCompromise", actor="test")
     service.presign_backlog()  # re-signs the revoked certificate's answer, as a revoke's publication does
     revoked = get()
