@@ -24,6 +24,7 @@ from sqlalchemy import (
     Connection,
     Dialect,
     Engine,
+    Row,
     Table,
     bindparam,
     create_engine,
@@ -378,7 +379,7 @@ class Store:
         with self.write() as session:
             return self._append_audit(session, actor, action, details)
 
-    def latest_audit(self, action: str) -> Any:
+    def latest_audit(self, action: str) -> Row[Any] | None:
         """The newest entry of `action` as a Core row (an AuditEntry's attributes): the operator's read-only
         commands, which record a changed vpnca.toml first, never configure the ORM's mappers."""
         table = cast(Table, AuditEntry.__table__)
