@@ -8,6 +8,7 @@ signer key on the token through its cryptography key object.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -225,6 +226,10 @@ class OcspSigner:
         algorithm = "sha256_ecdsa" if isinstance(self.key, ec.EllipticCurvePrivateKey) else "sha256_rsa"
         self._algorithm_der = ax509.SignedDigestAlgorithm({"algorithm": algorithm}).dump()
         self._certs_der = _tlv(0xA0, _tlv(0x30, self._asn1_cert.dump()))
+        key = self.key  # the signing call chosen once: pre-signing makes a million of them
+        self._signature: Callable[[bytes], bytes] = (
+            (lambda tbs: key.sign(tbs, _ECDSA_SHA256)) if isinstance(key, ec.EllipticCurvePrivateKey)
+            else (lambda tbs: key.sign(tbs, _PKCS1V15, _SHA256)))
 
     def sign(self, responses: list[aocsp.SingleResponse], produced_at: datetime,
              nonce: bytes | None = None) -> bytes:
@@ -244,16 +249,17 @@ class OcspSigner:
 
     def sign_response_data(self, tbs: bytes) -> bytes:
         """The OCSPResponse (successful, BasicOCSPResponse) around an encoded ResponseData."""
-        if isinstance(self.key, ec.EllipticCurvePrivateKey):
-            signature = self.key.sign(tbs, ec.ECDSA(hashes.SHA256()))
-        else:
-            signature = self.key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+        signature = self._signature(tbs)
         # assembled by hand around the constant parts: asn1crypto re-encoding the signer certificate
         # on every response cost more than the signature itself
-        basic = _tlv(0x30, tbs + self._algorithm_der + _tlv(0x03, b"\x00" + signature) + self._certs_der)
+        basic = _tlv(0x30, b"".join((tbs, self._algorithm_der, _tlv(0x03, b"\x00" + signature),
+                                     self._certs_der)))
         return _tlv(0x30, _SUCCESSFUL + _tlv(0xA0, _tlv(0x30, _ID_PKIX_OCSP_BASIC + _tlv(0x04, basic))))
 
 
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_PKCS1V15 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
 _SUCCESSFUL = bytes.fromhex("0a0100")  # ENUMERATED successful(0)
 _ID_PKIX_OCSP_BASIC = bytes.fromhex("06092b0601050507300101")  # OID 1.3.6.1.5.5.7.48.1.1
 

@@ -36,8 +36,8 @@ from vpnca.store import CertStatus, Store
 from vpnca.store.ocsp_backlog import (
     SIGNED_STATUSES,
     BacklogEntry,
+    BacklogReader,
     answer_values,
-    backlog_page,
     save_answers,
     write_answer_values,
 )
@@ -219,11 +219,12 @@ class OcspService:
         found = 0
         stats.passes += 1
 
+        reader = BacklogReader(self.store, issuer, suffixes=suffixes, limit=batch)
+
         def read(status: str, after: str) -> list[BacklogEntry]:
             started = time.perf_counter()
             try:
-                return backlog_page(self.store, issuer, refresh_before, status, after=after,
-                                    suffixes=suffixes, limit=batch)
+                return reader.page(status, after, refresh_before)
             finally:
                 stats.reading += time.perf_counter() - started
 

@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, func, insert, select
 
+from ocsp.presign import Share
+from ocsp.service import load_ocsp_service
 from tests.conftest import CaHome, make_ca_home
 from tests.helpers import run
 from vpnca.audit import canonical_details, entry_hash
 from vpnca.identities import IkeIdentity
-from vpnca.store import AuditEntry, CertificateRecord, Store
+from vpnca.store import AuditEntry, CertificateRecord, OcspResponseRecord, Store
 
 VPNCA = [sys.executable, "-m", "vpnca.cli"]
 ROWS = int(os.environ.get("VPNCA_SCALE_ROWS", "200000"))
@@ -295,6 +297,13 @@ def test_the_same_streaming_on_sqlite_and_postgresql(any_ca_home: CaHome, tmp_pa
     backlog = ca.store.count_ocsp_backlog(ca.settings.ca.name, datetime.now(UTC))
     status = json.loads(vpnca(ca, "status", "--json").stdout)
     assert status["audit"]["ok"] and status["ocsp_presign_backlog"] == backlog
+    # two workers' shares of the backlog pre-signed (keyset pages, multi-row upserts), nothing left over
+    service = load_ocsp_service(ca.settings, ca.store)
+    assert sum(service.presign_backlog(Share(index, 2), batch=400) for index in range(2)) == backlog
+    assert ca.store.count_ocsp_backlog(ca.settings.ca.name, datetime.now(UTC)) == 0
+    answers = cast(Table, OcspResponseRecord.__table__)
+    with ca.store.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(answers)) == 2 * backlog  # SHA-1 and SHA-256
     pack = tmp_path / "pack"
     vpnca(ca, "audit", "export", str(pack), "--gzip")
     assert vpnca(ca, "audit", "verify", "--pack", str(pack)).returncode == 0

@@ -8,14 +8,16 @@ each with its own token session, sign side by side without claiming rows from on
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, func, or_, select
+from sqlalchemy import Table, and_, bindparam, func, or_, select
 
 from vpnca.store.models import CertificateRecord, CertStatus, OcspResponseRecord
+from vpnca.store.prepared import Prepared
 from vpnca.store.repository import Store
 
 SIGNED_STATUSES = (CertStatus.VALID.value, CertStatus.REVOKED.value)  # the others have no OCSP answer
@@ -36,25 +38,47 @@ def _tables() -> tuple[Table, Table]:
     return cast(Table, CertificateRecord.__table__), cast(Table, OcspResponseRecord.__table__)
 
 
-def backlog_page(store: Store, issuer: str, refresh_before: datetime, status: str, *, after: str = "",
-                 suffixes: Sequence[str] | None = None, limit: int = 500) -> list[BacklogEntry]:
-    """The next `limit` certificates of the backlog in `status` (one of SIGNED_STATUSES) with a serial
-    above `after`, in serial order, straight from the (status, serial) index: each page reads on from
-    where the previous one ended. `suffixes`: only serials ending in one of these two hex digits."""
-    c, o = _tables()
-    answer = o.alias("answer")
-    query = (select(c.c.serial, c.c.status, c.c.revoked_at, c.c.revocation_reason)
-             .select_from(c.outerjoin(answer, and_(answer.c.serial == c.c.serial,
-                                                   answer.c.hash_algorithm == CHECKED_HASH)))
-             .where(c.c.status == status, c.c.serial > after, c.c.issuer == issuer,
-                    or_(answer.c.serial.is_(None), answer.c.next_update < refresh_before,
-                        and_(answer.c.cert_status == "good", c.c.status != CertStatus.VALID.value),
-                        and_(answer.c.cert_status != "good", c.c.status == CertStatus.VALID.value)))
-             .order_by(c.c.serial).limit(limit))
-    if suffixes is not None:
-        query = query.where(func.substr(c.c.serial, func.length(c.c.serial) - 1, 2).in_(list(suffixes)))
-    with store._reachable(), store.engine.connect() as conn:
-        return [BacklogEntry(*row) for row in conn.execute(query)]
+class BacklogReader:
+    """Keyset pages of one issuer's backlog, for one share of the serials: the next `limit` certificates
+    in a status (one of SIGNED_STATUSES) with a serial above `after`, in serial order, straight from the
+    (status, serial) index, so that each page reads on from where the previous one ended. The query is
+    compiled once and run on the driver's cursor: a pre-signing run reads a million rows."""
+
+    def __init__(self, store: Store, issuer: str, *, suffixes: Sequence[str] | None = None,
+                 limit: int = 500) -> None:
+        c, o = _tables()
+        answer = o.alias("answer")
+        refresh_before = bindparam("refresh_before", type_=o.c.next_update.type)
+        query = (select(c.c.serial, c.c.status, c.c.revoked_at, c.c.revocation_reason)
+                 .select_from(c.outerjoin(answer, and_(answer.c.serial == c.c.serial,
+                                                       answer.c.hash_algorithm == CHECKED_HASH)))
+                 .where(c.c.status == bindparam("status", type_=c.c.status.type),
+                        c.c.serial > bindparam("after", type_=c.c.serial.type), c.c.issuer == issuer,
+                        or_(answer.c.serial.is_(None), answer.c.next_update < refresh_before,
+                            and_(answer.c.cert_status == "good", c.c.status != CertStatus.VALID.value),
+                            and_(answer.c.cert_status != "good", c.c.status == CertStatus.VALID.value)))
+                 .order_by(c.c.serial).limit(limit))
+        if suffixes is not None:
+            ending = func.substr(c.c.serial, func.length(c.c.serial) - 1, 2)
+            # one parameter each (not an expanding IN, which is rendered only at execution)
+            query = query.where(ending.in_([bindparam(f"suffix_{i}", value, type_=c.c.serial.type)
+                                            for i, value in enumerate(suffixes)]))
+        self._store = store
+        self._query = Prepared(query, store.engine.dialect)
+        dialect = store.engine.dialect
+        self._revoked_at = c.c.revoked_at.type.dialect_impl(dialect).result_processor(dialect, None)
+
+    def page(self, status: str, after: str, refresh_before: datetime) -> list[BacklogEntry]:
+        convert = self._revoked_at or (lambda value: value)
+        with self._store._reachable(), self._store.engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                rows = self._query.run(cursor, status=status, after=after,
+                                       refresh_before=refresh_before).fetchall()
+            finally:
+                cursor.close()
+        return [BacklogEntry(serial, state, None if revoked_at is None else convert(revoked_at), reason)
+                for serial, state, revoked_at, reason in rows]
 
 
 ANSWER_COLUMNS = ("serial", "hash_algorithm", "cert_status", "this_update", "next_update", "der")
@@ -83,19 +107,32 @@ def answer_values(store: Store, rows: list[dict[str, Any]]) -> list[tuple[Any, .
              bound("next_update", r["next_update"]), r["der"]) for r in rows]
 
 
+ROWS_PER_STATEMENT = 500  # 3,000 parameters: within SQLite's (32,766) and PostgreSQL's (65,535) limits
+
+
 def write_answer_values(store: Store, values: list[tuple[Any, ...]]) -> None:
-    """Insert or replace answers given as `answer_values` in one transaction: one INSERT ... ON CONFLICT
-    run by the driver over plain tuples (SQLite and PostgreSQL alike)."""
+    """Insert or replace answers given as `answer_values` in one transaction: INSERT ... ON CONFLICT
+    statements of up to ROWS_PER_STATEMENT rows each, run by the driver over the flattened tuples
+    (SQLite and PostgreSQL alike). One statement for many rows, rather than a row at a time, holds the
+    GIL while it binds and releases it once while the database works: the signing thread beside it
+    does not wait for the GIL after every row."""
     if not values:
         return
-    _, o = _tables()
-    placeholder = "?" if store.engine.dialect.paramstyle == "qmark" else "%s"
-    sql = (f"INSERT INTO {o.name} ({', '.join(ANSWER_COLUMNS)}) "
-           f"VALUES ({', '.join([placeholder] * len(ANSWER_COLUMNS))}) "
-           "ON CONFLICT (serial, hash_algorithm) DO UPDATE SET "
-           + ", ".join(f"{name} = excluded.{name}" for name in ANSWER_COLUMNS[2:]))
     with store.write_core() as conn:
-        conn.exec_driver_sql(sql, values)
+        for start in range(0, len(values), ROWS_PER_STATEMENT):
+            chunk = values[start:start + ROWS_PER_STATEMENT]
+            conn.exec_driver_sql(_upsert_sql(store.engine.dialect.paramstyle, len(chunk)),
+                                 tuple(value for row in chunk for value in row))
+
+
+@functools.lru_cache(maxsize=8)
+def _upsert_sql(paramstyle: str, rows: int) -> str:
+    _, o = _tables()
+    placeholder = "?" if paramstyle == "qmark" else "%s"
+    row = f"({', '.join([placeholder] * len(ANSWER_COLUMNS))})"
+    return (f"INSERT INTO {o.name} ({', '.join(ANSWER_COLUMNS)}) VALUES {', '.join([row] * rows)} "
+            "ON CONFLICT (serial, hash_algorithm) DO UPDATE SET "
+            + ", ".join(f"{name} = excluded.{name}" for name in ANSWER_COLUMNS[2:]))
 
 
 def count_without_fresh_answer(store: Store, issuer: str, refresh_before: datetime,
