@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
+from sqlalchemy import Row
 from starlette.concurrency import run_in_threadpool
 
 from ocsp.responses import error_response
 from ocsp.service import OcspAnswer, OcspService
 from vpnca import metrics
 from vpnca.crlshards import shard_name
-from vpnca.store import CrlRecord
 from vpnca.store.crls import latest_crl_header
 
 log = logging.getLogger("vpnca.ocsp.http")
@@ -43,9 +43,9 @@ class CrlCache:
                       f"/crl/{settings.delta_crl_name}.crl": (settings.ca.name, True),
                       **{f"/crl/{shard_name(settings, k)}.crl": (shard_name(settings, k), False)
                          for k in range(settings.crl.shards)}}
-        self._records: dict[str, tuple[float, CrlRecord | None]] = {}
+        self._records: dict[str, tuple[float, Row[Any] | None]] = {}
 
-    def current(self, path: str) -> CrlRecord | None:
+    def current(self, path: str) -> Row[Any] | None:
         """The CRL is read again only when its number changed (a CRL of 10^6 entries is ~50 MB)."""
         now = time.monotonic()
         checked, record = self._records.get(path, (0.0, None))

@@ -21,14 +21,14 @@ from vpnca.errors import BadRequest, ConfigError, VpncaError
 from vpnca.events import configure_for, configure_logging
 from vpnca.files import STATE_UMASK
 from vpnca.reports import add_query_arguments
-from vpnca.store import CertStatus, Store
+from vpnca.store import CertStatus
 from vpnca.x509util import parse_serial, to_pem
 
 # the modules a command needs are imported by the command: `vpnca status` starts in a fraction of a
 # second instead of loading the issuance core, the ceremony and the CRL builder
 if TYPE_CHECKING:
     from vpnca.authority import Register
-    from vpnca.store import CertificateRecord
+    from vpnca.store import CertificateRecord, Database, Store
 
 log = logging.getLogger("vpnca.cli")
 
@@ -43,6 +43,8 @@ def actor() -> str:
 
 def open_store(settings: Settings, *, new_ca: bool = False) -> Store:
     """The store, refused (SchemaOutdated) unless its schema is current; `new_ca`: create it if empty."""
+    from vpnca.store import Store
+
     store = Store(settings.database_url)
     if new_ca:
         store.init_schema()
@@ -52,7 +54,18 @@ def open_store(settings: Settings, *, new_ca: bool = False) -> Store:
     return store
 
 
-def record_config_change(settings: Settings, store: Store) -> None:
+def open_database(settings: Settings) -> Database:
+    """The database through Core alone, for the commands that only read (and record a changed
+    vpnca.toml): they never load the ORM. Refused (SchemaOutdated) unless its schema is current."""
+    from vpnca.store import Database
+
+    database = Database(settings.database_url)
+    database.require_current_schema()
+    record_config_change(settings, database)
+    return database
+
+
+def record_config_change(settings: Settings, store: Database) -> None:
     """Audit vpnca.toml whenever its content differs from the last version the chain recorded."""
     digest = hashlib.sha256(settings.config_path.read_bytes()).hexdigest()
     last = store.latest_audit("config")
@@ -233,7 +246,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     """Streamed in serial order (vpnca/reports.py): JSON Lines with --json, keyset pages with --after."""
     from vpnca.reports import LIST_COLUMNS, query_from_args, write_rows
 
-    store = open_store(load_settings())
+    store = open_database(load_settings())
     write_rows(query_from_args(args).rows(store), LIST_COLUMNS, args.json)
     return 0
 
@@ -264,7 +277,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 STATUS_AUDIT_TAIL = 1000  # `vpnca status` verifies this many of the newest audit entries
 
 
-def status_report(settings: Settings, store: Store) -> dict[str, Any]:
+def status_report(settings: Settings, store: Database) -> dict[str, Any]:
     from cryptography import x509
 
     from vpnca import issuer
@@ -288,7 +301,7 @@ def status_report(settings: Settings, store: Store) -> dict[str, Any]:
     report["certificates"] = store.count_by_status()
     # signing takes milliseconds: a reservation still `issuing` is almost surely one a killed process
     # left behind; shown at once, resolved (failed, token given back) when `vpnca serve` starts
-    stuck = store.list_certificates(status=CertStatus.ISSUING)
+    stuck = list(store.iter_certificates(status=CertStatus.ISSUING.value))
     report["interrupted_issuances"] = [
         {"serial": r.serial, "subject": r.subject, "started": r.created_at.isoformat()} for r in stuck
     ]
@@ -320,7 +333,7 @@ def status_report(settings: Settings, store: Store) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = load_settings()
-    report = status_report(settings, open_store(settings))
+    report = status_report(settings, open_database(settings))
     from vpnca.health import job_state
 
     if args.json:
@@ -360,7 +373,7 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     settings = load_settings()
     until = parse_moment(args.until, option="--until", end_of_day=True) if args.until else datetime.now(UTC)
     since = parse_moment(args.since, option="--since") if args.since else until - timedelta(days=90)
-    digest, chain = export_pack(settings, open_store(settings), Path(args.directory), actor=actor(),
+    digest, chain = export_pack(settings, open_database(settings), Path(args.directory), actor=actor(),
                                 since=since, until=until, compress=args.gzip)
     print(f"evidence pack in {args.directory} for {since:%Y-%m-%dT%H:%M:%SZ} to {until:%Y-%m-%dT%H:%M:%SZ}: "
           f"audit chain {chain.entries} entries verified up to the head "
@@ -372,7 +385,7 @@ def cmd_report_expiring(args: argparse.Namespace) -> int:
     """Streamed, soonest first (vpnca/reports.py); --after SERIAL continues a page."""
     from vpnca.reports import EXPIRING_COLUMNS, query_from_args, write_rows
 
-    store = open_store(load_settings())
+    store = open_database(load_settings())
     now = datetime.now(UTC)
     query = query_from_args(args, status=CertStatus.VALID.value, by_expiry=True, expires_after=now,
                             expires_before=now + parse_duration(args.within))
@@ -417,7 +430,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     if args.pack:
         return verify_pack_command(args)
-    store = open_store(load_settings())
+    store = open_database(load_settings())
     result = verify_chain(store.iter_audit())  # streamed: constant memory at any chain length
     return report_verification("audit chain", result.ok, result.entries, result.head_hash,
                                [str(p) for p in result.problems], args.json)
@@ -719,7 +732,7 @@ def verify_pack_command(args: argparse.Namespace) -> int:
 
     store = None
     if (vpnca_home() / CONFIG_NAME).exists():
-        store = open_store(load_settings())
+        store = open_database(load_settings())
     result = verify_pack(Path(args.pack), store)
     return report_verification("evidence pack", result.ok, result.entries, result.head_hash, result.problems,
                                args.json)

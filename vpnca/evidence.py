@@ -44,7 +44,7 @@ from vpnca.errors import BadRequest, Conflict
 from vpnca.gateway.records import write_connection_records
 from vpnca.policy import ACCEPTED_CURVES, ACCEPTED_HASHES, MIN_RSA_BITS
 from vpnca.profiles import get_profile
-from vpnca.store import Store
+from vpnca.store import Database
 
 MANIFEST = "MANIFEST.sha256"
 _SECRET_LINE = re.compile(r"^(\s*[\w.]*(pin|secret|password|passphrase)[\w.]*\s*=).*$",
@@ -130,7 +130,7 @@ def verify_segment(records: Iterable[AuditRecord], *, first_seq: int, prev_hash:
     return ChainVerification(entries=count, head_hash=prev, problems=tuple(problems))
 
 
-def _link_hash(store: Store, seq: int) -> str:
+def _link_hash(store: Database, seq: int) -> str:
     """The hash an entry `seq` links to: its predecessor's (the genesis hash before entry 1)."""
     if seq <= 1:
         return GENESIS_HASH
@@ -158,7 +158,7 @@ def crypto_policy(settings: Settings) -> dict[str, Any]:
     }
 
 
-def export_pack(settings: Settings, store: Store, directory: Path, *, actor: str, since: datetime,
+def export_pack(settings: Settings, store: Database, directory: Path, *, actor: str, since: datetime,
                 until: datetime, compress: bool = False) -> tuple[str, ChainVerification]:
     """Write the pack of [since, until); returns the manifest's SHA-256 (also audited) and the
     verification of the audit chain from the period's first entry up to the head."""
@@ -255,7 +255,7 @@ def _chain_file(directory: Path) -> Path | None:
 
 
 def _check_segment(directory: Path, chain_path: Path, recorded: dict[str, Any],
-                   store: Store | None) -> tuple[list[str], int]:
+                   store: Database | None) -> tuple[list[str], int]:
     """The pack's chain segment: whole, linked, as recorded; with the database, the live chain's own
     entries, and the live chain from them to the head recorded at export intact."""
     problems: list[str] = []
@@ -285,7 +285,7 @@ def _check_segment(directory: Path, chain_path: Path, recorded: dict[str, Any],
     return problems, result.entries
 
 
-def verify_pack(directory: Path, store: Store | None = None) -> PackVerification:
+def verify_pack(directory: Path, store: Database | None = None) -> PackVerification:
     """Every file against the manifest, no file added or missing, the chain segment in the pack, and
     (given the database) the segment against the live chain and its head, and the manifest against the
     hash audited at export."""

@@ -11,19 +11,21 @@ from typing import TYPE_CHECKING, Any
 from vpnca.scheduler import job_intervals
 
 if TYPE_CHECKING:
+    from sqlalchemy import Row
+
     from vpnca.config import Settings
     from vpnca.store.models import JobRun
 
 STALE_MARGIN = timedelta(minutes=1)
 
 
-def stale_after(run: JobRun, interval: timedelta) -> datetime:
+def stale_after(run: JobRun | Row[Any], interval: timedelta) -> datetime:
     """When a job whose last recorded run is `run` is overdue."""
     due = run.next_attempt if not run.ok and run.next_attempt else run.last_run + interval
     return max(due, run.last_run + interval) + interval + STALE_MARGIN
 
 
-def job_freshness(settings: Settings, run: JobRun, now: datetime) -> dict[str, Any]:
+def job_freshness(settings: Settings, run: JobRun | Row[Any], now: datetime) -> dict[str, Any]:
     """The age of the job's last run, its interval and whether it is stale (None: not a job of ours)."""
     interval = job_intervals(settings).get(run.job)
     age = (now - run.last_run).total_seconds()

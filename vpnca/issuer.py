@@ -16,7 +16,7 @@ from hsm import Token, TokenEcPrivateKey, TokenRsaPrivateKey, open_token, read_p
 from vpnca import metrics
 from vpnca.config import Settings
 from vpnca.errors import NotFound, token_errors
-from vpnca.store import Store
+from vpnca.store import Database
 
 CaKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 BACKDATE = timedelta(minutes=5)
@@ -50,7 +50,7 @@ def hash_for(key: CaKey) -> hashes.SHA256 | hashes.SHA384:
     return hashes.SHA256()
 
 
-def load_ca_certificate(store: Store, role: str) -> tuple[x509.Certificate, str | None]:
+def load_ca_certificate(store: Database, role: str) -> tuple[x509.Certificate, str | None]:
     record = store.current_ca(role)
     if record is None:
         raise NotFound(f"no {role} CA certificate: run `vpnca init` first")

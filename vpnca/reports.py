@@ -15,11 +15,14 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from vpnca.errors import BadRequest
-from vpnca.store import CertStatus, Store
+from vpnca.store import CertStatus
 from vpnca.x509util import parse_serial
+
+if TYPE_CHECKING:
+    from vpnca.store import Database
 
 LIST_COLUMNS = ["serial", "status", "profile", "identities", "not_after", "protocol"]
 EXPIRING_COLUMNS = ["serial", "profile", "identities", "not_after", "requester"]
@@ -79,7 +82,7 @@ class CertificateQuery:
     limit: int | None = None
     by_expiry: bool = False  # (not_after, serial) order instead of serial order
 
-    def rows(self, store: Store) -> Iterator[dict[str, Any]]:
+    def rows(self, store: Database) -> Iterator[dict[str, Any]]:
         if self.limit is not None and self.limit < 1:
             raise BadRequest("--limit must be at least 1")
         rows = store.iter_certificates(

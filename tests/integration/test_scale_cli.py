@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import func, insert, select
 
 from ocsp.presign import Share
 from ocsp.service import load_ocsp_service
@@ -28,7 +28,7 @@ from tests.conftest import CaHome, make_ca_home
 from tests.helpers import run
 from vpnca.audit import canonical_details, entry_hash
 from vpnca.identities import IkeIdentity
-from vpnca.store import AuditEntry, CertificateRecord, OcspResponseRecord, Store
+from vpnca.store import Store, tables
 
 VPNCA = [sys.executable, "-m", "vpnca.cli"]
 ROWS = int(os.environ.get("VPNCA_SCALE_ROWS", "200000"))
@@ -41,7 +41,7 @@ def fill(store: Store, issuer: str, count: int, *, now: datetime, audit_entries:
     """`count` certificate rows: every 10th revoked (every 20th on hold), every 50th (from the 8th) a
     gateway, issued evenly over SPAN before `now`, identities dev{i}.example.com; and `audit_entries`
     issue entries appended to the audit chain (hashes computed, so the chain stays intact)."""
-    table = cast(Table, CertificateRecord.__table__)
+    table = tables.certificates
     rows: list[dict[str, Any]] = []
     with store.write_core() as conn:
         for i in range(count):
@@ -68,7 +68,7 @@ def fill(store: Store, issuer: str, count: int, *, now: datetime, audit_entries:
 
 def append_audit(store: Store, count: int, *, batch: int = 20_000) -> None:
     seq, prev = store.audit_head()
-    table = cast(Table, AuditEntry.__table__)
+    table = tables.audit_log
     rows: list[dict[str, Any]] = []
     with store.write_core() as conn:
         for _ in range(count):
@@ -301,7 +301,7 @@ def test_the_same_streaming_on_sqlite_and_postgresql(any_ca_home: CaHome, tmp_pa
     service = load_ocsp_service(ca.settings, ca.store)
     assert sum(service.presign_backlog(Share(index, 2), batch=400) for index in range(2)) == backlog
     assert ca.store.count_ocsp_backlog(ca.settings.ca.name, datetime.now(UTC)) == 0
-    answers = cast(Table, OcspResponseRecord.__table__)
+    answers = tables.ocsp_responses
     with ca.store.engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(answers)) == 2 * backlog  # SHA-1 and SHA-256
     pack = tmp_path / "pack"

@@ -1,26 +1,53 @@
-"""Storage: SQLAlchemy models behind one repository (SQLite by default, PostgreSQL to scale)."""
+"""Storage: SQLAlchemy Core tables, the ORM mapped onto them, one repository (SQLite by default,
+PostgreSQL to scale).
 
-from vpnca.store.models import (
-    AcmeAccount,
-    AcmeAuthorization,
-    AcmeChallenge,
-    AcmeEabKey,
-    AcmeNonce,
-    AcmeOrder,
-    AuditEntry,
-    CaCertificate,
-    CertificateRecord,
-    CertStatus,
-    CrlRecord,
-    EnrollmentToken,
-    JobRun,
-    OcspResponseRecord,
-    PendingRequest,
-)
-from vpnca.store.repository import Store
+The ORM classes and the Store are imported on first use, so that a command that reads through the Core
+`Database` alone (`vpnca status`, `list`, `report`) never loads the ORM.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from vpnca.store.tables import CertStatus
+
+if TYPE_CHECKING:
+    from vpnca.store.database import Database
+    from vpnca.store.models import (
+        AcmeAccount,
+        AcmeAuthorization,
+        AcmeChallenge,
+        AcmeEabKey,
+        AcmeNonce,
+        AcmeOrder,
+        AuditEntry,
+        CaCertificate,
+        CertificateRecord,
+        CrlRecord,
+        EnrollmentToken,
+        JobRun,
+        OcspResponseRecord,
+        PendingRequest,
+    )
+    from vpnca.store.repository import Store
+
+_MODELS = ("AcmeAccount", "AcmeAuthorization", "AcmeChallenge", "AcmeEabKey", "AcmeNonce", "AcmeOrder",
+           "AuditEntry", "CaCertificate", "CertificateRecord", "CrlRecord", "EnrollmentToken", "JobRun",
+           "OcspResponseRecord", "PendingRequest")
+_HOMES = {"Database": "vpnca.store.database", "Store": "vpnca.store.repository",
+          **dict.fromkeys(_MODELS, "vpnca.store.models")}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(home), name)
+
 
 __all__ = [
-    "AcmeAccount", "AcmeAuthorization", "AcmeChallenge", "AcmeEabKey", "AcmeNonce", "AcmeOrder",
-    "AuditEntry", "CaCertificate", "CertStatus", "CertificateRecord", "CrlRecord", "EnrollmentToken",
-    "JobRun", "OcspResponseRecord", "PendingRequest", "Store",
+    "AcmeAccount", "AcmeAuthorization", "AcmeChallenge", "AcmeEabKey", "AcmeNonce", "AcmeOrder", "AuditEntry",
+    "CaCertificate", "CertStatus", "CertificateRecord", "CrlRecord", "Database", "EnrollmentToken", "JobRun",
+    "OcspResponseRecord", "PendingRequest", "Store",
 ]

@@ -20,8 +20,9 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from vpnca.errors import Conflict, NotAuthorized
+from vpnca.store.database import utcnow
 from vpnca.store.models import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeEabKey, AcmeNonce, AcmeOrder
-from vpnca.store.repository import Store, utcnow
+from vpnca.store.repository import Store
 
 _NONCE_SWEEP_EVERY = 256  # uses of a nonce in this process between two sweeps of the expired ones
 _NONCE_SWEEP_MARGIN = timedelta(minutes=5)

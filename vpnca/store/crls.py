@@ -13,8 +13,9 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, LargeBinary, and_, cast, func, literal, select, update
 
-from vpnca.store.models import CertificateRecord, CertStatus, CrlRecord
+from vpnca.store.models import CertificateRecord, CrlRecord
 from vpnca.store.repository import Store
+from vpnca.store.tables import CertStatus
 from vpnca.x509util import crl_entry_der
 
 _cert = CertificateRecord

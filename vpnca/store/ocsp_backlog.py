@@ -12,13 +12,13 @@ import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import Table, and_, bindparam, func, or_, select
 
-from vpnca.store.models import CertificateRecord, CertStatus, OcspResponseRecord
+from vpnca.store.database import Database
 from vpnca.store.prepared import Prepared
-from vpnca.store.repository import Store
+from vpnca.store.tables import CertStatus, certificates, ocsp_responses
 
 SIGNED_STATUSES = (CertStatus.VALID.value, CertStatus.REVOKED.value)  # the others have no OCSP answer
 CHECKED_HASH = "sha256"  # every pre-signing writes all the CertID hashes at once: one stands for them
@@ -35,7 +35,7 @@ class BacklogEntry:
 
 
 def _tables() -> tuple[Table, Table]:
-    return cast(Table, CertificateRecord.__table__), cast(Table, OcspResponseRecord.__table__)
+    return certificates, ocsp_responses
 
 
 class BacklogReader:
@@ -44,7 +44,7 @@ class BacklogReader:
     (status, serial) index, so that each page reads on from where the previous one ended. The query is
     compiled once and run on the driver's cursor: a pre-signing run reads a million rows."""
 
-    def __init__(self, store: Store, issuer: str, *, suffixes: Sequence[str] | None = None,
+    def __init__(self, store: Database, issuer: str, *, suffixes: Sequence[str] | None = None,
                  limit: int = 500) -> None:
         c, o = _tables()
         answer = o.alias("answer")
@@ -84,12 +84,12 @@ class BacklogReader:
 ANSWER_COLUMNS = ("serial", "hash_algorithm", "cert_status", "this_update", "next_update", "der")
 
 
-def save_answers(store: Store, rows: list[dict[str, Any]]) -> None:
+def save_answers(store: Database, rows: list[dict[str, Any]]) -> None:
     """Insert or replace pre-signed answers (dicts of the ocsp_responses columns) in one transaction."""
     write_answer_values(store, answer_values(store, rows))
 
 
-def answer_values(store: Store, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+def answer_values(store: Database, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """The driver's parameters for answers (dicts of the ocsp_responses columns), in ANSWER_COLUMNS order,
     the times converted once per distinct value: pre-signing writes a thousand rows a page."""
     _, o = _tables()
@@ -110,7 +110,7 @@ def answer_values(store: Store, rows: list[dict[str, Any]]) -> list[tuple[Any, .
 ROWS_PER_STATEMENT = 500  # 3,000 parameters: within SQLite's (32,766) and PostgreSQL's (65,535) limits
 
 
-def write_answer_values(store: Store, values: list[tuple[Any, ...]]) -> None:
+def write_answer_values(store: Database, values: list[tuple[Any, ...]]) -> None:
     """Insert or replace answers given as `answer_values` in one transaction: INSERT ... ON CONFLICT
     statements of up to ROWS_PER_STATEMENT rows each, run by the driver over the flattened tuples
     (SQLite and PostgreSQL alike). One statement for many rows, rather than a row at a time, holds the
@@ -135,7 +135,7 @@ def _upsert_sql(paramstyle: str, rows: int) -> str:
             + ", ".join(f"{name} = excluded.{name}" for name in ANSWER_COLUMNS[2:]))
 
 
-def count_without_fresh_answer(store: Store, issuer: str, refresh_before: datetime,
+def count_without_fresh_answer(store: Database, issuer: str, refresh_before: datetime,
                                by_status: Mapping[str, int] | None = None) -> int:
     """How many certificates have no answer fresh until `refresh_before`, counted on indexes alone
     (certificates by issuer and status, answers by hash and nextUpdate): fast at any size, for

@@ -1,52 +1,38 @@
-"""The one place that reads and writes the database.
-
-SQLite runs in WAL mode with synchronous=FULL, so a committed row survives a crash, and write
-transactions start with BEGIN IMMEDIATE so concurrent writers queue on the lock instead of failing
-on upgrade. On PostgreSQL the audit chain head is taken under a transaction-scoped advisory lock.
-"""
+"""The one place that reads and writes the database: the Store, the ORM's reads and writes and the
+issuance hot path on top of the Core Database (vpnca/store/database.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
-import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from typing import Any, cast
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
-    Connection,
     Dialect,
-    Engine,
-    Row,
-    Table,
     bindparam,
-    create_engine,
     delete,
-    event,
     func,
     insert,
     select,
-    text,
     update,
 )
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from vpnca.audit import GENESIS_HASH, canonical_details, entry_hash
-from vpnca.errors import Conflict, NotAuthenticated, NotFound, StoreUnavailable
-from vpnca.store import migrations
+from vpnca.errors import Conflict, NotAuthenticated, NotFound
+from vpnca.store import tables
+from vpnca.store.database import AUDIT_LOCK_KEY, Database, audit_row, utcnow
 from vpnca.store.models import (
     AuditEntry,
     CaCertificate,
     CertificateRecord,
-    CertStatus,
     CrlRecord,
     EnrollmentToken,
     JobRun,
@@ -54,28 +40,15 @@ from vpnca.store.models import (
     PendingRequest,
 )
 from vpnca.store.prepared import Prepared
+from vpnca.store.tables import CertStatus
 from vpnca.x509util import crl_entry_der
-
-AUDIT_LOCK_KEY = 0x7670_6E63  # "vpnc": the advisory lock serialising audit appends on PostgreSQL
-
-
-def _audit_row(head: Any, actor: str, action: str, details: dict[str, Any]) -> dict[str, Any]:
-    """The next link of the chain after `head` (seq, entry_hash), or the first one."""
-    seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS_HASH)
-    created_at = utcnow().isoformat()
-    body = canonical_details(details)
-    return {"seq": seq, "created_at": created_at, "actor": actor, "action": action, "details": body,
-            "prev_hash": prev, "entry_hash": entry_hash(prev, seq, created_at, actor, action, body)}
 
 
 class HotStatements:
     """The statements of the issuance hot path, compiled once for the engine's dialect."""
 
     def __init__(self, dialect: Dialect) -> None:
-        # a declarative model's __table__ is typed as the FromClause base; these are Tables
-        certs = cast(Table, CertificateRecord.__table__)
-        tokens = cast(Table, EnrollmentToken.__table__)
-        audit = cast(Table, AuditEntry.__table__)
+        certs, tokens, audit = tables.certificates, tables.enrollment_tokens, tables.audit_log
         self.spend_token = Prepared(
             update(tokens).where(tokens.c.token_id == bindparam("token_id_p"), tokens.c.used_at.is_(None),
                                  tokens.c.expires_at > bindparam("now_p"))
@@ -100,54 +73,6 @@ class SerialCollision(Exception):
 
 class CrlNumberTaken(Exception):
     """Another publisher recorded this CRL number first; sign again with the next one."""
-
-
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _configure(dbapi_connection: Any, _record: Any) -> None:
-            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=60000")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _begin(conn: Any) -> None:
-            immediate = conn.get_execution_options().get("vpnca_write", False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class WriterLock:
-    """Serialises SQLite writers: a thread lock, then an flock on a file beside the database.
-
-    Waiters on SQLite's own lock poll with sleeps of up to 100 ms; waiters here are woken the moment
-    the lock is free, which keeps the latency tail of concurrent issuance short.
-    """
-
-    def __init__(self, path: str) -> None:
-        self._thread_lock = threading.Lock()
-        self._path = path
-
-    @contextmanager
-    def hold(self) -> Iterator[None]:
-        with self._thread_lock:
-            fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # releases the flock
 
 
 class GroupCommitter:
@@ -246,37 +171,18 @@ class ChangeWatch:
         return True
 
 
-class Store:
-    """Repository over the vpnca database."""
+class Store(Database):
+    """The repository over the vpnca database: Database's Core reads and appends, and the ORM's."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.engine = make_engine(url)
-        self._write_engine = self.engine.execution_options(vpnca_write=True)
-        self.is_postgres = self.engine.dialect.name == "postgresql"
-        database = self.engine.url.database
-        self._writer = WriterLock(f"{database}.writelock") if self.engine.dialect.name == "sqlite" and \
-            database and database != ":memory:" else None
+        super().__init__(url)
         self._group = GroupCommitter(self) if self._writer is not None else None
         self.issuing: set[str] = set()  # serials reserved and being signed in this process
-        self._integrity_error: type[Exception] = self.engine.dialect.loaded_dbapi.IntegrityError
-        dbapi = self.engine.dialect.loaded_dbapi
-        self._unavailable: tuple[type[Exception], ...] = (
-            OperationalError, InterfaceError, dbapi.OperationalError, dbapi.InterfaceError)
 
     @functools.cached_property
     def _hot(self) -> HotStatements:
         """The issuance path's prepared statements, compiled on first use: a read-only command needs none."""
         return HotStatements(self.engine.dialect)
-
-    @contextmanager
-    def _reachable(self) -> Iterator[None]:
-        """Losing the database (stopped, unreachable, locked) is StoreUnavailable to every caller,
-        whether it came through SQLAlchemy or straight from the driver on a raw connection."""
-        try:
-            yield
-        except self._unavailable as exc:
-            raise StoreUnavailable("the database cannot be reached") from exc
 
     def _hot_write(self, operation: Callable[[Any], Any]) -> Any:
         """A short write on the issuance path, run on a DBAPI cursor with prepared statements:
@@ -289,53 +195,10 @@ class Store:
 
     # -- schema (Alembic migrations: vpnca/store/migrations) ------------------------------------
 
-    def schema_state(self) -> migrations.SchemaState:
-        with self.engine.connect() as conn:
-            return migrations.schema_state(conn)
-
-    def schema_revision(self) -> str | None:
-        """The database's Alembic revision; None for an empty database or one from before migrations."""
-        return self.schema_state().current
-
-    def upgrade_schema(self, revision: str = "head") -> tuple[str | None, str]:
-        """Migrate the database to `revision` (default: this vpnca's head) in one transaction; a database
-        from before migrations is adopted at the baseline first. Returns (from, to) revisions."""
-        with self.write_core() as conn:
-            before, after = migrations.upgrade(conn, revision)
-        return before.current, after
-
-    def require_current_schema(self) -> None:
-        """Raise SchemaOutdated unless the database is at this vpnca's head revision."""
-        with self.engine.connect() as conn:
-            if migrations.is_current(conn):
-                return
-        problem = self.schema_state().problem()
-        if problem is not None:
-            raise problem
-
-    def init_schema(self) -> None:
-        """For a new CA: an empty database gets the current schema; an existing one must be current."""
-        if self.schema_state().empty:
-            self.upgrade_schema()
-        self.require_current_schema()
-
-    def dispose(self) -> None:
-        self.engine.dispose()
-
     @contextmanager
     def read(self) -> Iterator[Session]:
         with self._reachable(), Session(self.engine, expire_on_commit=False) as session, session.begin():
             yield session
-
-    @contextmanager
-    def write_core(self) -> Iterator[Connection]:
-        """A Core write transaction: the issuance hot path, without the ORM's unit of work."""
-        if self._writer is None:
-            with self._reachable(), self._write_engine.begin() as conn:
-                yield conn
-            return
-        with self._reachable(), self._writer.hold(), self._write_engine.begin() as conn:
-            yield conn
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -350,42 +213,12 @@ class Store:
 
     # -- audit ---------------------------------------------------------------------------
 
-    def _append_audit(self, session: Session | Connection, actor: str, action: str,
-                      details: dict[str, Any]) -> AuditEntry:
-        if self.is_postgres:
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": AUDIT_LOCK_KEY})
-        head = session.execute(
-            select(AuditEntry.seq, AuditEntry.entry_hash).order_by(AuditEntry.seq.desc()).limit(1)
-        ).first()
-        row = _audit_row(head, actor, action, details)
-        session.execute(insert(cast(Table, AuditEntry.__table__)), row)
-        return AuditEntry(**row)
-
     def _append_audit_hot(self, cursor: Any, actor: str, action: str, details: dict[str, Any]) -> None:
         """`_append_audit` on the hot path's cursor."""
         if self.is_postgres:
             self._hot.audit_lock.run(cursor, key=AUDIT_LOCK_KEY)
         head = self._hot.audit_head.run(cursor).fetchone()
-        self._hot.audit_insert.run(cursor, **_audit_row(head, actor, action, details))
-
-    def append_audit(self, session: Session | Connection, actor: str, action: str,
-                     details: dict[str, Any]) -> AuditEntry:
-        """Append one audit entry inside the caller's write transaction (the store's own modules, such
-        as the ACME state, write their rows and its entry at once): the one append path."""
-        return self._append_audit(session, actor, action, details)
-
-    def audit(self, actor: str, action: str, details: dict[str, Any]) -> AuditEntry:
-        """Append one audit entry in its own transaction."""
-        with self.write() as session:
-            return self._append_audit(session, actor, action, details)
-
-    def latest_audit(self, action: str) -> Row[Any] | None:
-        """The newest entry of `action` as a Core row (an AuditEntry's attributes): the operator's read-only
-        commands, which record a changed vpnca.toml first, never configure the ORM's mappers."""
-        table = cast(Table, AuditEntry.__table__)
-        with self._reachable(), self.engine.connect() as conn:
-            return conn.execute(select(table).where(table.c.action == action)
-                                .order_by(table.c.seq.desc()).limit(1)).first()
+        self._hot.audit_insert.run(cursor, **audit_row(head, actor, action, details))
 
     def audit_entries(self) -> list[AuditEntry]:
         with self.read() as session:
@@ -397,7 +230,7 @@ class Store:
         """Insert the `issuing` row that reserves the serial, spending the enrollment token in the
         same transaction; SerialCollision if the serial is taken, NotAuthenticated if the token is
         already spent or expired (then nothing is written)."""
-        values = {column.key: getattr(record, column.key) for column in CertificateRecord.__table__.columns}
+        values = {column.key: getattr(record, column.key) for column in tables.certificates.columns}
 
         def reserve(cursor: Any) -> None:
             if spend_token is not None:
@@ -492,135 +325,8 @@ class Store:
                 .where(CertificateRecord.status == CertStatus.VALID, CertificateRecord.not_after >= start,
                        CertificateRecord.not_after <= end)) or 0)
 
-    def count_by_status(self) -> dict[str, int]:
-        """Certificates by status, counted as SQLite counts fastest (a third of a GROUP BY's time at a
-        million rows): the whole table, and the index range of each status but valid, which is the rest."""
-        table = cast(Table, CertificateRecord.__table__)
-        others = [status.value for status in CertStatus if status != CertStatus.VALID]
-        with self._reachable(), self.engine.connect() as conn:
-            total = int(conn.scalar(select(func.count()).select_from(table)) or 0)
-            counts = {status: int(count) for status, count in conn.execute(
-                select(table.c.status, func.count()).where(table.c.status.in_(others))
-                .group_by(table.c.status))}
-        if total > sum(counts.values()):
-            counts[CertStatus.VALID.value] = total - sum(counts.values())
-        return counts
-
     # -- operators' streaming queries (`vpnca list`, `vpnca report expiring`, `vpnca audit export`) --------
 
-    REGISTER_COLUMNS = ("serial", "issuer", "profile", "subject", "identities", "status", "not_before",
-                        "not_after", "requester", "protocol", "created_at", "error", "revoked_at",
-                        "revocation_reason", "invalidity_date", "hold_released_at", "renew_after")
-
-    def _stream(self, query: Any, batch: int) -> Generator[Any, None, None]:
-        """Rows of a Core query fetched `batch` at a time (a server-side cursor on PostgreSQL, the
-        driver's stepping cursor on SQLite): memory stays that of one batch, whatever the table's size."""
-        with self._reachable(), self.engine.connect() as conn:
-            result = conn.execution_options(stream_results=True, yield_per=batch).execute(query)
-            try:
-                yield from result
-            finally:
-                result.close()
-
-    def iter_certificates(
-        self, *, status: str | None = None, on_hold: bool = False, profile: str | None = None,
-        identity: str | None = None, expires_before: datetime | None = None,
-        expires_after: datetime | None = None, issued_since: datetime | None = None,
-        after: str | None = None, limit: int | None = None, by_expiry: bool = False, batch: int = 500,
-    ) -> Generator[Any, None, None]:
-        """Certificate rows (every column but the DER) streamed in keyset order: by serial, or
-        (`by_expiry`) by (not_after, serial). `after`: the serial the previous page ended with.
-        `identity` is matched as a case-insensitive substring of the stored identities (the caller checks
-        the decoded values); `expires_before` is exclusive, `expires_after` and `issued_since` inclusive."""
-        from sqlalchemy import and_, or_
-
-        table = cast(Table, CertificateRecord.__table__)
-        c = table.c
-        query = select(*(c[name] for name in self.REGISTER_COLUMNS))
-        if status:
-            query = query.where(c.status == status)
-        if on_hold:
-            query = query.where(c.status == CertStatus.REVOKED.value,
-                                c.revocation_reason == "certificateHold")
-        if profile:
-            query = query.where(c.profile == profile)
-        if identity:
-            escaped = identity.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            query = query.where(c.identities.ilike(f"%{escaped}%", escape="\\"))
-        if expires_before is not None:
-            query = query.where(c.not_after < expires_before)
-        if expires_after is not None:
-            query = query.where(c.not_after >= expires_after)
-        if issued_since is not None:
-            query = query.where(c.created_at >= issued_since)
-        if by_expiry:
-            if after is not None:
-                with self.read() as session:
-                    moment = session.scalar(select(c.not_after).where(c.serial == after))
-                if moment is None:
-                    raise NotFound(f"no certificate with serial {after}")
-                query = query.where(or_(c.not_after > moment, and_(c.not_after == moment, c.serial > after)))
-            query = query.order_by(c.not_after, c.serial)
-        else:
-            if after is not None:
-                query = query.where(c.serial > after)
-            query = query.order_by(c.serial)
-        if limit is not None:
-            query = query.limit(limit)
-        return self._stream(query, batch)
-
-    def iter_register(self, since: datetime, until: datetime, *, batch: int = 1000
-                      ) -> Generator[Any, None, None]:
-        """The register of a period [since, until): certificates issued or revoked in it, and every
-        certificate that was valid at some moment of it, by serial."""
-        from sqlalchemy import and_, or_
-
-        table = cast(Table, CertificateRecord.__table__)
-        c = table.c
-        query = (select(*(c[name] for name in self.REGISTER_COLUMNS)).where(or_(
-            and_(c.created_at >= since, c.created_at < until),
-            and_(c.revoked_at >= since, c.revoked_at < until),
-            and_(c.status.in_([CertStatus.VALID.value, CertStatus.REVOKED.value]),
-                 c.not_after >= since, c.not_before < until,
-                 or_(c.revoked_at.is_(None), c.revoked_at >= since))))
-                 .order_by(c.serial))
-        return self._stream(query, batch)
-
-    def audit_head(self) -> tuple[int, str]:
-        """(seq, entry_hash) of the newest audit entry; (0, the genesis hash) for an empty chain."""
-        with self.read() as session:
-            head = session.execute(select(AuditEntry.seq, AuditEntry.entry_hash)
-                                   .order_by(AuditEntry.seq.desc()).limit(1)).first()
-        return (int(head[0]), str(head[1])) if head else (0, GENESIS_HASH)
-
-    def audit_entry(self, seq: int) -> AuditEntry | None:
-        with self.read() as session:
-            return session.get(AuditEntry, seq)
-
-    def audit_seq_at(self, moment: datetime) -> int:
-        """The seq of the first audit entry written at or after `moment` (head + 1 if none): a binary
-        search over the primary key, as entries are appended in time order (no index on created_at)."""
-        low, high = 1, self.audit_head()[0] + 1
-        with self._reachable(), self.engine.connect() as conn:
-            while low < high:
-                middle = (low + high) // 2
-                written = conn.scalar(select(AuditEntry.created_at).where(AuditEntry.seq == middle))
-                if written is None or datetime.fromisoformat(written) < moment:
-                    low = middle + 1
-                else:
-                    high = middle
-        return low
-
-    def iter_audit(self, first: int = 1, last: int | None = None, *, action: str | None = None,
-                   batch: int = 1000) -> Generator[Any, None, None]:
-        """Audit entries with first <= seq <= last (all columns), in chain order, streamed."""
-        table = cast(Table, AuditEntry.__table__)
-        query = select(table).where(table.c.seq >= first).order_by(table.c.seq)
-        if last is not None:
-            query = query.where(table.c.seq <= last)
-        if action is not None:
-            query = query.where(table.c.action == action)
-        return self._stream(query, batch)
 
     def revoke(
         self,
@@ -714,17 +420,6 @@ class Store:
                 created_at=utcnow(),
             ))
             self._append_audit(session, actor, f"ca-{role}", details)
-
-    def ca_certificates(self, role: str | None = None) -> Sequence[CaCertificate]:
-        query = select(CaCertificate).order_by(CaCertificate.id)
-        if role:
-            query = query.where(CaCertificate.role == role)
-        with self.read() as session:
-            return list(session.scalars(query))
-
-    def current_ca(self, role: str) -> CaCertificate | None:
-        found = self.ca_certificates(role)
-        return found[-1] if found else None
 
     # -- enrollment tokens ----------------------------------------------------------------------
 
@@ -847,17 +542,11 @@ class Store:
         except IntegrityError as exc:
             raise CrlNumberTaken(f"CRL number {record.number} is already recorded") from exc
 
-    def latest_crl(self, ca_name: str, *, delta: bool = False) -> CrlRecord | None:
-        query = select(CrlRecord).where(CrlRecord.ca_name == ca_name)
-        query = query.where(CrlRecord.delta_base.is_not(None) if delta else CrlRecord.delta_base.is_(None))
-        with self.read() as session:
-            return session.scalars(query.order_by(CrlRecord.number.desc()).limit(1)).first()
-
     # -- OCSP ------------------------------------------------------------------------------------
 
     def ocsp_answer(self, serial: str, hash_algorithm: str) -> tuple[bytes, datetime] | None:
         """The pre-signed answer (DER, nextUpdate) for one serial and CertID hash, if there is one."""
-        table = OcspResponseRecord.__table__
+        table = tables.ocsp_responses
         with self._reachable(), self.engine.connect() as conn:
             row = conn.execute(select(table.c.der, table.c.next_update).where(
                 table.c.serial == serial, table.c.hash_algorithm == hash_algorithm)).first()
@@ -865,7 +554,7 @@ class Store:
 
     def ocsp_answers_since(self, since: datetime) -> list[tuple[str, str, bytes, datetime]]:
         """(serial, hash algorithm, DER, nextUpdate) of every answer signed at or after `since`."""
-        table = OcspResponseRecord.__table__
+        table = tables.ocsp_responses
         with self._reachable(), self.engine.connect() as conn:
             return [(serial, algorithm, bytes(der), next_update) for serial, algorithm, der, next_update in
                     conn.execute(select(table.c.serial, table.c.hash_algorithm, table.c.der,
@@ -929,7 +618,3 @@ class Store:
                 self._append_audit(session, "scheduler", "job" if ok else "job-failed",
                                    {"job": job, "ok": ok, "message": message[:300]})
             return run
-
-    def job_runs(self) -> list[JobRun]:
-        with self.read() as session:
-            return list(session.scalars(select(JobRun).order_by(JobRun.job)))

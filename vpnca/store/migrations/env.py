@@ -9,13 +9,13 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from vpnca.store.models import Base
+from vpnca.store.tables import metadata
 
 
 def run(connection: Connection) -> None:
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copying them
         compare_type=True,
     )
@@ -30,7 +30,7 @@ def main() -> None:
     if connection is not None:
         run(connection)
         return
-    from vpnca.store.repository import make_engine
+    from vpnca.store.database import make_engine
 
     engine = make_engine(context.config.get_main_option("sqlalchemy.url") or "")
     try:
