@@ -14,9 +14,8 @@ import time
 import urllib.parse
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Row
 from starlette.concurrency import run_in_threadpool
 
 from ocsp.responses import error_response
@@ -24,6 +23,9 @@ from ocsp.service import OcspAnswer, OcspService
 from vpnca import metrics
 from vpnca.crlshards import shard_name
 from vpnca.store.crls import latest_crl_header
+
+if TYPE_CHECKING:
+    from sqlalchemy import Row
 
 log = logging.getLogger("vpnca.ocsp.http")
 OCSP_RESPONSE = b"application/ocsp-response"

@@ -395,7 +395,9 @@ def cmd_report_expiring(args: argparse.Namespace) -> int:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Migrate the database schema to this vpnca's revision (a no-op when it is there already)."""
-    store = Store(load_settings().database_url)
+    from vpnca.store import Database
+
+    store = Database(load_settings().database_url)
     try:
         before = store.schema_state().describe()
         previous, current = store.upgrade_schema()
@@ -410,7 +412,9 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_db_current(args: argparse.Namespace) -> int:
-    store = Store(load_settings().database_url)
+    from vpnca.store import Database
+
+    store = Database(load_settings().database_url)
     try:
         state = store.schema_state()
     finally:
