@@ -116,7 +116,8 @@ class Database:
 
     @contextmanager
     def write_core(self) -> Iterator[Connection]:
-        """A Core write transaction: the issuance hot path, without the ORM's unit of work."""
+        """A Core write transaction, under the writer lock on SQLite: the issuance hot path, the audit
+        appends, the schema upgrade, pre-signed answers; without the ORM's unit of work."""
         if self._writer is None:
             with self._reachable(), self._write_engine.begin() as conn:
                 yield conn
