@@ -1,5 +1,5 @@
-"""The one place that reads and writes the database: the Store, the ORM's reads and writes and the
-issuance hot path on top of the Core Database (vpnca/store/database.py)."""
+"""The Store: the ORM's reads and writes and the issuance hot path, on top of the Core Database
+(vpnca/store/database.py); the two together are the one place that reads and writes the database."""
 
 from __future__ import annotations
 
