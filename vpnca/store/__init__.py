@@ -32,18 +32,11 @@ if TYPE_CHECKING:
     )
     from vpnca.store.repository import Store
 
-_MODELS = ("AcmeAccount", "AcmeAuthorization", "AcmeChallenge", "AcmeEabKey", "AcmeNonce", "AcmeOrder",
-           "AuditEntry", "CaCertificate", "CertificateRecord", "CrlRecord", "EnrollmentToken", "JobRun",
-           "OcspResponseRecord", "PendingRequest")
-_HOMES = {"Database": "vpnca.store.database", "Store": "vpnca.store.repository",
-          **dict.fromkeys(_MODELS, "vpnca.store.models")}
-
-
 def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
+    if name not in __all__:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(home), name)
+    home = {"Database": "database", "Store": "repository"}.get(name, "models")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
 
 
 __all__ = [

@@ -101,7 +101,6 @@ class Database:
         self._writer = WriterLock(f"{database}.writelock") if self.engine.dialect.name == "sqlite" and \
             database and database != ":memory:" else None
         dbapi = self.engine.dialect.loaded_dbapi
-        self._integrity_error: type[Exception] = dbapi.IntegrityError
         self._unavailable: tuple[type[Exception], ...] = (
             OperationalError, InterfaceError, dbapi.OperationalError, dbapi.InterfaceError)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 
 from vpnca.store.database import Database
 from vpnca.store.prepared import Prepared
@@ -34,10 +34,6 @@ class BacklogEntry:
     revocation_reason: str | None
 
 
-def _tables() -> tuple[Table, Table]:
-    return certificates, ocsp_responses
-
-
 class BacklogReader:
     """Keyset pages of one issuer's backlog, for one share of the serials: the next `limit` certificates
     in a status (one of SIGNED_STATUSES) with a serial above `after`, in serial order, straight from the
@@ -46,7 +42,7 @@ class BacklogReader:
 
     def __init__(self, store: Database, issuer: str, *, suffixes: Sequence[str] | None = None,
                  limit: int = 500) -> None:
-        c, o = _tables()
+        c, o = certificates, ocsp_responses
         answer = o.alias("answer")
         refresh_before = bindparam("refresh_before", type_=o.c.next_update.type)
         query = (select(c.c.serial, c.c.status, c.c.revoked_at, c.c.revocation_reason)
@@ -92,7 +88,7 @@ def save_answers(store: Database, rows: list[dict[str, Any]]) -> None:
 def answer_values(store: Database, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """The driver's parameters for answers (dicts of the ocsp_responses columns), in ANSWER_COLUMNS order,
     the times converted once per distinct value: pre-signing writes a thousand rows a page."""
-    _, o = _tables()
+    o = ocsp_responses
     converters = {name: o.c[name].type.bind_processor(store.engine.dialect) for name in ("this_update",
                                                                                           "next_update")}
     converted: dict[tuple[str, datetime], Any] = {}
@@ -127,7 +123,7 @@ def write_answer_values(store: Database, values: list[tuple[Any, ...]]) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _upsert_sql(paramstyle: str, rows: int) -> str:
-    _, o = _tables()
+    o = ocsp_responses
     placeholder = "?" if paramstyle == "qmark" else "%s"
     row = f"({', '.join([placeholder] * len(ANSWER_COLUMNS))})"
     return (f"INSERT INTO {o.name} ({', '.join(ANSWER_COLUMNS)}) VALUES {', '.join([row] * rows)} "
@@ -141,14 +137,14 @@ def count_without_fresh_answer(store: Database, issuer: str, refresh_before: dat
     (certificates by issuer and status, answers by hash and nextUpdate): fast at any size, for
     `vpnca status`, which passes the store's counts by status: they are the issuer's when it is the only
     one. A status change not yet re-signed is not in it (the pre-signing job finds it)."""
-    c, o = _tables()
+    c, o = certificates, ocsp_responses
     with store._reachable(), store.engine.connect() as conn:
         if by_status is not None and conn.scalar(select(func.min(c.c.issuer))) == issuer == \
                 conn.scalar(select(func.max(c.c.issuer))):
-            certificates = sum(by_status.get(status, 0) for status in SIGNED_STATUSES)
+            signed = sum(by_status.get(status, 0) for status in SIGNED_STATUSES)
         else:
-            certificates = int(conn.scalar(select(func.count()).select_from(c).where(
+            signed = int(conn.scalar(select(func.count()).select_from(c).where(
                 c.c.issuer == issuer, c.c.status.in_(SIGNED_STATUSES))) or 0)
         fresh = conn.scalar(select(func.count()).select_from(o).where(
             o.c.hash_algorithm == CHECKED_HASH, o.c.next_update >= refresh_before)) or 0
-    return max(0, certificates - int(fresh))
+    return max(0, signed - int(fresh))

@@ -178,6 +178,7 @@ class Store(Database):
         super().__init__(url)
         self._group = GroupCommitter(self) if self._writer is not None else None
         self.issuing: set[str] = set()  # serials reserved and being signed in this process
+        self._integrity_error: type[Exception] = self.engine.dialect.loaded_dbapi.IntegrityError
 
     @functools.cached_property
     def _hot(self) -> HotStatements:
